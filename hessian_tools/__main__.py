@@ -1,0 +1,3 @@
+from hessian_tools.cli import main
+
+raise SystemExit(main())

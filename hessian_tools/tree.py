@@ -1,0 +1,112 @@
+"""Pytree vector arithmetic.
+
+Vectors in hessian_tools are pytrees shaped like the parameters (a flat array is
+the one-leaf case). A *stacked basis* is a pytree whose leaves carry one extra
+leading axis: row ``i`` of every leaf together form vector ``i``. Nothing here
+gathers the leaves into one flat array, so sharded parameters stay sharded.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "normal_like",
+    "norm", "rademacher_like", "ravel", "scale", "size", "sub", "vdot", "zeros_basis",
+    "zeros_like",
+]
+
+
+def vdot(x, y) -> jax.Array:
+    """Euclidean inner product ``<x, y>`` of two pytrees of the same structure."""
+    parts = [jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
+    return sum(parts[1:], parts[0])
+
+
+def norm(x) -> jax.Array:
+    """Euclidean norm of a pytree vector."""
+    return jnp.sqrt(vdot(x, x))
+
+
+def add(x, y):
+    return jax.tree.map(jnp.add, x, y)
+
+
+def sub(x, y):
+    return jax.tree.map(jnp.subtract, x, y)
+
+
+def scale(alpha, x):
+    return jax.tree.map(lambda a: (alpha * a).astype(a.dtype), x)
+
+
+def axpy(alpha, x, y):
+    """``alpha * x + y``, keeping the dtype of ``y``."""
+    return jax.tree.map(lambda a, b: (alpha * a + b).astype(b.dtype), x, y)
+
+
+def zeros_like(x):
+    return jax.tree.map(jnp.zeros_like, x)
+
+
+def size(x) -> int:
+    """Total number of scalar entries (a Python int)."""
+    return int(sum(np.prod(np.shape(leaf), dtype=np.int64) for leaf in jax.tree.leaves(x)))
+
+
+def normal_like(key, x):
+    """A standard normal pytree shaped like ``x`` (one key per leaf, split from ``key``)."""
+    leaves, treedef = jax.tree.flatten(x)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([jax.random.normal(k, jnp.shape(a), jnp.result_type(a))
+                              for k, a in zip(keys, leaves)])
+
+
+def rademacher_like(key, x):
+    """A Rademacher (+-1) pytree shaped like ``x``."""
+    leaves, treedef = jax.tree.flatten(x)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([jax.random.rademacher(k, jnp.shape(a), jnp.result_type(a))
+                              for k, a in zip(keys, leaves)])
+
+
+def ravel(x) -> jax.Array:
+    """Concatenate all leaves into one flat vector (for dense references and tiny models)."""
+    return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(x)])
+
+
+# ---- stacked bases: leaves with a leading axis of length m ------------------------------
+
+def zeros_basis(m: int, x):
+    """A stacked basis of ``m`` zero vectors shaped like ``x``."""
+    return jax.tree.map(lambda a: jnp.zeros((m,) + jnp.shape(a), jnp.result_type(a)), x)
+
+
+def basis_dot(basis, x) -> jax.Array:
+    """``V x``: the inner products of every basis row with ``x``, shape ``(m,)``."""
+    parts = [jnp.tensordot(b, a, axes=a.ndim) for b, a in
+             zip(jax.tree.leaves(basis), jax.tree.leaves(x))]
+    return sum(parts[1:], parts[0])
+
+
+def basis_combine(coeffs, basis):
+    """``V^T c``: the combination ``sum_i c_i V_i``; ``coeffs`` has shape ``(m,)`` or ``(m, k)``.
+
+    With 2-D ``coeffs`` the result is itself a stacked basis of ``k`` vectors.
+    """
+    if jnp.ndim(coeffs) == 1:
+        return jax.tree.map(lambda b: jnp.tensordot(coeffs.astype(b.dtype), b, axes=1), basis)
+    return jax.tree.map(lambda b: jnp.tensordot(coeffs.T.astype(b.dtype), b, axes=1), basis)
+
+
+def basis_get(basis, i):
+    """Row ``i`` of a stacked basis (``i`` may be traced)."""
+    return jax.tree.map(lambda b: jax.lax.dynamic_index_in_dim(b, i, keepdims=False), basis)
+
+
+def basis_set(basis, i, x):
+    """A copy of ``basis`` with row ``i`` replaced by ``x`` (``i`` may be traced)."""
+    return jax.tree.map(
+        lambda b, a: jax.lax.dynamic_update_index_in_dim(b, a.astype(b.dtype), i, 0), basis, x)

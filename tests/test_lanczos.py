@@ -1,0 +1,140 @@
+"""Solvers against numpy.linalg.eigh on explicit matrices with prescribed spectra."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hessian_tools as ht
+from conftest import spectrum_matrix
+from hessian_tools.linalg import lanczos_tridiag, power_eigs
+
+rng = np.random.default_rng(42)
+SPECTRA = {
+    "distinct": np.linspace(-3.0, 10.0, 60),
+    "repeated": np.r_[5.0, 5.0, 5.0, 3.0, 2.0, rng.uniform(-1, 1, 55)],
+    "repeated_bottom": np.r_[-4.0, -4.0, -4.0, -4.0, rng.uniform(-1, 3, 56)],
+    "zeros": np.r_[2.0, 1.0, np.zeros(40), -1.0, rng.uniform(-0.5, 0.5, 17)],
+    "clustered": np.r_[1.0 + 1e-3 * np.arange(5), rng.uniform(-0.2, 0.5, 55)],
+    "saddle": np.r_[7.0, 4.0, -0.5, -2.0, -6.0, rng.uniform(-0.1, 0.1, 55)],
+    "scales": np.r_[1e4, 1e2, 1.0, 1e-2, -1e-3, rng.uniform(-1e-4, 1e-4, 55)],
+}
+
+
+def _reference(eigs, k, which):
+    w = np.sort(eigs)
+    if which == "largest":
+        return w[::-1][:k]
+    if which == "smallest":
+        return w[:k][::-1]
+    return np.r_[w[::-1][:k], w[:k][::-1]]
+
+
+@pytest.mark.parametrize("name", sorted(SPECTRA))
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_lanczos_matches_eigh(name, which):
+    eigs = SPECTRA[name]
+    a = spectrum_matrix(eigs, seed=1)
+    k = 4
+    eig = ht.eigenvalues(ht.from_dense(a), k=k, which=which, key=jax.random.key(0), tol=1e-10)
+    ref = _reference(np.linalg.eigvalsh(a), k, which)
+    scale = np.max(np.abs(eigs))
+    assert eig.converged
+    np.testing.assert_allclose(eig.values, ref, atol=1e-8 * scale, rtol=0)
+    # the vectors are unit eigenvectors with the reported residuals
+    v = np.asarray(eig.vectors)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-10)
+    res = np.linalg.norm(a @ v.T - v.T * eig.values, axis=0)
+    np.testing.assert_allclose(eig.residuals, res, atol=1e-12 * scale)
+    assert np.all(res <= 1e-9 * scale)
+
+
+def test_repeated_eigenvalue_comes_back_with_multiplicity():
+    eigs = np.r_[5.0, 5.0, 5.0, 3.0, np.linspace(-1, 2, 36)]
+    eig = ht.eigenvalues(ht.from_dense(spectrum_matrix(eigs, 3)), k=3, key=jax.random.key(1))
+    np.testing.assert_allclose(eig.values, [5.0, 5.0, 5.0], atol=1e-10)
+    v = np.asarray(eig.vectors)
+    np.testing.assert_allclose(v @ v.T, np.eye(3), atol=1e-8)  # three independent copies
+    eig4 = ht.eigenvalues(ht.from_dense(spectrum_matrix(eigs, 3)), k=4, key=jax.random.key(1))
+    np.testing.assert_allclose(eig4.values, [5.0, 5.0, 5.0, 3.0], atol=1e-10)
+
+
+def test_identity_and_tiny_dimension():
+    eig = ht.eigenvalues(ht.from_dense(np.eye(6)), k=3, key=jax.random.key(0))
+    np.testing.assert_allclose(eig.values, [1.0, 1.0, 1.0], atol=1e-12)
+    a = np.diag([3.0, -1.0, 2.0])
+    eig = ht.eigenvalues(ht.from_dense(a), k=3, key=jax.random.key(0))
+    np.testing.assert_allclose(eig.values, [3.0, 2.0, -1.0], atol=1e-12)
+    assert eig.converged
+
+
+def test_float32_operator():
+    a = spectrum_matrix(np.linspace(-1, 4, 50), seed=5).astype(np.float32)
+    eig = ht.eigenvalues(ht.from_dense(a), k=2, which="both", key=jax.random.key(0))
+    assert eig.vectors.dtype == jnp.float32
+    assert eig.tol == 1e-4
+    np.testing.assert_allclose(eig.values, [4.0, 4.0 - 5 / 49, -1.0 + 5 / 49, -1.0], atol=1e-4)
+
+
+def test_lanczos_tridiag_relation_and_orthonormality():
+    a = spectrum_matrix(np.linspace(-2, 5, 40), seed=2)
+    v0 = jnp.asarray(np.random.default_rng(0).normal(size=40))
+    m = 15
+    dec = jax.jit(lambda v: lanczos_tridiag(lambda x: a @ x, v, num_iters=m))(v0)
+    q = np.asarray(dec.basis)                    # (m + 1, n)
+    np.testing.assert_allclose(q @ q.T, np.eye(m + 1), atol=1e-12)
+    t = np.asarray(dec.tridiagonal())
+    lhs = a @ q[:m].T
+    rhs = q[:m].T @ t + np.outer(q[m], np.eye(m)[-1]) * float(dec.betas[-1])
+    np.testing.assert_allclose(lhs, rhs, atol=1e-10)
+    np.testing.assert_allclose(q[0], v0 / np.linalg.norm(v0), atol=1e-12)
+
+
+def test_lanczos_tridiag_vmaps_over_start_vectors_and_handles_breakdown():
+    a = np.diag(np.r_[2.0, 2.0, 1.0, 1.0, 0.0])  # 3 distinct values: breakdown after 3 steps
+    v0 = jax.random.normal(jax.random.key(0), (4, 5))
+    dec = jax.jit(jax.vmap(lambda v: lanczos_tridiag(lambda x: a @ x, v, num_iters=5)))(v0)
+    assert dec.alphas.shape == (4, 5)
+    for i in range(4):
+        t = np.asarray(dec.tridiagonal.__func__(jax.tree.map(lambda x: x[i], dec)))
+        w, s = np.linalg.eigh(t)
+        weights = s[0] ** 2                       # Gauss quadrature weights
+        nodes = w[weights > 1e-12]
+        np.testing.assert_allclose(np.sort(nodes), [0.0, 1.0, 2.0], atol=1e-10)
+        assert np.all(np.isfinite(t))
+
+
+def test_power_iteration_matches_eigh():
+    eigs = np.r_[9.0, 6.0, 3.0, np.linspace(-1, 1, 30)]
+    a = spectrum_matrix(eigs, seed=3)
+    out = power_eigs(lambda v: a @ v, jax.random.key(0), jnp.zeros(33), k=2, tol=1e-10,
+                     max_iters=2000)
+    np.testing.assert_allclose(out["values"], [9.0, 6.0], atol=1e-7)
+    out = power_eigs(lambda v: a @ v, jax.random.key(0), jnp.zeros(33), k=1, which="smallest",
+                     tol=1e-10, max_iters=5000)
+    np.testing.assert_allclose(out["values"], [-1.0], atol=1e-6)
+
+
+def test_power_handles_dominant_negative_eigenvalue():
+    a = spectrum_matrix(np.r_[2.0, -8.0, np.linspace(-1, 1, 20)], seed=4)
+    eig = ht.eigenvalues(ht.from_dense(a), k=1, method="power", key=jax.random.key(0),
+                         tol=1e-9)
+    np.testing.assert_allclose(eig.values, [2.0], atol=1e-6)
+
+
+def test_dense_method_and_json_round_trip():
+    a = spectrum_matrix(np.linspace(-2, 3, 12), seed=6)
+    eig = ht.eigenvalues(ht.from_dense(a), k=2, which="both", method="dense")
+    np.testing.assert_allclose(eig.values, [3.0, 3 - 5 / 11, -2 + 5 / 11, -2.0], atol=1e-12)
+    back = ht.Eigenpairs.from_json(eig.to_json())
+    np.testing.assert_array_equal(back.values, eig.values)
+    assert back.which == "both" and back.vectors is None
+    np.testing.assert_allclose(back.smallest, [-2.0, -2 + 5 / 11])
+
+
+def test_same_key_same_numbers():
+    a = spectrum_matrix(np.linspace(-2, 3, 30), seed=7)
+    e1 = ht.eigenvalues(ht.from_dense(a), k=2, key=jax.random.key(5), tol=1e-3)
+    e2 = ht.eigenvalues(ht.from_dense(a), k=2, key=jax.random.key(5), tol=1e-3)
+    np.testing.assert_array_equal(e1.values, e2.values)
+    assert e1.num_matvecs == e2.num_matvecs

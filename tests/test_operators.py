@@ -1,0 +1,192 @@
+"""Operators against exact dense references (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import hessian_tools as ht
+from hessian_tools.examples.digits import MLP, cross_entropy, load_digits_data
+
+
+def _mlp_objective(n=200, widths=(8,), seed=0, batches=None):
+    model = MLP(widths, rngs=nnx.Rngs(seed), param_dtype=jnp.float64)
+    x, y = load_digits_data(dtype=jnp.float64)
+    x, y = x[:n], y[:n]
+    data = (x, y)
+    if batches is not None:
+        data = [(x[a:b], y[a:b]) for a, b in zip(batches[:-1], batches[1:])]
+    return ht.Objective.from_nnx(model, cross_entropy, data)
+
+
+def _flat_loss(obj):
+    flat, unravel = jax.flatten_util.ravel_pytree(obj.params)
+    x, y = obj.data if isinstance(obj.data, tuple) else obj.data[0]
+    return flat, unravel, lambda f: obj.loss(unravel(f), (x, y))
+
+
+def _ravel(v):
+    return np.asarray(jax.flatten_util.ravel_pytree(v)[0])
+
+
+@pytest.mark.parametrize("linearize", [True, False])
+def test_hvp_matches_dense_hessian(linearize):
+    obj = _mlp_objective()
+    flat, unravel, f = _flat_loss(obj)
+    dense = np.asarray(jax.hessian(f)(flat))
+    H = ht.hessian(obj, linearize=linearize)
+    v = np.random.default_rng(0).normal(size=flat.size)
+    np.testing.assert_allclose(_ravel(H(unravel(jnp.asarray(v)))), dense @ v, rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(ht.dense_hessian(obj), dense, atol=1e-12)
+    assert H.num_matvecs == 1
+
+
+def test_batching_invariance_seven_unequal_batches():
+    one = _mlp_objective(n=200)
+    seven = _mlp_objective(n=200, batches=[0, 13, 50, 51, 90, 128, 170, 200])
+    assert seven.num_examples == 200 and len(seven.groups.stacks) == 7
+    v = ht.tree.normal_like(jax.random.key(0), one.params)
+    for linearize in (True, False):
+        a = _ravel(ht.hessian(one, linearize=linearize)(v))
+        b = _ravel(ht.hessian(seven, linearize=linearize)(v))
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10 * np.abs(a).max())
+    np.testing.assert_allclose(_ravel(ht.gradient(seven)), _ravel(ht.gradient(one)), atol=1e-12)
+
+
+def test_streamed_data_matches_materialised():
+    obj = _mlp_objective(n=120)
+    x, y = obj.data
+    stream = ht.Objective(obj.loss, obj.params, lambda: iter([(x[:50], y[:50]), (x[50:], y[50:])]))
+    assert stream.streaming and stream.num_examples == 120
+    v = ht.tree.normal_like(jax.random.key(1), obj.params)
+    np.testing.assert_allclose(_ravel(ht.hessian(stream)(v)), _ravel(ht.hessian(obj)(v)),
+                               atol=1e-12)
+    loss_a, _ = ht.value_and_grad(stream)
+    loss_b, _ = ht.value_and_grad(obj)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-12)
+
+
+def test_ggn_matches_dense_and_is_psd():
+    obj = _mlp_objective(n=100)
+    flat, unravel, _ = _flat_loss(obj)
+    x, y = obj.data
+    jac = jax.jacobian(lambda f: obj.predict(unravel(f), (x, y)))(flat)        # (n, c, P)
+    h_out = jax.hessian(lambda o: cross_entropy(o, (x, y)))(obj.predict(obj.params, (x, y)))
+    n_out = jac.shape[0] * jac.shape[1]
+    jac = np.asarray(jac).reshape(n_out, -1)
+    dense = jac.T @ np.asarray(h_out).reshape(n_out, n_out) @ jac
+    G = ht.to_dense(ht.gauss_newton(obj))
+    np.testing.assert_allclose(G, dense, atol=1e-12)
+    assert np.linalg.eigvalsh(G).min() > -1e-12
+    eig = ht.eigenvalues(ht.gauss_newton(obj), k=3, key=jax.random.key(0), tol=1e-10)
+    np.testing.assert_allclose(eig.values, np.linalg.eigvalsh(dense)[::-1][:3], rtol=1e-8)
+
+
+def test_empirical_fisher_matches_per_example_gradients():
+    obj = _mlp_objective(n=60)
+    flat, unravel, _ = _flat_loss(obj)
+    x, y = obj.data
+    grads = jax.vmap(lambda xi, yi: jax.grad(lambda f: obj.loss(unravel(f), (xi[None], yi[None])))(
+        flat))(x, y)
+    dense = np.asarray(grads.T @ grads / len(x))
+    np.testing.assert_allclose(ht.to_dense(ht.empirical_fisher(obj)), dense, atol=1e-12)
+
+
+def test_restrict_to_a_layer_is_the_hessian_block():
+    obj = _mlp_objective(n=100)
+    dense = ht.dense_hessian(obj)
+    sub = obj.restrict("layers/1")
+    assert sorted(sub.params) == ["layers/1/bias", "layers/1/kernel"]
+    # the block of the full Hessian for the selected leaves (ravel order: bias, kernel)
+    sizes = [np.size(a) for a in jax.tree.leaves(obj.params)]
+    offsets = np.cumsum([0] + sizes)
+    paths = [ht.objective._path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        obj.params)[0]]
+    idx = np.concatenate([np.arange(offsets[i], offsets[i + 1])
+                          for i, p in enumerate(paths) if p.startswith("layers/1")])
+    np.testing.assert_allclose(ht.to_dense(ht.hessian(sub)), dense[np.ix_(idx, idx)], atol=1e-12)
+    pred = obj.restrict(lambda path, leaf: path.endswith("bias"))
+    assert all(k.endswith("bias") for k in pred.params)
+
+
+def test_from_linen_matches_manual_loss():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = True):
+            x = nn.Dense(6, param_dtype=jnp.float64)(x)
+            x = nn.BatchNorm(use_running_average=not train, param_dtype=jnp.float64)(x)
+            return nn.Dense(10, param_dtype=jnp.float64)(jnp.tanh(x))
+
+    x, y = load_digits_data(dtype=jnp.float64)
+    x, y = x[:80], y[:80]
+    net = Net()
+    variables = net.init(jax.random.key(0), x, train=False)
+    obj = ht.Objective.from_linen(net, variables, cross_entropy, (x, y),
+                                  apply_kwargs={"train": False})
+    assert set(jax.tree.leaves(jax.tree.map(lambda a: a.shape, obj.params))) is not None
+    loss = lambda p: cross_entropy(net.apply({**variables, "params": p}, x, train=False), (x, y))
+    flat, unravel = jax.flatten_util.ravel_pytree(obj.params)
+    dense = jax.hessian(lambda f: loss(unravel(f)))(flat)
+    np.testing.assert_allclose(ht.dense_hessian(obj), dense, atol=1e-12)
+
+
+def test_nnx_eval_mode_and_model_untouched():
+    class Drop(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(64, 10, rngs=rngs, param_dtype=jnp.float64)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(self.lin(x))
+
+    model = Drop(nnx.Rngs(0))
+    x, y = load_digits_data(dtype=jnp.float64)
+    obj = ht.Objective.from_nnx(model, cross_entropy, (x[:50], y[:50]))
+    assert model.drop.deterministic is False           # the user's model is not switched
+    H = ht.hessian(obj)
+    H.check_determinism(jax.random.key(0))              # dropout off in the analysed copy
+
+
+def test_determinism_check_catches_random_augmentation():
+    obj = _mlp_objective(n=50)
+    x, y = obj.data
+    rng = np.random.default_rng(0)
+
+    def noisy():
+        yield (x + jnp.asarray(rng.normal(size=x.shape) * 0.1), y)
+
+    H = ht.hessian(ht.Objective(obj.loss, obj.params, noisy))
+    with pytest.raises(ValueError, match="switch off dropout"):
+        H.check_determinism(jax.random.key(0))
+
+
+def test_second_operator_of_same_architecture_reuses_compilation():
+    obj = _mlp_objective(n=100)
+    H1 = ht.hessian(obj)
+    v = ht.tree.normal_like(jax.random.key(0), obj.params)
+    H1(v)
+    other = obj.with_params(jax.tree.map(lambda a: a * 1.1, obj.params))
+    before = ht.operators._apply._cache_size()
+    lin_before = ht.operators._linearize._cache_size()
+    H2 = ht.hessian(other)
+    H2(v)
+    assert ht.operators._apply._cache_size() == before
+    assert ht.operators._linearize._cache_size() == lin_before
+
+
+def test_eigenvalues_of_small_mlp_match_eigh():
+    """Top-5 and bottom-5 of a trained few-thousand-parameter MLP vs eigh, float64."""
+    from hessian_tools.examples.digits import digits_objective
+    obj = digits_objective("mlp-small", dtype=jnp.float64, num_examples=400, batch_size=128)
+    assert 3000 < obj.num_params < 4000
+    w = np.linalg.eigvalsh(ht.dense_hessian(obj))
+    scale = np.abs(w).max()
+    eig = ht.eigenvalues(ht.hessian(obj), k=5, which="both", key=jax.random.key(0))
+    assert eig.converged
+    np.testing.assert_allclose(eig.largest, w[::-1][:5], rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(eig.smallest, w[:5], rtol=0, atol=1e-6 * scale)
+    assert eig.smallest[0] < 0  # a briefly trained net is not at a minimum
