@@ -11,6 +11,7 @@ same architecture (another checkpoint, another point) reuses the compiled code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -352,11 +353,14 @@ def to_dense(op: CurvatureOperator, *, chunk: int = 256) -> np.ndarray:
     return np.concatenate(cols, axis=1)
 
 
-def dense_hessian(obj: Objective) -> np.ndarray:
+def dense_hessian(obj: Objective, *, chunk_size: int = 128) -> np.ndarray:
     """The exact Hessian matrix of the dataset-mean loss, by ``jax.hessian`` (not by HVPs).
 
     The parameters are raveled in ``jax.tree.leaves`` order (``jax.flatten_util.ravel_pytree``).
-    Memory ``O(P^2)``: for models up to a few thousand parameters. Use x64 for references.
+    Batches are split into chunks of ``chunk_size`` examples (the loss is a per-example mean,
+    so chunks are combined weighted by their sizes) to bound the memory of forward-mode
+    differentiation at about ``P x chunk_size x`` activations. Result memory ``O(P^2)``: for
+    models up to a few thousand parameters. Use x64 for references.
     """
     flat, unravel = jax.flatten_util.ravel_pytree(obj.params)
     if flat.size > 20000:
@@ -364,12 +368,19 @@ def dense_hessian(obj: Objective) -> np.ndarray:
                          "GB; it is meant for models up to a few thousand parameters. Use "
                          "ht.eigenvalues on ht.hessian(obj) instead.")
     total = np.zeros((flat.size, flat.size), dtype=np.asarray(flat).dtype)
-    hess = jax.jit(jax.hessian(lambda x, b, loss: loss(unravel(x), b)))
     count = 0
     for batch, n in obj.batches():
-        total += n * np.asarray(hess(flat, batch, obj.loss))
-        count += n
+        for start in range(0, n, chunk_size):
+            chunk = jax.tree.map(lambda a: a[start:start + chunk_size], batch)
+            size = min(chunk_size, n - start)
+            total += size * np.asarray(_dense_hessian_jit(flat, chunk, obj.loss, unravel))
+            count += size
     return total / count
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _dense_hessian_jit(flat, batch, loss, unravel):
+    return jax.hessian(lambda x: loss(unravel(x), batch))(flat)
 
 
 def value_and_grad(obj: Objective):
