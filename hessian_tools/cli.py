@@ -12,16 +12,18 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-class UserError(Exception):
-    """A mistake in the command line or the inputs: reported without a traceback."""
+from hessian_tools.spectrum_cli import UserError, _versions, add_parsers
 
 
-def _versions() -> dict:
-    import flax
+def _enable_compile_cache(args) -> None:
+    """JAX's persistent compilation cache, so a second invocation skips compiling."""
+    if getattr(args, "no_compile_cache", False) or os.environ.get("HESSIAN_TOOLS_NO_COMPILE_CACHE"):
+        return
     import jax
-    import hessian_tools
-    return {"hessian_tools": hessian_tools.__version__, "jax": jax.__version__,
-            "flax": flax.__version__, "backend": jax.default_backend()}
+
+    from hessian_tools.examples.digits import cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _demo(args) -> int:
@@ -102,7 +104,10 @@ def _parser() -> argparse.ArgumentParser:
                       "without a note")
     demo.add_argument("--quiet", action="store_true", help="print nothing but errors")
     demo.add_argument("--json", action="store_true", help="print the results as JSON")
+    demo.add_argument("--no-compile-cache", action="store_true", help="do not use JAX's "
+                      "persistent compilation cache")
     demo.set_defaults(func=_demo)
+    add_parsers(sub, argparse.ArgumentDefaultsHelpFormatter)
     return parser
 
 
@@ -113,6 +118,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        _enable_compile_cache(args)
         return args.func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
