@@ -150,7 +150,10 @@ def run_spectrum(args) -> int:
                 bar.update(1)
             mark = {"done": "ok", "skipped": "exists, skipped", "failed": "FAILED"}[rec.status]
             error = (rec.error or "").removeprefix(f"{rec.path}: ")
-            say(f"[{mark}] {rec.path}" + (f": {error}" if error else ""))
+            if rec.status == "failed":       # errors are reported even with --quiet/--json
+                print(f"error: {rec.path}: {error}", file=sys.stderr)
+            else:
+                say(f"[{mark}] {rec.path}")
         records = run_checkpoints(obj, paths, out, config, overwrite=args.overwrite,
                                   progress=interactive, on_done=done,
                                   extra={"versions": _versions()})
@@ -197,9 +200,9 @@ def _summarise(records, out: Path, args, wall, say) -> int:
     else:
         say(_table(rows))
         say(f"wrote {out}/summary.json, report.md and report.html ({wall:.1f} s)")
-        if failed:
-            say(f"{len(failed)} of {len(records)} checkpoints failed: "
-                + ", ".join(r.path for r in failed))
+    if failed:
+        print(f"{len(failed)} of {len(records)} checkpoints failed: "
+              + ", ".join(r.path for r in failed), file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -139,7 +139,8 @@ def trained_model(name: str = "mlp-small", *, seed: int = 0, steps: int = 300,
     path = _cache_path(name, seed, steps, learning_rate)
     state = nnx.state(model, nnx.Param)
     if use_cache and path.exists():
-        restored = flax.serialization.from_bytes(nnx.to_pure_dict(state), path.read_bytes())
+        restored = jax.tree.map(jnp.asarray, flax.serialization.from_bytes(
+            nnx.to_pure_dict(state), path.read_bytes()))
         nnx.replace_by_pure_dict(state, restored)
         nnx.update(model, state)
         if verbose:
