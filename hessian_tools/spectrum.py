@@ -37,9 +37,10 @@ def _validate(op, k, which, key, method):
         raise ValueError(f"k={k} with which={which!r} asks for {wanted} eigenvalues, but the "
                          f"operator has dimension {op.dim}. Pass k <= "
                          f"{op.dim // 2 if which == 'both' else op.dim}.")
-    if method not in ("lanczos", "power", "dense"):
-        raise ValueError(f"method={method!r} is not one of 'lanczos', 'power', 'dense'.")
-    if key is None and method != "dense":
+    if method not in ("lanczos", "power", "dense", "exact"):
+        raise ValueError(f"method={method!r} is not one of 'lanczos', 'power', 'dense' "
+                         "('exact' is an alias of 'dense').")
+    if key is None and method not in ("dense", "exact"):
         raise ValueError("eigenvalues needs an explicit PRNG key for its start vectors: pass "
                          "key=jax.random.key(0).")
 
@@ -80,7 +81,8 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
     locking (:func:`hessian_tools.linalg.lanczos_eigs`); repeated eigenvalues are returned
     with their multiplicity. ``"power"``: power iteration with deflation (PyHessian's
     method; slower, kept for cross-checks). ``"dense"``: the explicit matrix and
-    ``numpy.linalg.eigh`` (``dim`` matvecs, ``dim^2`` memory; exact; small models only).
+    ``numpy.linalg.eigh`` (``dim`` matvecs, ``dim^2`` memory; exact; small models only;
+    ``"exact"`` is an alias).
 
     Accuracy: every returned pair has an explicitly computed residual
     ``r = ||A v - lambda v||``; ``converged`` means the solver's residual estimates reached
@@ -119,7 +121,7 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
     _validate(op, k, which, key, method)
     tol = default_tol(op.dtype) if tol is None else float(tol)
     start, before = time.perf_counter(), op.num_matvecs
-    if method == "dense":
+    if method in ("dense", "exact"):
         return _dense_eigs(op, k, which, tol, start, before)
     if method == "power":
         return _power(op, k, which, key, tol, max_matvecs, start, before)

@@ -126,6 +126,8 @@ def test_dense_method_and_json_round_trip():
     a = spectrum_matrix(np.linspace(-2, 3, 12), seed=6)
     eig = ht.eigenvalues(ht.from_dense(a), k=2, which="both", method="dense")
     np.testing.assert_allclose(eig.values, [3.0, 3 - 5 / 11, -2 + 5 / 11, -2.0], atol=1e-12)
+    exact = ht.eigenvalues(ht.from_dense(a), k=2, which="both", method="exact")
+    np.testing.assert_array_equal(exact.values, eig.values)
     back = ht.Eigenpairs.from_json(eig.to_json())
     np.testing.assert_array_equal(back.values, eig.values)
     assert back.which == "both" and back.vectors is None
