@@ -51,11 +51,15 @@ def _residuals(vectors, products, values):
         vectors, products, values)
 
 
+_row = jax.jit(tree.basis_get)
+_stack = jax.jit(lambda *xs: jax.tree.map(lambda *a: jnp.stack(a), *xs))
+
+
 def _explicit_residuals(op, vectors, values):
     """``||A v_i - lambda_i v_i||`` with one product per vector."""
     rows = jax.tree.leaves(vectors)[0].shape[0]
-    products = [op.apply_unchecked(tree.basis_get(vectors, i)) for i in range(rows)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *products)
+    products = [op.apply_unchecked(_row(vectors, i)) for i in range(rows)]
+    stacked = _stack(*products)
     return np.asarray(_residuals(vectors, stacked, jnp.asarray(values, op.dtype)), np.float64)
 
 

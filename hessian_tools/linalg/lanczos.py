@@ -152,10 +152,26 @@ def _project_step(basis, locked, j, w):
     return basis, q_next, h + h2, jnp.where(tiny, 0.0, beta)
 
 
-@jax.jit
-def _start_vector(v, locked):
+@functools.partial(jax.jit, static_argnums=(3,))
+def _new_run(key, hint, locked, rows):
+    """A random start vector (plus an optional hint), orthogonal to the locked vectors,
+    as row 0 of an otherwise empty basis of ``rows`` rows. One compiled call."""
+    v = tree.normal_like(key, tree.basis_get(locked, 0))
+    if hint is not None:             # bias towards the next Ritz vectors, keep randomness
+        v = tree.add(tree.scale(1.0 / tree.norm(v), v), hint)
     v = _orthogonalize(v, locked)
-    return tree.scale(1.0 / tree.norm(v), v)
+    q = tree.scale(1.0 / tree.norm(v), v)
+    return tree.basis_set(tree.zeros_basis(rows, q), 0, q), q
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _zeros_basis(rows, like):
+    return tree.zeros_basis(rows, like)
+
+
+@jax.jit
+def _take_rows(basis, idx):
+    return jax.tree.map(lambda a: a[idx], basis)
 
 
 @jax.jit
@@ -279,13 +295,12 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
       ``residual^2 / gap`` away from clusters.
     """
     like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), v_like)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
     dim = tree.size(like)
     k_top = k if which in ("largest", "both") else 0
     k_bottom = k if which in ("smallest", "both") else 0
     m_max = min(dim, krylov_dim or default_krylov_dim(k, which))
     budget = max_matvecs or 50 * m_max
-    lock = _Locked([], [], [], tree.zeros_basis(min(dim, 2 * (k_top + k_bottom) + 8), zeros))
+    lock = _Locked([], [], [], _zeros_basis(min(dim, 2 * (k_top + k_bottom) + 8), like))
     used, runs, scale, hint, done = 0, 0, 0.0, None, False
     while used < budget:
         if len(lock.values) >= dim:
@@ -294,12 +309,9 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
         if lock.room == 0:
             break
         key, sub = jax.random.split(key)
-        v = tree.normal_like(sub, zeros)
-        if hint is not None:             # bias towards the next Ritz vectors, keep randomness
-            v = tree.add(tree.scale(1.0 / tree.norm(v), v), hint)
         want_top = max(1, k_top - lock.count("top")) if k_top else 0
         want_bottom = max(1, k_bottom - lock.count("bottom")) if k_bottom else 0
-        run, steps, scale = _krylov_schur(matvec, v, lock, m_max=min(m_max, dim - len(lock.values)),
+        run, steps, scale = _krylov_schur(matvec, sub, hint, lock, m_max=min(m_max, dim - len(lock.values)),
                                           budget=budget - used, want=(want_top, want_bottom),
                                           tol=tol, scale=scale, check_every=check_every,
                                           callback=callback, used=used)
@@ -317,12 +329,11 @@ def default_krylov_dim(k: int, which: str) -> int:
     return max(6 * k + 40, 100) if which == "both" else max(3 * k + 30, 60)
 
 
-def _krylov_schur(matvec, v, lock, *, m_max, budget, want, tol, scale, check_every, callback,
+def _krylov_schur(matvec, key, hint, lock, *, m_max, budget, want, tol, scale, check_every, callback,
                   used):
     """Run until the wanted Ritz pairs converge, thick-restarting at ``m_max`` rows."""
-    q = _start_vector(v, lock.buffer)
-    run = _Run(tree.basis_set(tree.zeros_basis(m_max + 1, q), 0, q), q,
-               proj=np.zeros((m_max + 1, m_max + 1)))
+    basis, q = _new_run(key, hint, lock.buffer, m_max + 1)
+    run = _Run(basis, q, proj=np.zeros((m_max + 1, m_max + 1)))
     pending, steps = [], 0
     while steps < budget:
         w = matvec(run.q)
@@ -414,8 +425,7 @@ def _finish(lock, k_top, k_bottom, used, done, restarts, scale):
     top = order[:k_top]
     bottom = [i for i in order[::-1] if i not in top][:k_bottom]
     pick = sorted(top + bottom, key=lambda i: -values[i])
-    idx = jnp.asarray(np.array(pick, dtype=int))
-    vectors = jax.tree.map(lambda a: a[idx], lock.buffer)
+    vectors = _take_rows(lock.buffer, jnp.asarray(np.array(pick, dtype=np.int32)))
     got = len(pick) == k_top + k_bottom
     residuals = np.array(lock.residuals)[pick] if pick else np.array([])
     return LanczosEigsResult(values[pick], vectors, residuals, used, bool(done and got),
