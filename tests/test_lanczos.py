@@ -140,3 +140,19 @@ def test_same_key_same_numbers():
     e2 = ht.eigenvalues(ht.from_dense(a), k=2, key=jax.random.key(5), tol=1e-3)
     np.testing.assert_array_equal(e1.values, e2.values)
     assert e1.num_matvecs == e2.num_matvecs
+
+
+def test_lean_mode_matches_and_saves_matvecs():
+    """verify=False and estimated residuals: same answer on simple eigenvalues, fewer products."""
+    a = spectrum_matrix(np.r_[9.0, 7.0, 6.0, np.linspace(-1, 3, 57)], seed=8)
+    full = ht.eigenvalues(ht.from_dense(a), k=3, key=jax.random.key(0), tol=1e-10)
+    lean = ht.eigenvalues(ht.from_dense(a), k=3, key=jax.random.key(0), tol=1e-10,
+                          verify=False, residuals="estimate")
+    np.testing.assert_allclose(lean.values, full.values, atol=1e-9)
+    assert lean.num_matvecs < full.num_matvecs - 3
+    assert lean.residual_kind == "estimate"
+    np.testing.assert_allclose(lean.residuals, full.residuals, atol=1e-9)
+    # without verification a repeated eigenvalue can come back once: the default is safe
+    b = spectrum_matrix(np.r_[5.0, 5.0, 3.0, np.linspace(-1, 2, 37)], seed=9)
+    safe = ht.eigenvalues(ht.from_dense(b), k=2, key=jax.random.key(0), tol=1e-10)
+    np.testing.assert_allclose(safe.values, [5.0, 5.0], atol=1e-9)
