@@ -21,3 +21,38 @@ __all__ = [
     "eigenvalues", "empirical_fisher", "from_dense", "gauss_newton", "gradient", "hessian",
     "linalg", "plot_eigenvalues", "plots", "to_dense", "tree", "value_and_grad",
 ]
+
+# ---- critical points and saddle-free Newton (issue 4) ----------------------------------------
+from hessian_tools.critical import (CriticalPointReport, CriticalPointSearch, FoundPoint,  # noqa: E402
+                                    classify, find_critical_points, plot_index_vs_loss,
+                                    verdict_summary)
+from hessian_tools.saddle_free import SaddleFreeNewtonState, saddle_free_newton  # noqa: E402
+
+__all__ += ["CriticalPointReport", "CriticalPointSearch", "FoundPoint", "SaddleFreeNewtonState",
+            "classify", "find_critical_points", "plot_index_vs_loss", "saddle_free_newton",
+            "verdict_summary"]
+
+# ---- the whole spectrum: SLQ density, traces, negative counts, outliers (issue 3) -------------
+from hessian_tools.density import (EigenvalueCount, OutlierSplit, SpectralDensity,  # noqa: E402
+                                   TraceEstimate, default_sigma, default_threshold, density,
+                                   negative_count, outliers, trace)
+from hessian_tools.plots_density import plot_densities, plot_density  # noqa: E402
+
+__all__ += ["EigenvalueCount", "OutlierSplit", "SpectralDensity", "TraceEstimate",
+            "default_sigma", "default_threshold", "density", "negative_count", "outliers",
+            "plot_densities", "plot_density", "trace"]
+
+# ---- sharpness during training, comparing optimizers (issue 5) ------------------------------
+from hessian_tools.tracking import (OptimizerComparison, OptimizerInfo, OptimizerRun,  # noqa: E402
+                                    SharpnessLog, SharpnessMonitorState, SharpnessResult,
+                                    SharpnessTracker, adaptive_preconditioner,
+                                    compare_optimizers, measurement_subset, nnx_model_fn,
+                                    optimizer_info, plot_comparison, plot_sharpness,
+                                    read_sharpness_log, sharpness, sharpness_monitor,
+                                    stability_threshold)
+
+__all__ += ["OptimizerComparison", "OptimizerInfo", "OptimizerRun", "SharpnessLog",
+            "SharpnessMonitorState", "SharpnessResult", "SharpnessTracker",
+            "adaptive_preconditioner", "compare_optimizers", "measurement_subset",
+            "nnx_model_fn", "optimizer_info", "plot_comparison", "plot_sharpness",
+            "read_sharpness_log", "sharpness", "sharpness_monitor", "stability_threshold"]

@@ -48,9 +48,7 @@ def _demo(args) -> int:
         say(f"note: replacing the previous demo results in {out}/ (pass --out elsewhere to keep "
             "them)")
     start = time.perf_counter()
-    model = digits.trained_model(args.example, seed=args.seed, use_cache=not args.no_cache,
-                                 verbose=not (args.quiet or args.json))
-    del model
+    sharp_log = _train_with_sharpness(args, say)
     obj = digits.digits_objective(args.example, dtype=getattr(jnp, args.dtype), seed=args.seed)
     say(f"model: digits {args.example}, {obj.num_params:,} parameters, {obj.num_examples} "
         f"examples, {args.dtype}")
@@ -61,8 +59,11 @@ def _demo(args) -> int:
     summary = {"example": args.example, "num_params": obj.num_params,
                "num_examples": obj.num_examples, "dtype": args.dtype, "seed": args.seed,
                "loss": float(loss), "grad_norm": float(ht.tree.norm(grad)),
-               "eigenvalues": eig.to_dict(), "versions": _versions(),
-               "wall_time": time.perf_counter() - start}
+               "eigenvalues": eig.to_dict(), "versions": _versions()}
+    extras = _demo_extras(ht, obj, H, jax.random.key(args.seed + 1), out, sharp_log, say)
+    lines = extras.pop("lines")
+    summary.update(extras)
+    summary["wall_time"] = time.perf_counter() - start
     write_json(targets[0], summary)
     ax = plot_eigenvalues(eig)
     ax.set_title(f"digits {args.example}: top-{args.k} and bottom-{args.k} Hessian eigenvalues")
@@ -73,12 +74,84 @@ def _demo(args) -> int:
         return 0 if eig.converged else 1
     say(f"loss {float(loss):.4f}, gradient norm {summary['grad_norm']:.3g}")
     say(eig.table())
+    for line in lines:
+        say(line)
     say(f"wrote {targets[0]} and {targets[1]} ({summary['wall_time']:.1f} s)")
     if not eig.converged:
         print("warning: not every eigenpair reached the tolerance; see the residuals",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _train_with_sharpness(args, say):
+    """Train the demo model (or load it), with the sharpness of its training run tracked.
+
+    The sharpness log is cached next to the weights, so a second run neither retrains nor
+    re-measures. Returns the log (or None when tracking is unavailable).
+    """
+    import hessian_tools as ht
+    from hessian_tools.examples import digits
+    verbose = not (args.quiet or args.json)
+    log_path = digits.cache_path(args.example, args.seed).with_suffix(".sharpness.jsonl")
+    weights = digits.cache_path(args.example, args.seed)
+    if not hasattr(ht, "SharpnessTracker"):
+        digits.trained_model(args.example, seed=args.seed, use_cache=not args.no_cache,
+                             verbose=verbose)
+        return None
+    if not args.no_cache and weights.exists() and log_path.exists():
+        digits.trained_model(args.example, seed=args.seed, verbose=verbose)
+        return ht.read_sharpness_log(log_path, strict=False)
+    import jax
+    from flax import nnx
+    model = digits.make_model(args.example, seed=args.seed)
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params, batch):
+        return digits.cross_entropy(nnx.merge(graphdef, params, rest)(batch[0]), batch)
+
+    x, y = digits.load_digits_data(image=digits.CONFIGS[args.example]["kind"] == "cnn")
+    log_path.unlink(missing_ok=True)
+    tracker = ht.SharpnessTracker(loss_fn, (x[:512], y[:512]), every=25, log_path=log_path,
+                                  key=jax.random.key(args.seed), overwrite=True)
+    say(f"training {args.example} with its sharpness measured every 25 steps ...")
+    digits.trained_model(args.example, seed=args.seed, use_cache=not args.no_cache,
+                         callback=lambda step, params, opt_state: tracker.update(
+                             step, params, learning_rate=1e-2))   # raw (not preconditioned)
+    return tracker.log
+
+
+def _demo_extras(ht, obj, H, key, out, sharp_log, say) -> dict:
+    """What later issues add to the demo report: density, trace, negative count, verdict,
+    the sharpness of the training run. Each part is skipped if this version lacks it."""
+    import jax
+    import matplotlib.pyplot as plt
+
+    from hessian_tools.report import save_figure
+    extras, lines = {}, []
+    if hasattr(ht, "density"):
+        dens = ht.density(H, key=jax.random.fold_in(key, 0))
+        tr = ht.trace(H, key=jax.random.fold_in(key, 1))
+        neg = ht.negative_count(dens)          # from the density: no further matvecs
+        extras.update(density=dens.to_dict(), trace=tr.to_dict(), negative_count=neg.to_dict())
+        lines += [f"trace: {tr}", f"negative eigenvalues: {neg}"]
+        ax = ht.plot_density(dens)
+        save_figure(ax.figure, out / "density.png")
+        plt.close(ax.figure)
+    if hasattr(ht, "verdict_summary"):
+        verdict = ht.verdict_summary(obj, jax.random.fold_in(key, 3))
+        extras["critical_point"] = verdict
+        lines.append(f"verdict: {verdict['summary']}")
+    if sharp_log is not None and len(sharp_log.steps):
+        extras["sharpness"] = {"steps": [int(s) for s in sharp_log.steps],
+                               "lambda_max": [float(v) for v in sharp_log["lambda_max"]]}
+        ax = ht.plot_sharpness(sharp_log, learning_rate=1e-2)
+        save_figure(ax.figure, out / "sharpness.png")
+        plt.close(ax.figure)
+        lines.append(f"sharpness during training: {len(sharp_log.steps)} measurements, final "
+                     f"lambda_max {float(sharp_log['lambda_max'][-1]):.4g}")
+    extras["lines"] = lines
+    return extras
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -100,8 +100,12 @@ def make_model(name: str = "mlp-small", *, seed: int = 0, param_dtype=jnp.float3
     return CNN(cfg["channels"], rngs=rngs, param_dtype=param_dtype)
 
 
-def train(model, data, *, steps: int = 300, learning_rate: float = 1e-2):
-    """Full-batch Adam on the cross-entropy; modifies and returns ``model``."""
+def train(model, data, *, steps: int = 300, learning_rate: float = 1e-2, callback=None):
+    """Full-batch Adam on the cross-entropy; modifies and returns ``model``.
+
+    ``callback(step, params, opt_state)``, if given, is called before every step with the
+    ``nnx.Param`` state (e.g. to feed a ``SharpnessTracker``).
+    """
     optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
 
     @nnx.jit
@@ -110,8 +114,12 @@ def train(model, data, *, steps: int = 300, learning_rate: float = 1e-2):
         optimizer.update(model, grads)
         return loss
 
-    for _ in range(steps):
+    for i in range(steps):
+        if callback is not None:
+            callback(i, nnx.state(model, nnx.Param), optimizer.opt_state)
         step(model, optimizer, *data)
+    if callback is not None:
+        callback(steps, nnx.state(model, nnx.Param), optimizer.opt_state)
     return model
 
 
@@ -119,6 +127,11 @@ def cache_dir() -> Path:
     """Where trained example weights are cached (``$HESSIAN_TOOLS_CACHE`` overrides)."""
     root = os.environ.get("HESSIAN_TOOLS_CACHE") or Path.home() / ".cache" / "hessian_tools"
     return Path(root)
+
+
+def cache_path(name: str, seed: int = 0, steps: int = 300, learning_rate: float = 1e-2) -> Path:
+    """Where :func:`trained_model` caches the weights of a configuration."""
+    return _cache_path(name, seed, steps, learning_rate)
 
 
 def _cache_path(name, seed, steps, learning_rate) -> Path:
@@ -129,16 +142,18 @@ def _cache_path(name, seed, steps, learning_rate) -> Path:
 
 
 def trained_model(name: str = "mlp-small", *, seed: int = 0, steps: int = 300,
-                  learning_rate: float = 1e-2, use_cache: bool = True, verbose: bool = False):
+                  learning_rate: float = 1e-2, use_cache: bool = True, verbose: bool = False,
+                  callback=None):
     """A model of a named configuration trained on digits, from the cache when present.
 
-    Training is in float32; the weights are cached as flax msgpack (safe to load).
+    Training is in float32; the weights are cached as flax msgpack (safe to load). With a
+    ``callback`` (see :func:`train`) the model is always trained (and the cache refreshed).
     """
     import flax.serialization
     model = make_model(name, seed=seed)
     path = _cache_path(name, seed, steps, learning_rate)
     state = nnx.state(model, nnx.Param)
-    if use_cache and path.exists():
+    if use_cache and path.exists() and callback is None:
         restored = jax.tree.map(jnp.asarray, flax.serialization.from_bytes(
             nnx.to_pure_dict(state), path.read_bytes()))
         nnx.replace_by_pure_dict(state, restored)
@@ -149,7 +164,7 @@ def trained_model(name: str = "mlp-small", *, seed: int = 0, steps: int = 300,
     if verbose:
         print(f"training {name} on digits for {steps} steps (cached afterwards in {path}) ...")
     data = load_digits_data(image=CONFIGS[name]["kind"] == "cnn")
-    train(model, data, steps=steps, learning_rate=learning_rate)
+    train(model, data, steps=steps, learning_rate=learning_rate, callback=callback)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
