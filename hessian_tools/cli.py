@@ -181,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
                       "persistent compilation cache")
     demo.set_defaults(func=_demo)
     add_parsers(sub, argparse.ArgumentDefaultsHelpFormatter)
+    from hessian_tools.critical_cli import add_classify_parser
+    from hessian_tools.tracking_cli import add_compare_parser
+    add_classify_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 

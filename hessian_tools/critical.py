@@ -40,9 +40,7 @@ from hessian_tools.objective import Objective, _check_same_structure
 from hessian_tools.operators import (_dataset_mean, _value_and_grad, hessian, to_dense,
                                      value_and_grad)
 from hessian_tools.results import _jsonable
-from hessian_tools.linalg.lanczos import lanczos_eigs
-from hessian_tools.results import Eigenpairs
-from hessian_tools.spectrum import _explicit_residuals, default_tol
+from hessian_tools.spectrum import default_tol, eigenvalues
 
 __all__ = ["CriticalPointReport", "CriticalPointSearch", "FoundPoint", "MinresResult",
            "VERDICTS", "classify", "default_flat_tol", "default_grad_tol",
@@ -456,7 +454,7 @@ def _lanczos_spectrum(H, key, *, flat_tol, eig_tol, max_index, max_probe):
     flat count is exact when the flat eigenvalues are enclosed by the pairs seen.
     """
     k = max(1, min(8, max_index, H.dim // 2))
-    both = _both_ends(H, k, key, eig_tol)
+    both = eigenvalues(H, k=k, which="both", key=key, tol=eig_tol)
     keep = _unit_rows(both.vectors)         # drop pairs without a unit eigenvector
     rows = np.flatnonzero(keep)[::-1]                         # ascending eigenvalue order
     values, errors = both.values[rows], both.residuals[rows]
@@ -482,37 +480,14 @@ def _lanczos_spectrum(H, key, *, flat_tol, eig_tol, max_index, max_probe):
     return spec
 
 
-def _both_ends(H, k, key, tol) -> Eigenpairs:
-    """The ``k`` largest and ``k`` smallest eigenpairs, with explicit residuals.
-
-    Like ``ht.eigenvalues(H, k=k, which="both")``, but the Lanczos run checks for breakdown
-    after every step on small problems (``check_every=1``): a Krylov space that becomes
-    invariant between two checks otherwise leaves spurious ``(0, zero vector)`` Ritz pairs.
-    """
-    res = lanczos_eigs(H.apply_unchecked, key, H.params_like, k=k, which="both", tol=tol,
-                       check_every=1 if H.dim <= 10000 else 5)
-    before = H.num_matvecs
-    residuals = _explicit_residuals(H, res.vectors, res.values) if len(res.values) else \
-        res.values
-    scale = max(res.scale, float(np.max(np.abs(res.values), initial=0.0)))
-    converged = res.converged and bool(np.all(residuals <= max(tol * scale, 1e-300) * 10))
-    return Eigenpairs(res.values, res.vectors, residuals,
-                      res.num_matvecs + H.num_matvecs - before, converged, "both", k, tol, scale,
-                      "lanczos", H.kind)
-
-
 @jax.jit
 def _row_norms(stacked):
     return jax.vmap(tree.norm)(stacked)
 
 
 def _unit_rows(stacked) -> np.ndarray:
-    """Rows of a stacked basis that are unit vectors.
-
-    ``ht.eigenvalues`` can return spurious ``(0, zero vector)`` pairs when a Krylov space
-    breaks down between two convergence checks (exactly repeated eigenvalues in a tiny
-    problem); those are not eigenpairs and are dropped.
-    """
+    """Rows of a stacked basis that are unit vectors (a guard: a Krylov breakdown handled
+    badly shows up as ``(0, zero vector)`` pairs, which are not eigenpairs)."""
     return np.abs(np.asarray(_row_norms(stacked)) - 1.0) < 1e-3
 
 
