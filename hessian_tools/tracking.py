@@ -411,25 +411,45 @@ class _ScaledMatvec:
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _lanczos_step(basis, j, w, beta_prev):
-    """Given ``w = A q_j``: the three-term step, full reorthogonalisation (CGS2) against the
-    basis, and ``q_{j+1}`` stored as row ``j + 1``. Returns ``(basis, q_{j+1}, alpha_j,
-    beta_j)``; ``q_{j+1}`` is zero on breakdown (``beta_j`` at rounding level).
+def _lanczos_step(basis, j, w):
+    """Given ``w = A q_j``: orthogonalise it against the whole basis (classical Gram-Schmidt
+    twice) and store the normalised remainder as row ``j + 1``.
 
-    The product is computed separately (one compiled call per operator): the step is then
-    compiled once per basis size, and the HVP once, instead of once per combination.
+    Returns ``(basis, q_{j+1}, h, beta)`` with ``h = V (A q_j)`` (column ``j`` of the
+    projected matrix ``V A V^T``: tridiagonal in a plain run, an arrowhead after a thick
+    restart) and ``beta`` the remainder's norm; on breakdown (``beta`` at rounding level)
+    ``q_{j+1}`` is zero and ``beta`` is 0. Zero rows of the buffer contribute nothing.
+
+    The product is computed separately (one compiled call per operator): this step is
+    compiled once per basis size and the HVP once, not once per combination.
     """
-    q = tree.basis_get(basis, j)
-    q_prev = tree.basis_get(basis, jnp.maximum(j - 1, 0))
-    alpha = tree.vdot(q, w)
-    w = tree.sub(w, tree.add(tree.scale(alpha, q), tree.scale(beta_prev, q_prev)))
-    for _ in range(2):
-        w = tree.sub(w, tree.basis_combine(tree.basis_dot(basis, w), basis))
+    h = tree.basis_dot(basis, w)
+    w = tree.sub(w, tree.basis_combine(h, basis))
+    h2 = tree.basis_dot(basis, w)
+    w = tree.sub(w, tree.basis_combine(h2, basis))
     beta = tree.norm(w)
-    tiny = beta <= 100 * jnp.finfo(beta.dtype).eps * (jnp.abs(alpha) + beta_prev + beta)
+    tiny = beta <= 100 * jnp.finfo(beta.dtype).eps * (jnp.max(jnp.abs(h)) + beta)
     q_next = tree.scale(jnp.where(tiny, 0.0, 1.0 / jnp.where(tiny, 1.0, beta)), w)
     basis = tree.basis_set(basis, j + 1, q_next)
-    return basis, q_next, alpha, jnp.where(tiny, 0.0, beta)
+    return basis, q_next, h + h2, jnp.where(tiny, 0.0, beta)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _fill_row(basis, j, z):
+    """Store ``z``, orthonormalised against the basis, as row ``j`` (after a breakdown)."""
+    for _ in range(2):
+        z = tree.sub(z, tree.basis_combine(tree.basis_dot(basis, z), basis))
+    z = tree.scale(1.0 / tree.norm(z), z)
+    return tree.basis_set(basis, j, z), z
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _restart_basis(basis, coeffs, q_next):
+    """Thick restart: rows ``0..l-1`` the kept Ritz vectors ``V^T S``, row ``l`` ``q_next``."""
+    kept = tree.basis_combine(coeffs, basis)
+    n = coeffs.shape[1]
+    new = jax.tree.map(lambda b, r: jnp.zeros_like(b).at[:n].set(r.astype(b.dtype)), basis, kept)
+    return tree.basis_set(new, n, q_next)
 
 
 @jax.jit
@@ -494,52 +514,63 @@ def _krylov(apply, start, *, k_top, k_bottom, num_guard, tol, guard_tol, krylov_
 
     Wanted: the ``k_top`` largest and ``k_bottom`` smallest Ritz pairs (residual ``<= tol *
     scale``) and ``num_guard`` guards, the runner-ups below the top ``k_top`` (residual ``<=
-    guard_tol * scale``). ``apply(v) -> A v`` applies the operator. When the basis fills up
-    (``krylov_dim`` rows) it restarts explicitly from the wanted Ritz vectors; when the start
-    vector spans an invariant subspace too small for the wanted set (a breakdown, e.g. a warm
-    start that is an exact eigenvector while ``k > 1``) it restarts from ``fresh()``.
+    guard_tol * scale``); ``scale`` is the largest ``|Ritz value|`` seen. ``apply(v) -> A v``
+    applies the operator. Full reorthogonalisation; when the basis holds ``krylov_dim``
+    vectors it thick-restarts (Krylov-Schur: Stewart 2001) keeping about half of them, the
+    Ritz vectors nearest the wanted ends; on a breakdown (an invariant subspace) before the
+    wanted set is complete it continues with ``fresh()``, a random vector orthogonalised
+    against the basis.
     """
-    rows = min(krylov_dim, dim) + 1
     n_top = k_top + num_guard
+    rows = min(max(krylov_dim, 2 * (n_top + k_bottom) + 4), dim) + 1   # room to restart
     tols = np.array([tol] * k_top + [guard_tol] * num_guard + [tol] * k_bottom)
-    used, scale = 0, 0.0
+    cap = min(rows, max(_FIRST_ROWS, n_top + k_bottom + 2))
+    basis, q = _init_basis(start, cap)
+    proj = np.zeros((rows, rows))
+    j = used = 0
+    scale = 0.0
     while True:
-        cap = min(rows, max(_FIRST_ROWS, n_top + k_bottom + 2))
-        basis, q = _init_basis(start, cap)
-        alphas, betas = [], []
-        while True:
-            if len(alphas) + 1 >= cap and cap < rows:
-                cap = min(rows, 2 * cap)
-                basis = _grow_basis(basis, cap)
-            basis, q, alpha, beta = _lanczos_step(
-                basis, jnp.asarray(len(alphas), jnp.int32), apply(q),
-                jnp.asarray(betas[-1] if betas else 0.0, _real_dtype(basis)))
-            used += 1
-            alphas.append(float(alpha))
-            betas.append(float(beta))
-            theta, s, res, idx = _ritz(alphas, betas, n_top, k_bottom)
-            scale = max(scale, float(np.max(np.abs(theta))))
-            m = len(alphas)
-            complete = len(idx) == n_top + k_bottom
-            ok = complete and bool(np.all(res[idx] <= tols * max(scale, 1e-300)))
-            done = ok and m >= min(min_iters, dim)
-            breakdown = betas[-1] == 0.0
-            if done or breakdown or used >= max_matvecs or m >= rows - 1:
-                break
-        stuck = breakdown and not complete and m < dim
-        if stuck and used < max_matvecs:
-            start = fresh()
-            continue
-        coeffs = np.zeros((cap, len(idx)))
-        coeffs[:m] = s[:, idx]
-        vectors = _combine_rows(jnp.asarray(coeffs, _real_dtype(basis)), basis)
-        if done or breakdown or used >= max_matvecs:
+        if j + 1 >= cap and cap < rows:
+            cap = min(rows, 2 * cap)
+            basis = _grow_basis(basis, cap)
+        basis, q, h, beta = _lanczos_step(basis, jnp.asarray(j, jnp.int32), apply(q))
+        h, beta = np.asarray(h, np.float64), float(beta)
+        proj[:j + 1, j] = proj[j, :j + 1] = h[:j + 1]
+        j, used = j + 1, used + 1
+        theta, s = np.linalg.eigh(proj[:j, :j])
+        res = np.abs(beta * s[j - 1, :])
+        idx = _wanted(j, n_top, k_bottom)
+        scale = max(scale, float(np.max(np.abs(theta))))
+        complete = len(idx) == n_top + k_bottom
+        ok = complete and bool(np.all(res[idx] <= tols * max(scale, 1e-300)))
+        if (ok and used >= min(min_iters, dim)) or used >= max_matvecs or j >= dim:
             break
-        start = _warm_start(vectors, jnp.ones(len(idx), _real_dtype(basis)))  # restart
+        if j >= rows - 1:
+            basis, j = _thick_restart(basis, q, proj, theta, s, beta, j, n_top, k_bottom)
+        if beta == 0.0:                        # invariant subspace: continue elsewhere
+            basis, q = _fill_row(basis, jnp.asarray(j, jnp.int32), fresh())
+    coeffs = np.zeros((cap, len(idx)))
+    coeffs[:j] = s[:, idx]
+    vectors = _combine_rows(jnp.asarray(coeffs, _real_dtype(basis)), basis)
     wanted = list(range(k_top)) + list(range(n_top, len(idx)))
     return _Krylov(theta[idx][wanted], res[idx][wanted],
                    _take_rows(vectors, jnp.asarray(wanted, jnp.int32)), vectors, used,
-                   bool(ok or (breakdown and complete)), scale)
+                   ok, scale)
+
+
+def _thick_restart(basis, q, proj, theta, s, beta, m, n_top, k_bottom):
+    """Keep about half the basis, the Ritz vectors nearest the wanted ends (Krylov-Schur)."""
+    keep_n = max(n_top + k_bottom + 2, m // 2)
+    bottom_n = max(k_bottom + 1, min(keep_n // 2, keep_n - n_top - 1)) if k_bottom else 0
+    keep = _wanted(m, keep_n - bottom_n, bottom_n)
+    coeffs = np.zeros((jax.tree.leaves(basis)[0].shape[0], len(keep)))
+    coeffs[:m] = s[:, keep]
+    basis = _restart_basis(basis, jnp.asarray(coeffs, _real_dtype(basis)), q)
+    n = len(keep)
+    proj[:] = 0.0
+    proj[np.arange(n), np.arange(n)] = theta[keep]
+    proj[n, :n] = proj[:n, n] = beta * s[m - 1, keep]
+    return basis, n
 
 
 @jax.jit
@@ -549,17 +580,6 @@ def _take_rows(basis, rows):
 
 def _real_dtype(basis):
     return jnp.finfo(jnp.result_type(*jax.tree.leaves(basis))).dtype
-
-
-def _ritz(alphas, betas, k_top, k_bottom):
-    m = len(alphas)
-    t = np.diag(alphas)
-    if m > 1:
-        off = np.asarray(betas[:-1])
-        t += np.diag(off, 1) + np.diag(off, -1)
-    theta, s = np.linalg.eigh(t)
-    res = np.abs(betas[-1] * s[m - 1, :])
-    return theta, s, res, _wanted(m, k_top, k_bottom)
 
 
 def _make_apply(op: CurvatureOperator, matvec_fn, d):
