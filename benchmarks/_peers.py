@@ -23,8 +23,9 @@ import torch
 
 from _jax_extras import block, oracle_steps
 
-__all__ = ["torch_grad_time", "run_pyhessian", "run_pyhessian_matched", "pyhessian_hvp_fn", "run_eigenthings",
-           "eigenthings_hvp_fn", "run_scipy", "run_matfree"]
+__all__ = ["torch_grad_time", "run_pyhessian", "run_pyhessian_matched", "pyhessian_hvp_fn",
+           "run_eigenthings", "eigenthings_hvp_fn", "run_eigenthings_defaults", "run_scipy",
+           "run_matfree"]
 
 _CRITERION = torch.nn.CrossEntropyLoss()
 

@@ -93,6 +93,8 @@ def loop_table(res) -> str:
 def main(paths):
     for path in paths:
         res = json.loads(open(path).read())
+        if "hvp" not in res:            # e.g. the HEAD re-run of our rows only
+            continue
         m = res["meta"]
         print(f"### {m['model']} ({m['num_params']:,} parameters, {m['num_examples']} examples)\n")
         print(f"Load average at start / end: {m['load_average_at_start'][0]:.1f} / "

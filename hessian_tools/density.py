@@ -264,7 +264,8 @@ class EigenvalueCount(_Serializable):
         return abs(self.lambda_min) / self.lambda_max if self.lambda_max > 0 else math.nan
 
     def __str__(self) -> str:
-        kind = "exact" if self.exact else f"{self.confidence:.0%} CI [{self.low:.1f}, {self.high:.1f}]"
+        kind = ("exact" if self.exact else
+                f"{self.confidence:.0%} CI [{self.low:.1f}, {self.high:.1f}]")
         return (f"EigenvalueCount(#(lambda < {self.threshold:.3g}) = {self.count:.1f} of "
                 f"{self.dim} ({self.fraction:.2%}), {kind}, {self.method}, "
                 f"{self.num_matvecs} matvecs)")

@@ -668,10 +668,11 @@ def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_g
          tol, guard_tol=None, krylov_dim, max_matvecs, min_iters) -> _Krylov:
     """Lanczos on ``H`` (or ``D H D``) from a warm (or random) start.
 
-    The warm start is the sum of the previous measurement's Ritz vectors: the wanted ones
-    and the ``num_guard`` converged runner-ups. With the guards in the start vector their
-    directions are in the Krylov space after a few steps, so a runner-up that overtakes the
-    top eigenvalue between two measurements is found, not missed.
+    The warm start is a weighted sum of the previous measurement's Ritz vectors: the wanted
+    ones (weight 1) and the converged runner-up, the guard (weight 0.3). With the guard in
+    the start vector its direction is in the Krylov space after a step or two, so a
+    runner-up that overtakes the top eigenvalue between two measurements is found, not
+    missed.
     """
     dim = op.dim
     k_top = min(k_top, dim)
@@ -680,10 +681,22 @@ def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_g
     key, sub = jax.random.split(key)
     fresh = functools.partial(_random_start, params, sub)     # a restart after a breakdown
     start = _random_start(params, key) if warm is None else _warm_start(
-        warm, jnp.ones(jax.tree.leaves(warm)[0].shape[0], op.dtype))
+        warm, jnp.asarray(_warm_weights(jax.tree.leaves(warm)[0].shape[0], k_top), op.dtype))
     return _krylov(_make_apply(op, matvec_fn, d), start, k_top=k_top, k_bottom=k_bottom,
                    num_guard=num_guard, tol=tol, guard_tol=guard_tol, krylov_dim=krylov_dim,
                    max_matvecs=max_matvecs, min_iters=min_iters, dim=dim, fresh=fresh)
+
+
+_GUARD_WEIGHT = 0.3
+
+
+def _warm_weights(rows: int, k_top: int) -> np.ndarray:
+    """Start-vector weights of the warm rows: 1 for the top ``k_top`` (and a bottom vector),
+    ``_GUARD_WEIGHT`` for the guard, whose direction the Krylov space picks up within a
+    step or two anyway."""
+    w = np.ones(rows)
+    w[k_top:k_top + 1] = _GUARD_WEIGHT
+    return w
 
 
 def sharpness(loss_fn: Callable, params, data, *, key, v0=None, k: int = 1, tol: float = 1e-3,

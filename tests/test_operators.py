@@ -190,3 +190,14 @@ def test_eigenvalues_of_small_mlp_match_eigh():
     np.testing.assert_allclose(eig.largest, w[::-1][:5], rtol=1e-6, atol=1e-6 * scale)
     np.testing.assert_allclose(eig.smallest, w[:5], rtol=0, atol=1e-6 * scale)
     assert eig.smallest[0] < 0  # a briefly trained net is not at a minimum
+
+
+def test_many_equal_batches_take_the_scan_path_and_agree():
+    one = _mlp_objective(n=200)
+    ten = _mlp_objective(n=200, batches=list(range(0, 201, 20)))
+    assert jax.tree.leaves(ten.groups.stacks[0])[0].shape[0] == 10   # > 4: lax.scan
+    v = ht.tree.normal_like(jax.random.key(2), one.params)
+    a = _ravel(ht.hessian(one, linearize=False)(v))
+    np.testing.assert_allclose(_ravel(ht.hessian(ten, linearize=False)(v)), a, atol=1e-12)
+    np.testing.assert_allclose(_ravel(ht.gauss_newton(ten)(v)), _ravel(ht.gauss_newton(one)(v)),
+                               atol=1e-12)

