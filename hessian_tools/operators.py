@@ -351,22 +351,31 @@ def from_dense(matrix) -> CurvatureOperator:
 
 
 def to_dense(op: CurvatureOperator, *, chunk: int = 256) -> np.ndarray:
-    """The explicit matrix of an operator, column by column (``dim`` matvecs; small ``dim`` only)."""
-    like = op.params_like
-    flat0, unravel = jax.flatten_util.ravel_pytree(tree.zeros_like(
-        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)))
+    """The explicit matrix of an operator, column by column (``dim`` matvecs; small ``dim`` only).
+
+    Columns are computed ``chunk`` at a time by one compiled, vmapped product (compiled once
+    per operator architecture and chunk width, not per call).
+    """
+    like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), op.params_like)
+    flat0, unravel = jax.flatten_util.ravel_pytree(like)
     n = flat0.size
     cols = []
     for start in range(0, n, chunk):
         eye = jnp.eye(n, min(chunk, n - start), -start, dtype=flat0.dtype)
         if op.matvec_fn is not None:
-            out = jax.jit(jax.vmap(lambda e, f=op.matvec_fn: jax.flatten_util.ravel_pytree(
-                f(unravel(e)))[0], in_axes=1, out_axes=1))(eye)
+            out = _dense_columns(op.matvec_fn, eye, like)
         else:
             out = jnp.stack([jax.flatten_util.ravel_pytree(op(unravel(e)))[0] for e in eye.T], 1)
         cols.append(np.asarray(out))
     op.num_matvecs += n
     return np.concatenate(cols, axis=1)
+
+
+@jax.jit
+def _dense_columns(matvec_fn, eye, like):
+    unravel = jax.flatten_util.ravel_pytree(like)[1]
+    return jax.vmap(lambda e: jax.flatten_util.ravel_pytree(matvec_fn(unravel(e)))[0],
+                    in_axes=1, out_axes=1)(eye)
 
 
 def dense_hessian(obj: Objective, *, chunk_size: int = 128) -> np.ndarray:
