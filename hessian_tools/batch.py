@@ -29,7 +29,7 @@ from hessian_tools.operators import hessian, value_and_grad
 from hessian_tools.report import write_json
 from hessian_tools.spectrum import eigenvalues
 
-__all__ = ["AnalysisConfig", "analyze", "load_model_target", "run_checkpoints", "CheckpointResult"]
+__all__ = ["AnalysisConfig", "BatchProgress", "analyze", "planned_matvecs", "import_target", "load_model_target", "run_checkpoints", "CheckpointResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +47,90 @@ class AnalysisConfig:
     trace_matvecs: int = 60
 
 
-def analyze(obj: Objective, config: AnalysisConfig, *, progress: bool = False) -> dict:
+def planned_matvecs(config: AnalysisConfig) -> int:
+    """A first guess of the matvecs ``analyze`` spends (progress bars; refined as runs finish).
+
+    Lanczos usually converges within about two bases of ``default_krylov_dim`` rows per end.
+    """
+    from hessian_tools.linalg.lanczos import default_krylov_dim
+    plan = 0
+    if config.top and config.bottom and config.top == config.bottom:
+        plan += 2 * default_krylov_dim(config.top, "both")
+    else:
+        plan += sum(2 * default_krylov_dim(k, w)
+                    for w, k in (("largest", config.top), ("smallest", config.bottom)) if k)
+    plan += config.trace_matvecs if config.trace else 0
+    plan += config.num_probes * config.num_steps if config.density else 0
+    return plan
+
+
+class BatchProgress:
+    """Two progress bars for a batch run, both in matvecs: the current checkpoint and overall.
+
+    The plan for a checkpoint starts at :func:`planned_matvecs` and becomes the matvec count
+    of the last checkpoint analysed, so the overall ETA sharpens as the run goes. Writes to
+    stderr; create it only when stderr is a terminal.
+    """
+
+    def __init__(self, num_checkpoints: int, config: AnalysisConfig):
+        from tqdm.auto import tqdm
+        self._plan = planned_matvecs(config)
+        self._left = num_checkpoints
+        self._done = 0
+        self.overall = tqdm(total=self._plan * num_checkpoints, desc="all checkpoints",
+                            unit="matvec", position=0)
+        self.current = None
+
+    def start(self, name: str):
+        """Open the bar of one checkpoint; returns the observer for ``H.observe``."""
+        from tqdm.auto import tqdm
+        self.current = tqdm(total=self._plan, desc=name[:30], unit="matvec", position=1,
+                            leave=False)
+
+        def observe(n):
+            if n > self.current.total:
+                self.current.total = n
+            self.current.n = n
+            self.current.refresh()
+            self.overall.n = self._done + n
+            self.overall.refresh()
+        return observe
+
+    def finish(self, matvecs: int | None) -> None:
+        """Close the current checkpoint's bar; ``matvecs`` None for a skipped or failed one."""
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+        self._left -= 1
+        if matvecs:
+            self._plan = matvecs
+            self._done += matvecs
+        self.overall.total = self._done + self._left * self._plan
+        self.overall.n = self._done
+        self.overall.refresh()
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+        self.overall.close()
+
+
+def analyze(obj: Objective, config: AnalysisConfig, *, progress: bool = False,
+            on_matvec: Callable[[int], None] | None = None) -> dict:
     """Loss, gradient norm, extreme eigenvalues (and optionally trace, density) at one point.
 
     Cost: one gradient pass, the Lanczos matvecs (see ``ht.eigenvalues``), plus
-    ``trace_matvecs`` for the trace and ``num_probes x num_steps`` for the density.
+    ``trace_matvecs`` for the trace and ``num_probes x num_steps`` for the density (which
+    also gives ``negative_fraction``: eigenvalues below ``-tau``, ``ht.negative_count``'s
+    default threshold, with its interval in ``negative_count``). ``on_matvec(n)`` is called with the running matvec count (then no per-solver bars are
+    drawn: ``progress`` is for interactive single runs).
     """
     start = time.perf_counter()
     key = jax.random.key(config.seed)
     H = hessian(obj)
+    if on_matvec is not None:
+        H.observe(on_matvec)
+        progress = False
     loss, grad = value_and_grad(obj)
     out = {"loss": float(loss), "grad_norm": float(tree.norm(grad)),
            "num_params": obj.num_params, "num_examples": obj.num_examples,
@@ -96,6 +171,9 @@ def _optional_estimates(H, config, key, out) -> None:
             dens = ht.density(H, num_probes=config.num_probes, num_steps=config.num_steps,
                               key=jax.random.fold_in(key, 2))
             out["density"] = dens.to_dict()
+            neg = ht.negative_count(dens)          # no new matvecs: read off the density
+            out["negative_count"] = neg.to_dict()
+            out["negative_fraction"] = neg.fraction
 
 
 # ---- the user's model ------------------------------------------------------------------
@@ -104,21 +182,22 @@ class ModelTargetError(ValueError):
     """``--model`` names something that cannot be imported or called."""
 
 
-def load_model_target(spec: str, kwargs: dict | None = None) -> Objective:
-    """Import ``module:function`` (or ``path/to/file.py:function``) and build the Objective.
+def import_target(spec: str, kwargs: dict | None = None, *, flag: str = "--model"):
+    """Import ``module:function`` (or ``path/to/file.py:function``), call it, return the result.
 
-    The function returns an :class:`Objective`, or ``(model, loss_fn, data)`` for a flax NNX
-    model (passed to ``Objective.from_nnx``).
+    Raises:
+      ModelTargetError: a malformed spec, a module that cannot be imported, a missing or
+        non-callable function (the messages say how to fix each).
     """
-    if ":" not in spec:
-        raise ModelTargetError(f"--model {spec!r} must look like 'package.module:function' or "
-                               "'path/to/file.py:function'.")
-    module_name, _, attr = spec.rpartition(":")
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ModelTargetError(f"{flag} {spec!r} must look like module:function, e.g. "
+                               "my_pkg.models:make_objective or path/to/models.py:make_objective.")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
-            if not path.exists():
-                raise ModelTargetError(f"--model: file {path} does not exist.")
+            if not path.is_file():
+                raise ModelTargetError(f"{flag}: file {path} does not exist.")
             mod_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[path.stem] = module
@@ -128,12 +207,24 @@ def load_model_target(spec: str, kwargs: dict | None = None) -> Objective:
     except ModelTargetError:
         raise
     except Exception as err:  # noqa: BLE001
-        raise ModelTargetError(f"--model: cannot import {module_name!r} ({type(err).__name__}: "
-                               f"{err}). Is it on PYTHONPATH?") from None
+        raise ModelTargetError(f"{flag}: cannot import {module_name!r} ({type(err).__name__}: "
+                               f"{err}). Run from the folder that contains it, add it to "
+                               "PYTHONPATH, or pass a path like models.py:make_objective.") from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
-        raise ModelTargetError(f"--model: {module_name!r} has no callable {attr!r}.")
-    result = fn(**(kwargs or {}))
+        public = sorted(n for n in vars(module) if not n.startswith("_"))[:10]
+        raise ModelTargetError(f"{flag}: {module_name!r} has no callable {attr!r} (it has "
+                               f"{public}).")
+    return fn(**(kwargs or {}))
+
+
+def load_model_target(spec: str, kwargs: dict | None = None) -> Objective:
+    """Import ``module:function`` (or ``path/to/file.py:function``) and build the Objective.
+
+    The function returns an :class:`Objective`, or ``(model, loss_fn, data)`` for a flax NNX
+    model (passed to ``Objective.from_nnx``).
+    """
+    result = import_target(spec, kwargs)
     if isinstance(result, Objective):
         return result
     if isinstance(result, tuple) and len(result) == 3:
@@ -168,7 +259,20 @@ def run_checkpoints(obj: Objective, paths: list[Path], out: Path, config: Analys
                     overwrite: bool = False, progress: bool = False,
                     on_done: Callable[[CheckpointResult], None] | None = None,
                     extra: dict | None = None) -> list[CheckpointResult]:
-    """Analyse each checkpoint; one bad checkpoint is recorded and the rest still run."""
+    """Analyse each checkpoint; one bad checkpoint is recorded and the rest still run.
+
+    ``progress=True`` draws two bars on stderr (this checkpoint and overall, in matvecs done
+    of planned, with an ETA): see :class:`BatchProgress`.
+    """
+    bars = BatchProgress(len(paths), config) if progress else None
+    try:
+        return _run_checkpoints(obj, paths, out, config, overwrite, bars, on_done, extra)
+    finally:
+        if bars is not None:
+            bars.close()
+
+
+def _run_checkpoints(obj, paths, out, config, overwrite, bars, on_done, extra):
     results, taken = [], set()
     for path in paths:
         name = _result_name(Path(path), taken)
@@ -176,15 +280,23 @@ def run_checkpoints(obj: Objective, paths: list[Path], out: Path, config: Analys
         rec = CheckpointResult(str(path), name, "done", output=str(target))
         if target.exists() and not overwrite:
             try:
-                rec.result = json.loads(target.read_text())["result"]
-                rec.status = "skipped"
+                stored = json.loads(target.read_text())
+                rec.result, rec.status = stored["result"], "skipped"
             except (ValueError, KeyError):
                 rec.status, rec.error = "failed", (f"existing result {target} is unreadable; "
                                                    "pass --overwrite to recompute it")
+            else:
+                differ = _config_differences(stored.get("config"), config)
+                if differ:
+                    rec.result = None
+                    rec.status, rec.error = "failed", (
+                        f"existing result {target} was computed with different settings "
+                        f"({differ}); pass --overwrite to recompute it, or choose another --out")
         else:
             try:
                 params = match_params(obj.params, load_checkpoint(path), source=str(path))
-                rec.result = analyze(obj.with_params(params), config, progress=progress)
+                observer = bars.start(name) if bars is not None else None
+                rec.result = analyze(obj.with_params(params), config, on_matvec=observer)
                 write_json(target, {"checkpoint": str(path), "step": step_of(path),
                                     "config": dataclasses.asdict(config), "result": rec.result,
                                     **(extra or {})})
@@ -194,10 +306,21 @@ def run_checkpoints(obj: Objective, paths: list[Path], out: Path, config: Analys
                 rec.status = "failed"
                 rec.error = f"{type(err).__name__}: {err}"
                 traceback.print_exc(file=sys.stderr)
+        if bars is not None:
+            bars.finish(rec.result.get("num_matvecs") if rec.status == "done" else None)
         results.append(rec)
         if on_done is not None:
             on_done(rec)
     return results
+
+
+def _config_differences(stored: dict | None, config: AnalysisConfig) -> str:
+    """``"top: 5 -> 10, ..."`` for settings that differ from a stored result's ('' if none)."""
+    if not isinstance(stored, dict):
+        return ""
+    now = dataclasses.asdict(config)
+    return ", ".join(f"{k}: {stored[k]!r} -> {v!r}" for k, v in now.items()
+                     if k in stored and stored[k] != v)
 
 
 def cast_objective(obj: Objective, dtype) -> Objective:

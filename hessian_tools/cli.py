@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["main"]
 
 
@@ -100,9 +102,12 @@ def _train_with_sharpness(args, say):
                              verbose=verbose)
         return None
     if not args.no_cache and weights.exists() and log_path.exists():
-        digits.trained_model(args.example, seed=args.seed, verbose=verbose)
-        return ht.read_sharpness_log(log_path, strict=False)
+        log = ht.read_sharpness_log(log_path, strict=False)
+        if len(log) and np.isfinite(log["precond_lambda_max"]).any():
+            digits.trained_model(args.example, seed=args.seed, verbose=verbose)
+            return log
     import jax
+    import optax
     from flax import nnx
     model = digits.make_model(args.example, seed=args.seed)
     graphdef, _, rest = nnx.split(model, nnx.Param, ...)
@@ -113,11 +118,14 @@ def _train_with_sharpness(args, say):
     x, y = digits.load_digits_data(image=digits.CONFIGS[args.example]["kind"] == "cnn")
     log_path.unlink(missing_ok=True)
     tracker = ht.SharpnessTracker(loss_fn, (x[:512], y[:512]), every=25, log_path=log_path,
+                                  quantities=("lambda_max", "precond_lambda_max"),
+                                  optimizer=optax.adam(digits.LEARNING_RATE),
                                   key=jax.random.key(args.seed), overwrite=True)
-    say(f"training {args.example} with its sharpness measured every 25 steps ...")
+    say(f"training {args.example} with its sharpness (raw and Adam-preconditioned) measured "
+        "every 25 steps ...")
     digits.trained_model(args.example, seed=args.seed, use_cache=not args.no_cache,
                          callback=lambda step, params, opt_state: tracker.update(
-                             step, params, learning_rate=1e-2))   # raw (not preconditioned)
+                             step, params, opt_state=opt_state))
     return tracker.log
 
 
@@ -145,11 +153,23 @@ def _demo_extras(ht, obj, H, key, out, sharp_log, say) -> dict:
     if sharp_log is not None and len(sharp_log.steps):
         extras["sharpness"] = {"steps": [int(s) for s in sharp_log.steps],
                                "lambda_max": [float(v) for v in sharp_log["lambda_max"]]}
-        ax = ht.plot_sharpness(sharp_log, learning_rate=1e-2)
-        save_figure(ax.figure, out / "sharpness.png")
-        plt.close(ax.figure)
+        precond = sharp_log["precond_lambda_max"]
+        extras["sharpness"]["precond_lambda_max"] = [None if not np.isfinite(v) else float(v)
+                                                     for v in precond]
+        fig, (ax_raw, ax_pre) = plt.subplots(1, 2, figsize=(10, 3.6))
+        # Adam: 2/eta is gradient descent's threshold and does not apply to the raw value;
+        # the preconditioned sharpness is compared with Adam's (Cohen et al. 2022)
+        ht.plot_sharpness(sharp_log, ax=ax_raw, show_threshold=False)
+        ax_raw.set_title("raw sharpness (Adam training)")
+        ht.plot_sharpness(sharp_log, ax=ax_pre, quantity="precond_lambda_max")
+        ax_pre.set_title("preconditioned sharpness vs Adam's threshold")
+        save_figure(fig, out / "sharpness.png")
+        plt.close(fig)
+        last = precond[np.isfinite(precond)]
         lines.append(f"sharpness during training: {len(sharp_log.steps)} measurements, final "
-                     f"lambda_max {float(sharp_log['lambda_max'][-1]):.4g}")
+                     f"lambda_max {float(sharp_log['lambda_max'][-1]):.4g}, preconditioned "
+                     f"{float(last[-1]) if last.size else float('nan'):.4g} (Adam threshold "
+                     f"{float(np.nanmax(sharp_log['precond_threshold'])):.4g})")
     extras["lines"] = lines
     return extras
 

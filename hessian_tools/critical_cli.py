@@ -11,8 +11,6 @@ Wire it into the main parser with ``add_classify_parser(subparsers)``. Examples:
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 import time
@@ -63,42 +61,19 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
 def load_model_objective(spec: str):
     """Call ``module:function`` (a dotted module or a ``.py`` path) and return its Objective.
 
+    The function returns a :class:`hessian_tools.Objective`, or ``(model, loss_fn, data)``
+    for a flax NNX model (see ``hessian_tools.batch.load_model_target``).
+
     Raises:
       hessian_tools.cli.UserError: a malformed spec, a missing module or function, or a
-        function that does not return a :class:`hessian_tools.Objective`.
+        function that returns something else.
     """
+    from hessian_tools.batch import ModelTargetError, load_model_target
     from hessian_tools.cli import UserError
-    from hessian_tools.objective import Objective
-    module_name, sep, func_name = spec.rpartition(":")
-    if not sep or not module_name or not func_name:
-        raise UserError(f"--model {spec!r} must look like module:function, e.g. "
-                        "my_pkg.models:make_objective or models.py:make_objective.")
-    module = _import(module_name, UserError)
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise UserError(f"{module_name} has no function {func_name!r}; it has "
-                        f"{sorted(n for n in vars(module) if not n.startswith('_'))[:10]}.")
-    obj = fn()
-    if not isinstance(obj, Objective):
-        raise UserError(f"{spec} returned {type(obj).__name__}; it must return a "
-                        "hessian_tools.Objective(loss, params, data).")
-    return obj
-
-
-def _import(name: str, error):
-    if name.endswith(".py"):
-        path = Path(name)
-        if not path.is_file():
-            raise error(f"--model file {name} does not exist.")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
     try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        raise error(f"cannot import {name!r} ({err}). Run from the folder that contains it, "
-                    "add it to PYTHONPATH, or pass a path like models.py:make_objective.")
+        return load_model_target(spec)
+    except ModelTargetError as err:
+        raise UserError(str(err)) from None
 
 
 def _objective(args):

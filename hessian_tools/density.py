@@ -793,7 +793,7 @@ def negative_count(source, *, key=None, tau: float | None = None, method: str = 
       interval's upper end is at most ``max_exact``.
 
     The threshold: ``tau`` defaults to :func:`default_threshold` of the spectral scale
-    (``max |lambda|``, from the same computation) and dtype: ``scale * max(1e-3,
+    (``max |lambda|``, from the same computation) and dtype: ``scale * max(1e-2,
     10 eps)``. The result also carries ``lambda_min``, ``lambda_max`` and their ratio
     ``|lambda_min| / lambda_max`` (Li et al. 2018).
 

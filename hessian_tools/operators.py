@@ -188,10 +188,30 @@ class CurvatureOperator:
         self.matvec_fn = matvec_fn
         self._stream_fn = stream_fn
         self.meta = dict(meta or {})
-        self.num_matvecs = 0
+        self._observers: list = []
+        self._num_matvecs = 0
         dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves(self.params_like)}
         self.dtype = jnp.result_type(*dtypes)
         self.dim = tree.size(self.params_like)
+
+    @property
+    def num_matvecs(self) -> int:
+        """Products computed so far with this operator (solvers add batched ones in bulk)."""
+        return self._num_matvecs
+
+    @num_matvecs.setter
+    def num_matvecs(self, value: int) -> None:
+        self._num_matvecs = int(value)
+        for observer in self._observers:
+            observer(self._num_matvecs)
+
+    def observe(self, callback):
+        """Call ``callback(num_matvecs)`` whenever the count changes (progress bars, ETA).
+
+        Returns a function that removes the observer.
+        """
+        self._observers.append(callback)
+        return lambda: self._observers.remove(callback) if callback in self._observers else None
 
     def __repr__(self) -> str:
         return (f"CurvatureOperator(kind={self.kind!r}, dim={self.dim}, dtype={self.dtype}, "
@@ -243,7 +263,20 @@ def _validated_groups(obj: Objective):
 
 
 def _residual_bytes(obj: Objective) -> int:
-    shapes = jax.eval_shape(_linearize, obj.loss, obj.params, obj.groups)
+    """Bytes of the residuals ``jax.linearize`` would store (traced once per architecture)."""
+    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)),
+                        (obj.params, obj.groups))
+    leaves, treedef = jax.tree.flatten(spec)
+    try:
+        return _residual_bytes_cached(obj.loss, treedef, tuple(leaves))
+    except TypeError:                 # an unhashable loss: trace every time
+        return _residual_bytes_cached.__wrapped__(obj.loss, treedef, tuple(leaves))
+
+
+@functools.lru_cache(maxsize=64)
+def _residual_bytes_cached(loss, treedef, leaves) -> int:
+    params, groups = jax.tree.unflatten(treedef, leaves)
+    shapes = jax.eval_shape(_linearize, loss, params, groups)
     return int(sum(np.prod(s.shape, dtype=np.int64) * jnp.dtype(s.dtype).itemsize
                    for s in jax.tree.leaves(shapes)))
 

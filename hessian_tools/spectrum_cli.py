@@ -112,15 +112,8 @@ def _config(args):
                           trace=args.trace, seed=args.seed)
 
 
-def _bar(total, enabled, desc):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="ckpt")
-
-
 def run_spectrum(args) -> int:
-    from hessian_tools.batch import analyze, run_checkpoints
+    from hessian_tools.batch import BatchProgress, _config_differences, analyze, run_checkpoints
     from hessian_tools.report import write_json
     config = _config(args)
     obj = _objective(args)
@@ -133,32 +126,42 @@ def run_spectrum(args) -> int:
             raise UserError("give checkpoint paths, or --example for the built-in model.")
         target = out / f"{args.example}.json"
         if target.exists() and not args.overwrite:
-            result = json.loads(target.read_text())["result"]
+            stored = json.loads(target.read_text())
+            differ = _config_differences(stored.get("config"), config)
+            if differ:
+                raise UserError(f"{target} was computed with different settings ({differ}); "
+                                "pass --overwrite to recompute it, or choose another --out.")
+            result = stored["result"]
             say(f"{target} exists: showing it (pass --overwrite to recompute)")
         else:
-            result = analyze(obj, config, progress=interactive)
+            bars = BatchProgress(1, config) if interactive else None
+            try:
+                result = analyze(obj, config, on_matvec=bars and bars.start(args.example))
+            finally:
+                if bars is not None:
+                    bars.close()
             write_json(target, {"checkpoint": None, "example": args.example,
                                 "config": dataclasses.asdict(config), "result": result,
                                 "versions": _versions()})
         records = [_Record(args.example, args.example, "done", result, None, str(target))]
     else:
         paths = _paths(args)
-        bar = _bar(len(paths), interactive, "checkpoints")
 
         def done(rec):
-            if bar is not None:
-                bar.update(1)
             mark = {"done": "ok", "skipped": "exists, skipped", "failed": "FAILED"}[rec.status]
             error = (rec.error or "").removeprefix(f"{rec.path}: ")
             if rec.status == "failed":       # errors are reported even with --quiet/--json
                 print(f"error: {rec.path}: {error}", file=sys.stderr)
             else:
-                say(f"[{mark}] {rec.path}")
+                line = f"[{mark}] {rec.path}"
+                if interactive:                  # above the progress bars, not through them
+                    from tqdm.auto import tqdm
+                    tqdm.write(line)
+                else:
+                    say(line)
         records = run_checkpoints(obj, paths, out, config, overwrite=args.overwrite,
                                   progress=interactive, on_done=done,
                                   extra={"versions": _versions()})
-        if bar is not None:
-            bar.close()
     return _summarise(records, out, args, time.perf_counter() - start, say)
 
 
@@ -176,11 +179,10 @@ def _row(rec) -> dict:
     from hessian_tools.checkpoints import step_of
     r = rec.result or {}
     trace = r.get("trace") or {}
-    dens = r.get("density") or {}
     return {"checkpoint": rec.path, "step": step_of(rec.path) if rec.path else None,
             "status": rec.status, "loss": r.get("loss"), "grad_norm": r.get("grad_norm"),
             "lambda_max": r.get("lambda_max"), "lambda_min": r.get("lambda_min"),
-            "trace": trace.get("value"), "negative_fraction": dens.get("negative_fraction"),
+            "trace": trace.get("value"), "negative_fraction": r.get("negative_fraction"),
             "num_matvecs": r.get("num_matvecs"), "converged": r.get("converged"),
             "error": rec.error}
 
@@ -291,8 +293,9 @@ def run_compare(args) -> int:
     out = Path(args.out)
     say = (lambda *a: None) if args.quiet or args.json else print
     paths = _paths(args)
+    interactive = not (args.quiet or args.json) and sys.stderr.isatty()
     records = run_checkpoints(obj, paths, out, config, overwrite=args.overwrite,
-                              extra={"versions": _versions()})
+                              progress=interactive, extra={"versions": _versions()})
     failed = [r for r in records if r.status == "failed"]
     for r in failed:
         print(f"error: {r.path}: {r.error}", file=sys.stderr)
@@ -307,18 +310,20 @@ def run_compare(args) -> int:
     ax.set_title("extreme Hessian eigenvalues: " + " vs ".join(r.name for r in records))
     save_figure(fig, out / "compare.png")
     plt.close(fig)
-    if config.density and hasattr(ht, "plot_densities") and hasattr(ht, "SpectralDensity"):
+    written = ["compare.png", "compare.json"]
+    if config.density:
         dens = [ht.SpectralDensity.from_dict(r.result["density"]) for r in records]
         ax = ht.plot_densities(dens, labels=[r.name for r in records])
         save_figure(ax.figure, out / "compare_density.png")
         plt.close(ax.figure)
+        written.append("compare_density.png")
     rows = [_row(r) for r in records]
     write_json(out / "compare.json", {"rows": rows, "versions": _versions()})
     if args.json:
         print(json.dumps({"rows": rows}, indent=2))
     else:
         say(_table(rows))
-        say(f"wrote {out}/compare.png and compare.json")
+        say(f"wrote {', '.join(str(out / w) for w in written)}")
     return 0
 
 

@@ -386,6 +386,30 @@ def _preconditioner(state, b2: float, eps: float):
     return jax.tree.map(lambda n: jnp.sqrt(jnp.maximum(n, 0) + eps), nu)
 
 
+def _align_to_params(precond, params):
+    """``precond`` with the tree structure of ``params``.
+
+    ``nnx.Optimizer`` keeps its moments as ``OptVariable``s while the parameters are
+    ``nnx.Param``s: the same leaves in the same order under different node types. Leaves are
+    matched in order and must agree in shape.
+    """
+    p_leaves, p_def = jax.tree.flatten(precond)
+    x_leaves, x_def = jax.tree.flatten(params)
+    if p_def == x_def:
+        return precond
+    if len(p_leaves) != len(x_leaves):
+        raise ValueError(f"The preconditioner has {len(p_leaves)} leaves but the parameters have "
+                         f"{len(x_leaves)}: pass the optimizer state of these parameters (for "
+                         "nnx.Optimizer: wrt=nnx.Param), or preconditioner=callable.")
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for path, p, x in zip(paths, p_leaves, x_leaves):
+        if np.shape(p) != np.shape(x):
+            raise ValueError(f"The preconditioner's leaf for parameter {path} has shape "
+                             f"{np.shape(p)}, the parameter {np.shape(x)}: the optimizer state "
+                             "does not belong to these parameters.")
+    return jax.tree.unflatten(x_def, p_leaves)
+
+
 @jax.jit
 def _inverse_sqrt(precond, like):
     """``P^{-1/2}`` cast to the dtypes of ``like`` (zero where ``P`` is infinite)."""
@@ -1292,14 +1316,20 @@ class SharpnessTracker:
         if self.preconditioner is None:
             return None
         if callable(self.preconditioner):
-            return self.preconditioner(params, opt_state)
-        if opt_state is None:
+            p = self.preconditioner(params, opt_state)
+        elif opt_state is None:
             return None
-        return adaptive_preconditioner(opt_state, info=self.info)
+        else:
+            p = adaptive_preconditioner(opt_state, info=self.info)
+        return None if p is None else _align_to_params(p, params)
 
     def _measure_preconditioned(self, record, op, params, opt_state):
         p = self._resolve_preconditioner(params, opt_state)
         if p is None:
+            if opt_state is not None and _find_states(opt_state, _ADAM_STATES):
+                if "precond_lambda_max" in self.quantities:   # adam before its first step
+                    record["precond_lambda_max"] = None
+                return
             if "precond_lambda_max" in self.quantities:
                 self._warn_once("precond", "precond_lambda_max was requested but no "
                                 "preconditioner was found (pass the adaptive optimizer's "

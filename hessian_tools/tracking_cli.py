@@ -1,5 +1,6 @@
-"""The ``compare-optimizers`` subcommand: train the built-in digits model with several optimizers
-and report how their sharpness evolves. Parses arguments, calls the library, writes files.
+"""The ``compare-optimizers`` subcommand: train the built-in digits model (or the user's model,
+``--model module:function``) with several optimizers and report how their sharpness evolves.
+Parses arguments, calls the library, writes files.
 
 Wire it into the main parser with ``add_compare_parser(subparsers)``.
 """
@@ -67,15 +68,23 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     from hessian_tools.examples.digits import CONFIGS
     p = subparsers.add_parser(
         "compare-optimizers",
-        help="train a digits model with several optimizers and compare their sharpness",
-        description="Train the built-in digits model from one initialisation, with the same "
-        "data order, under each optimizer; track the sharpness (and, for adaptive "
+        help="train a model with several optimizers and compare their sharpness",
+        description="Train the built-in digits model (or your own: --model) from one "
+        "initialisation, with the same data order, under each optimizer; track the sharpness (and, for adaptive "
         "optimizers, the preconditioned sharpness) against its stability threshold; write "
         "comparison.json, comparison.md, sharpness.png, comparison.png and one JSON-lines "
         "log per optimizer under --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--example", default="mlp-small", choices=sorted(CONFIGS),
-                   help="built-in digits model")
+                   help="built-in digits model (ignored with --model)")
+    p.add_argument("--model", default=None, metavar="MODULE:FUNCTION",
+                   help="your model: a function (in an importable module or a .py file) "
+                   "returning (model_fn, loss_fn, data) as ht.compare_optimizers takes them: "
+                   "model_fn(key) -> (predict, params), e.g. ht.nnx_model_fn(factory); "
+                   "loss_fn(outputs, batch) -> mean loss; data an in-memory batch such as "
+                   "(x, y). A dict with those keys may add accuracy_fn.")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments for the --model function, as a JSON object")
     p.add_argument("--optimizer", action="append", metavar="[LABEL=]KIND:LR[:BETA]",
                    help=f"an optimizer (repeatable); KIND in {', '.join(OPTIMIZER_KINDS)}; "
                    f"default: {' '.join(DEFAULT_OPTIMIZERS)}")
@@ -84,7 +93,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=0,
                    help="minibatch size (0: full-batch gradient descent)")
     p.add_argument("--num-examples", type=int, default=0,
-                   help="use only the first N digits examples (0: all 1797)")
+                   help="use only the first N examples (0: all; the digits have 1797)")
     p.add_argument("--measure-size", type=int, default=512,
                    help="examples in the fixed measurement set (0: all)")
     p.add_argument("--quantities", default="lambda_max",
@@ -152,27 +161,27 @@ def _compare(args) -> int:
 
     say = (lambda *a: None) if args.quiet or args.json else print
     start = time.perf_counter()
-    cfg = digits.CONFIGS[args.example]
-    x, y = digits.load_digits_data(image=cfg["kind"] == "cnn")
-    if args.num_examples:
-        x, y = x[:args.num_examples], y[:args.num_examples]
-    factory = (lambda rngs: digits.MLP(cfg["widths"], rngs=rngs)) if cfg["kind"] == "mlp" \
-        else (lambda rngs: digits.CNN(cfg["channels"], rngs=rngs))
-    say(f"digits {args.example}: {len(x)} examples, {len(optimizers)} optimizers, "
-        f"{args.steps} steps, measuring every {args.every}")
-    res = ht.compare_optimizers(
-        ht.nnx_model_fn(factory), digits.cross_entropy, (x, y), optimizers,
-        num_steps=args.steps, every=args.every, key=jax.random.key(args.seed),
-        batch_size=args.batch_size or None, measure_size=args.measure_size or None,
-        quantities=quantities, tol=args.tol, log_dir=out / "logs", overwrite=True,
-        verbose=not args.quiet and not args.json)
-    summary = {"example": args.example, "seed": args.seed, "config": res.config,
+    model_fn, loss_fn, data, accuracy_fn, name = _model(args, digits)
+    n = len(jax.tree.leaves(data)[0])
+    say(f"{name}: {n} examples, {len(optimizers)} optimizers, {args.steps} steps, measuring "
+        f"every {args.every}")
+    try:
+        res = ht.compare_optimizers(
+            model_fn, loss_fn, data, optimizers,
+            num_steps=args.steps, every=args.every, key=jax.random.key(args.seed),
+            batch_size=args.batch_size or None, measure_size=args.measure_size or None,
+            quantities=quantities, tol=args.tol, log_dir=out / "logs", overwrite=True,
+            accuracy_fn=accuracy_fn, verbose=not args.quiet and not args.json)
+    except (TypeError, ValueError) as err:
+        if args.model is None:
+            raise
+        raise _user_error(f"--model {args.model}: {err}") from None
+    summary = {"model": name, "seed": args.seed, "config": res.config,
                "summary": res.to_dict()["summary"], "wall_time": time.perf_counter() - start}
-    write_json(out / "comparison.json", res.to_dict() | {"example": args.example,
-                                                         "seed": args.seed})
-    atomic_write_text(out / "comparison.md", _markdown(args, res))
+    write_json(out / "comparison.json", res.to_dict() | {"model": name, "seed": args.seed})
+    atomic_write_text(out / "comparison.md", _markdown(name, args, res))
     axes = ht.plot_comparison(res)
-    axes[0].figure.suptitle(f"digits {args.example}: optimizers compared")
+    axes[0].figure.suptitle(f"{name}: optimizers compared")
     save_figure(axes[0].figure, out / "comparison.png")
     plt.close(axes[0].figure)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -196,10 +205,54 @@ def _compare(args) -> int:
     return 0
 
 
-def _markdown(args, res) -> str:
+def _model(args, digits):
+    """``(model_fn, loss_fn, data, accuracy_fn, name)`` from --model or the built-in example."""
+    import jax
+    if args.model is None:
+        cfg = digits.CONFIGS[args.example]
+        x, y = digits.load_digits_data(image=cfg["kind"] == "cnn")
+        if args.num_examples:
+            x, y = x[:args.num_examples], y[:args.num_examples]
+        factory = (lambda rngs: digits.MLP(cfg["widths"], rngs=rngs)) if cfg["kind"] == "mlp" \
+            else (lambda rngs: digits.CNN(cfg["channels"], rngs=rngs))
+        import hessian_tools as ht
+        return ht.nnx_model_fn(factory), digits.cross_entropy, (x, y), None, \
+            f"digits {args.example}"
+    from hessian_tools.batch import ModelTargetError, import_target
+    try:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
+    except ValueError as err:
+        raise _user_error(f"--model-kwargs is not valid JSON ({err}).") from None
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise _user_error("--model-kwargs must be a JSON object, e.g. '{\"width\": 64}'.")
+    try:
+        got = import_target(args.model, kwargs)
+    except ModelTargetError as err:
+        raise _user_error(str(err)) from None
+    accuracy_fn = None
+    if isinstance(got, dict):
+        missing = [k for k in ("model_fn", "loss_fn", "data") if k not in got]
+        if missing:
+            raise _user_error(f"--model {args.model} returned a dict without {missing}.")
+        got, accuracy_fn = (got["model_fn"], got["loss_fn"], got["data"]), got.get("accuracy_fn")
+    if not (isinstance(got, tuple) and len(got) == 3 and callable(got[0]) and callable(got[1])):
+        raise _user_error(f"--model {args.model} returned {type(got).__name__}; it must return "
+                          "(model_fn, loss_fn, data): model_fn(key) -> (predict, params) (e.g. "
+                          "ht.nnx_model_fn(lambda rngs: MyModule(rngs=rngs))), loss_fn(outputs, "
+                          "batch) -> mean loss, and data an in-memory batch such as (x, y).")
+    model_fn, loss_fn, data = got
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise _user_error(f"--model {args.model}: the data are empty.")
+    if args.num_examples:
+        data = jax.tree.map(lambda a: a[:args.num_examples], data)
+    return model_fn, loss_fn, data, accuracy_fn, args.model
+
+
+def _markdown(name, args, res) -> str:
     cfg = res.config
     batch = "full batch" if cfg["batch_size"] is None else f"batch size {cfg['batch_size']}"
-    return (f"# Optimizer comparison: digits {args.example}\n\n"
+    return (f"# Optimizer comparison: {name}\n\n"
             f"{cfg['num_steps']} steps, {batch}, {cfg['num_examples']} examples, sharpness "
             f"measured every {cfg['every']} steps on {cfg['measure_size']} examples (seed "
             f"{args.seed}). The threshold is 2/η for SGD, (2+2β)/η for heavy-ball momentum, "

@@ -148,12 +148,20 @@ def test_compare_two_checkpoints(obj, tmp_path, capsys):
     C.save_npz(tmp_path / "a.npz", obj.params)
     C.save_npz(tmp_path / "b.npz", jax.tree.map(lambda a: 1.2 * a, obj.params))
     code = main(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), *MODEL, "--top",
-                 "2", "--bottom", "2", "--out", str(tmp_path / "cmp"), "--quiet",
+                 "2", "--bottom", "2", "--density", "--out", str(tmp_path / "cmp"), "--quiet",
                  "--no-compile-cache"])
     assert code == 0
     rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"]
     assert rows[0]["lambda_max"] != rows[1]["lambda_max"]
     assert (tmp_path / "cmp" / "compare.png").exists()
+    assert (tmp_path / "cmp" / "compare_density.png").stat().st_size > 1000
+    # the densities behind the overlay are the analysed ones: scaling every weight by 1.2
+    # changes the spectrum, and each negative fraction is read off its own density
+    stored = [json.loads((tmp_path / "cmp" / f"{n}.json").read_text())["result"] for n in "ab"]
+    for row, res in zip(rows, stored):
+        dens = ht.SpectralDensity.from_dict(res["density"])
+        assert row["negative_fraction"] == pytest.approx(ht.negative_count(dens).fraction)
+        assert dens.lambda_max <= row["lambda_max"] * (1 + 1e-6)
 
 
 def test_find_checkpoints_orders_by_step(tmp_path):
@@ -163,3 +171,52 @@ def test_find_checkpoints_orders_by_step(tmp_path):
                                                               "ckpt_100.npz"]
     with pytest.raises(C.CheckpointError, match="no checkpoints found"):
         C.find_checkpoints(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else None
+
+
+def test_batch_progress_plans_in_matvecs_and_learns_from_finished_checkpoints():
+    from hessian_tools.batch import BatchProgress, planned_matvecs
+    config = AnalysisConfig(top=5, bottom=0, trace=True, trace_matvecs=60)
+    first_guess = planned_matvecs(config)
+    assert first_guess > 60
+    bars = BatchProgress(3, config)
+    try:
+        assert bars.overall.total == 3 * first_guess
+        observe = bars.start("step_1")
+        for n in (1, 10, 40):
+            observe(n)
+        assert bars.overall.n == 40 and bars.current.n == 40
+        bars.finish(40)                    # the plan becomes the last checkpoint's count
+        assert bars.overall.total == 40 + 2 * 40 and bars.overall.n == 40
+        bars.start("step_2")
+        bars.finish(None)                  # failed or skipped: nothing done, one fewer left
+        assert bars.overall.total == 40 + 1 * 40
+    finally:
+        bars.close()
+
+
+def test_analyze_reports_every_matvec_to_the_observer(obj):
+    seen = []
+    result = analyze(obj, AnalysisConfig(top=2, bottom=0, trace=True, trace_matvecs=9),
+                     on_matvec=seen.append)
+    assert seen == sorted(seen) and seen[-1] == result["num_matvecs"] > 9
+
+
+def test_resume_refuses_a_result_computed_with_other_settings(obj, tmp_path, capsys):
+    C.save_npz(tmp_path / "run" / "step_1.npz", obj.params)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "run"), *MODEL, "--bottom", "0", "--out", str(out)]
+    assert _cli([*args, "--top", "1"], capsys)[0] == 0
+    before = (out / "step_1.json").read_text()
+    code, err = _cli([*args, "--top", "2"], capsys)
+    assert code == 1 and "different settings (top: 1 -> 2)" in err and "--overwrite" in err
+    assert (out / "step_1.json").read_text() == before       # nothing overwritten
+
+
+def test_reports_get_ordinary_file_permissions(tmp_path):
+    from hessian_tools.report import write_json
+    mask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644 and json.loads(path.read_text()) == {"a": 1}

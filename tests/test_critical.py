@@ -412,7 +412,7 @@ def test_cli_classify_bad_model(tmp_path):
         _cli(["classify", "--model", f"{model}:not_an_objective", "--out", str(tmp_path)])
     with pytest.raises(UserError, match="module:function"):
         _cli(["classify", "--model", "no_colon", "--out", str(tmp_path)])
-    with pytest.raises(UserError, match="has no function 'nope'"):
+    with pytest.raises(UserError, match="has no callable .nope."):
         _cli(["classify", "--model", f"{model}:nope", "--out", str(tmp_path)])
 
 

@@ -162,6 +162,36 @@ def test_tracker_reads_adam_preconditioner_and_threshold():
     assert rec["threshold"] is None and rec["learning_rate"] == pytest.approx(0.01)
 
 
+
+def test_tracker_reads_an_nnx_optimizer_state():
+    """nnx.Optimizer keeps adam's moments as OptVariables under Param-shaped State trees."""
+    from flax import nnx
+    model = nnx.Sequential(nnx.Linear(4, 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64), jnp.tanh,
+                           nnx.Linear(3, 2, rngs=nnx.Rngs(1), param_dtype=jnp.float64))
+    graphdef, _ = nnx.split(model, nnx.Param)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 4)))
+
+    def loss(params, batch):
+        return jnp.mean(nnx.merge(graphdef, params)(batch[0]) ** 2)
+
+    optimizer = nnx.Optimizer(model, optax.adam(0.01), wrt=nnx.Param)
+    for _ in range(3):
+        optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+    params = nnx.state(model, nnx.Param)
+    tracker = ht.SharpnessTracker(loss, (x,), key=jax.random.key(0), tol=1e-10,
+                                  optimizer=optax.adam(0.01))
+    rec = tracker.update(0, params, opt_state=optimizer.opt_state)
+    # dense reference: P from the raw moments, bias-corrected, eps outside the root
+    nu = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in
+                         jax.tree.leaves(optimizer.opt_state[0].nu)])
+    d = 1.0 / np.sqrt(np.sqrt(nu / (1 - 0.999 ** 3)) + 1e-8)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    h = np.asarray(jax.hessian(lambda f: loss(unravel(f), (x,)))(flat))
+    expected = np.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1]
+    assert rec["precond_lambda_max"] == pytest.approx(expected, rel=1e-7)
+    with pytest.raises(ValueError, match="leaves but the parameters have"):
+        tracking._align_to_params({"w": jnp.ones(3)}, params)
+
 # ---- warm start and compile-once -------------------------------------------------------
 
 def _operators(lam_of_t, num=8, n=120, rotation=0.001, seed=0):
@@ -484,6 +514,54 @@ def test_cli_validates_before_any_work(tmp_path):
         with pytest.raises(UserError, match=match):
             args.func(args)
     assert not (tmp_path / "new").exists()
+
+
+USER_MODEL = """
+import jax.numpy as jnp
+import numpy as np
+
+X = np.random.default_rng(0).normal(size=(40, 5))
+Y = X @ np.arange(1.0, 6.0)
+
+
+def make(scale=1.0):
+    def model_fn(key):
+        return (lambda params, batch: batch[0] @ params["w"]), {"w": jnp.zeros(5)}
+    loss_fn = lambda out, batch: jnp.mean((out - batch[1]) ** 2)
+    return model_fn, loss_fn, (scale * X, Y)
+
+
+def wrong():
+    return 3
+"""
+
+
+def test_cli_compare_optimizers_on_a_user_model(tmp_path):
+    """Least squares: the Hessian is 2 X^T X / n at every step, so the tracked sharpness is
+    known exactly along the whole run."""
+    from hessian_tools.cli import UserError
+    (tmp_path / "user_model.py").write_text(USER_MODEL)
+    model = f"{tmp_path / 'user_model.py'}:make"
+    parser = _cli_parser()
+    argv = ["compare-optimizers", "--model", model, "--model-kwargs", '{"scale": 0.5}',
+            "--steps", "6", "--every", "3", "--measure-size", "0", "--tol", "1e-8",
+            "--optimizer", "sgd:0.01", "--out", str(tmp_path / "out"), "--quiet"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    rng = np.random.default_rng(0)
+    x = 0.5 * rng.normal(size=(40, 5))
+    expected = np.linalg.eigvalsh(2 * x.T @ x / 40)[-1]
+    log = ht.read_sharpness_log(tmp_path / "out" / "logs" / "sgd_0.01.jsonl")
+    assert len(log) == 3 and np.allclose(log["lambda_max"], expected, rtol=1e-6)
+    assert "make" in (tmp_path / "out" / "comparison.md").read_text()
+    for bad, match in (([f"{tmp_path / 'user_model.py'}:wrong"], "must return"),
+                       ([f"{tmp_path / 'user_model.py'}:nope"], "no callable 'nope'"),
+                       (["no_such_module_xyz:make"], "cannot import"),
+                       ([model, "--model-kwargs", "[1]"], "must be a JSON object")):
+        args = parser.parse_args(["compare-optimizers", "--model", *bad, "--steps", "2",
+                                  "--out", str(tmp_path / "bad"), "--quiet"])
+        with pytest.raises(UserError, match=match):
+            args.func(args)
 
 
 @pytest.mark.slow

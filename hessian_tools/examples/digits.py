@@ -33,6 +33,8 @@ from hessian_tools.objective import Objective
 __all__ = ["MLP", "CNN", "CONFIGS", "load_digits_data", "cross_entropy", "make_model", "train",
            "digits_objective", "cache_dir"]
 
+LEARNING_RATE = 1e-2   # Adam, for the example models (train, trained_model, cache_path)
+
 CONFIGS = {
     "mlp-tiny": {"kind": "mlp", "widths": (16,)},
     "mlp-small": {"kind": "mlp", "widths": (32, 32)},
@@ -100,7 +102,7 @@ def make_model(name: str = "mlp-small", *, seed: int = 0, param_dtype=jnp.float3
     return CNN(cfg["channels"], rngs=rngs, param_dtype=param_dtype)
 
 
-def train(model, data, *, steps: int = 300, learning_rate: float = 1e-2, callback=None):
+def train(model, data, *, steps: int = 300, learning_rate: float = LEARNING_RATE, callback=None):
     """Full-batch Adam on the cross-entropy; modifies and returns ``model``.
 
     ``callback(step, params, opt_state)``, if given, is called before every step with the
@@ -129,7 +131,7 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def cache_path(name: str, seed: int = 0, steps: int = 300, learning_rate: float = 1e-2) -> Path:
+def cache_path(name: str, seed: int = 0, steps: int = 300, learning_rate: float = LEARNING_RATE) -> Path:
     """Where :func:`trained_model` caches the weights of a configuration."""
     return _cache_path(name, seed, steps, learning_rate)
 
@@ -142,7 +144,7 @@ def _cache_path(name, seed, steps, learning_rate) -> Path:
 
 
 def trained_model(name: str = "mlp-small", *, seed: int = 0, steps: int = 300,
-                  learning_rate: float = 1e-2, use_cache: bool = True, verbose: bool = False,
+                  learning_rate: float = LEARNING_RATE, use_cache: bool = True, verbose: bool = False,
                   callback=None):
     """A model of a named configuration trained on digits, from the cache when present.
 
