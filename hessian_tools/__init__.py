@@ -11,6 +11,7 @@ from hessian_tools.objective import Objective
 from hessian_tools.operators import (CurvatureOperator, dense_hessian, empirical_fisher,
                                      from_dense, gauss_newton, gradient, hessian, to_dense,
                                      value_and_grad)
+from hessian_tools.compile_cache import enable_compilation_cache
 from hessian_tools.results import Eigenpairs
 from hessian_tools.spectrum import default_tol, eigenvalues
 
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CurvatureOperator", "Eigenpairs", "Objective", "default_tol", "dense_hessian",
-    "eigenvalues", "empirical_fisher", "from_dense", "gauss_newton", "gradient", "hessian",
+    "eigenvalues", "empirical_fisher", "enable_compilation_cache", "from_dense", "gauss_newton", "gradient", "hessian",
     "linalg", "plot_eigenvalues", "plots", "to_dense", "tree", "value_and_grad",
 ]
 
@@ -33,7 +34,7 @@ __all__ += ["CriticalPointReport", "CriticalPointSearch", "FoundPoint", "SaddleF
             "verdict_summary"]
 
 # ---- the whole spectrum: SLQ density, traces, negative counts, outliers (issue 3) -------------
-from hessian_tools.density import (EigenvalueCount, OutlierSplit, SpectralDensity,  # noqa: E402
+from hessian_tools.spectral_density import (EigenvalueCount, OutlierSplit, SpectralDensity,  # noqa: E402
                                    TraceEstimate, default_sigma, default_threshold, density,
                                    negative_count, outliers, trace)
 from hessian_tools.plots_density import plot_densities, plot_density  # noqa: E402

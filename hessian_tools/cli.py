@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,13 +18,10 @@ from hessian_tools.spectrum_cli import UserError, _versions, add_parsers
 
 def _enable_compile_cache(args) -> None:
     """JAX's persistent compilation cache, so a second invocation skips compiling."""
-    if getattr(args, "no_compile_cache", False) or os.environ.get("HESSIAN_TOOLS_NO_COMPILE_CACHE"):
+    if getattr(args, "no_compile_cache", False):
         return
-    import jax
-
-    from hessian_tools.examples.digits import cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    from hessian_tools.compile_cache import enable_compilation_cache
+    enable_compilation_cache()
 
 
 def _demo(args) -> int:
@@ -142,7 +138,11 @@ def _demo_extras(ht, obj, H, key, out, sharp_log, say) -> dict:
         tr = ht.trace(H, key=jax.random.fold_in(key, 1))
         neg = ht.negative_count(dens)          # from the density: no further matvecs
         extras.update(density=dens.to_dict(), trace=tr.to_dict(), negative_count=neg.to_dict())
-        lines += [f"trace: {tr}", f"negative eigenvalues: {neg}"]
+        lo, hi = neg.fraction_interval
+        lines += [f"trace: {tr}",
+                  f"negative eigenvalues below -tau = {-neg.tau:.3g} (tau: 1% of max|lambda|, "
+                  f"SLQ's resolution): {neg.count:.1f} of {neg.dim} "
+                  f"(95% CI {100 * lo:.2f}%-{100 * hi:.2f}%)"]
         ax = ht.plot_density(dens)
         save_figure(ax.figure, out / "density.png")
         plt.close(ax.figure)
@@ -150,6 +150,16 @@ def _demo_extras(ht, obj, H, key, out, sharp_log, say) -> dict:
         verdict = ht.verdict_summary(obj, jax.random.fold_in(key, 3))
         extras["critical_point"] = verdict
         lines.append(f"verdict: {verdict['summary']}")
+        rep = verdict["report"]
+        zero = rep["thresholds"].get("zero_threshold")
+        if "negative_count" in extras and rep.get("index") is not None and zero is not None:
+            lines.append(f"  (the index counts eigenvalues below -{zero:.3g}, "
+                         f"{rep['thresholds'].get('flat_tol'):g} of max|lambda|, "
+                         f"{rep['index_method']}; at least "
+                         f"{rep['index'] - int(extras['negative_count']['high'])} of them lie "
+                         "between the two thresholds, in the bulk around zero)"
+                         if rep["index"] > extras["negative_count"]["high"] else
+                         f"  (the index counts eigenvalues below -{zero:.3g})")
     if sharp_log is not None and len(sharp_log.steps):
         extras["sharpness"] = {"steps": [int(s) for s in sharp_log.steps],
                                "lambda_max": [float(v) for v in sharp_log["lambda_max"]]}

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hessian_tools.density import SpectralDensity
+from hessian_tools.spectral_density import SpectralDensity
 
 __all__ = ["plot_density", "plot_densities"]
 

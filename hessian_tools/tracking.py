@@ -557,7 +557,7 @@ def _krylov(apply, start, *, k_top, k_bottom, num_guard, tol, guard_tol, krylov_
         if j + 1 >= cap and cap < rows:
             cap = min(rows, 2 * cap)
             basis = _grow_basis(basis, cap)
-        basis, q, h, beta = _lanczos_step(basis, jnp.asarray(j, jnp.int32), apply(q))
+        basis, q, h, beta = _lanczos_step(basis, np.int32(j), apply(q))
         h, beta = np.asarray(h, np.float64), float(beta)
         proj[:j + 1, j] = proj[j, :j + 1] = h[:j + 1]
         j, used = j + 1, used + 1
@@ -572,7 +572,7 @@ def _krylov(apply, start, *, k_top, k_bottom, num_guard, tol, guard_tol, krylov_
         if j >= rows - 1:
             basis, j = _thick_restart(basis, q, proj, theta, s, beta, j, n_top, k_bottom)
         if beta == 0.0:                        # invariant subspace: continue elsewhere
-            basis, q = _fill_row(basis, jnp.asarray(j, jnp.int32), fresh())
+            basis, q = _fill_row(basis, np.int32(j), fresh())
     coeffs = np.zeros((cap, len(idx)))
     coeffs[:j] = s[:, idx]
     vectors = _combine_rows(jnp.asarray(coeffs, _real_dtype(basis)), basis)
@@ -1432,7 +1432,7 @@ def _overlap(vectors, g):
 def _trace(op: CurvatureOperator, params, key, num_matvecs: int):
     """Trace estimate, standard error, matvecs: ``ht.trace`` (Hutch++) when available."""
     try:
-        from hessian_tools.density import trace
+        from hessian_tools.spectral_density import trace
     except ImportError:                  # the density module is optional here
         return _hutchinson(op, params, key, num_matvecs)
     est = trace(op, method="hutch++" if num_matvecs >= 4 else "hutchinson",

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "normal_like",
+    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "host_normal_like",
+    "normal_like",
     "norm", "rademacher_like", "ravel", "scale", "size", "sub", "vdot", "zeros_basis",
     "zeros_like",
 ]
@@ -71,6 +72,22 @@ def _random_like(sample, key, x):
 def normal_like(key, x):
     """A standard normal pytree shaped like ``x``."""
     return _random_like(jax.random.normal, key, x)
+
+
+def host_normal_like(key, x):
+    """A standard normal pytree shaped like ``x``, drawn by NumPy from the key's bits.
+
+    The same key gives the same vector. Nothing is compiled: a random kernel costs about
+    0.5 s of XLA compilation on CPU, paid on the first call of every new shape. Use it for
+    start vectors drawn outside ``jit``; inside traced code use :func:`normal_like`.
+    """
+    data = key
+    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        data = jax.random.key_data(key)
+    rng = np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+    leaves, treedef = jax.tree.flatten(x)
+    return treedef.unflatten([jnp.asarray(rng.standard_normal(np.shape(a)).astype(
+        np.dtype(jnp.result_type(a)))) for a in leaves])
 
 
 def rademacher_like(key, x):

@@ -12,7 +12,7 @@ import hessian_tools as ht
 from conftest import spectrum_matrix
 
 matplotlib.use("Agg")
-density_module = importlib.import_module("hessian_tools.density")   # ht.density is the function
+density_module = importlib.import_module("hessian_tools.spectral_density")
 
 N = 300
 rng = np.random.default_rng(0)
@@ -107,6 +107,26 @@ def test_host_loop_and_gaussian_probes():
     gauss = ht.density(op, num_probes=4, num_steps=20, key=jax.random.key(0), probe="gaussian")
     assert gauss.probe == "gaussian" and not np.allclose(gauss.nodes, ref.nodes)
     assert abs(gauss.trace().value - np.trace(LOW_RANK_BULK)) <= 3 * gauss.trace().stderr
+
+
+def test_auto_loop_drives_conv_products_from_python_on_cpu():
+    """XLA:CPU runs convolutions slowly inside compiled loops: "auto" picks the host loop."""
+    def conv_loss(p, batch):
+        out = jax.lax.conv_general_dilated(batch[0], p["k"], (1, 1), "SAME",
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.mean(jnp.tanh(out) ** 2)
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 5, 1)))
+    conv = ht.hessian(ht.Objective(conv_loss, {"k": jnp.asarray(rng.normal(size=(3, 3, 1, 2)))},
+                                   (x,)))
+    got = ht.density(conv, num_probes=2, num_steps=6, key=jax.random.key(0))
+    ref = ht.density(conv, num_probes=2, num_steps=6, key=jax.random.key(0), loop="compiled")
+    assert got.loop == ("host" if jax.default_backend() == "cpu" else "compiled")
+    np.testing.assert_allclose(got.nodes, ref.nodes, atol=1e-10)
+    dense = ht.density(ht.hessian(_regression(False)), num_probes=2, num_steps=6,
+                       key=jax.random.key(0))
+    assert dense.loop == "compiled"
 
 
 def _regression(streaming):

@@ -1,5 +1,9 @@
 """Operators against exact dense references (float64)."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,3 +205,31 @@ def test_many_equal_batches_take_the_scan_path_and_agree():
     np.testing.assert_allclose(_ravel(ht.hessian(ten, linearize=False)(v)), a, atol=1e-12)
     np.testing.assert_allclose(_ravel(ht.gauss_newton(ten)(v)), _ravel(ht.gauss_newton(one)(v)),
                                atol=1e-12)
+
+
+_CACHE_SCRIPT = """
+import sys
+import jax, numpy as np
+from jax._src import monitoring
+import hessian_tools as ht
+events = []
+monitoring.register_event_listener(lambda name, **kw: events.append(name))
+assert ht.enable_compilation_cache(sys.argv[1]) is not None
+H = ht.from_dense(np.diag(np.arange(1.0, 31.0)))
+eig = ht.eigenvalues(H, k=3, key=jax.random.key(0))
+assert np.allclose(eig.values, [30, 29, 28])
+print(events.count("/jax/compilation_cache/cache_hits"),
+      events.count("/jax/compilation_cache/cache_misses"))
+"""
+
+
+def test_persistent_compilation_cache_spares_the_second_process_the_compile(tmp_path):
+    """The first process fills the cache; the second finds every executable in it."""
+    env = {k: v for k, v in os.environ.items() if k != "HESSIAN_TOOLS_NO_COMPILE_CACHE"}
+    runs = [subprocess.run([sys.executable, "-c", _CACHE_SCRIPT, str(tmp_path / "cc")],
+                           capture_output=True, text=True, env=env, check=True)
+            for _ in range(2)]
+    (hits1, misses1), (hits2, misses2) = (map(int, r.stdout.split()) for r in runs)
+    assert misses1 > 5 and hits1 == 0
+    assert hits2 >= misses1 and misses2 == 0
+    assert any((tmp_path / "cc").iterdir())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import hessian_tools as ht
-density_module = importlib.import_module("hessian_tools.density")   # ht.density is the function
+density_module = importlib.import_module("hessian_tools.spectral_density")
 from hessian_tools.linalg.trace import hutchpp, orthonormalize, random_probes
 
 N = 300

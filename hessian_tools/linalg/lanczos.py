@@ -152,11 +152,19 @@ def _project_step(basis, locked, j, w):
     return basis, q_next, h + h2, jnp.where(tiny, 0.0, beta)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
 def _new_run(key, hint, locked, rows):
     """A random start vector (plus an optional hint), orthogonal to the locked vectors,
-    as row 0 of an otherwise empty basis of ``rows`` rows. One compiled call."""
-    v = tree.normal_like(key, tree.basis_get(locked, 0))
+    as row 0 of an otherwise empty basis of ``rows`` rows.
+
+    The random vector is drawn on the host (``tree.host_normal_like``): no random kernel
+    to compile. The rest is one compiled call.
+    """
+    like = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), locked)
+    return _start_basis(tree.host_normal_like(key, like), hint, locked, rows)
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _start_basis(v, hint, locked, rows):
     if hint is not None:             # bias towards the next Ritz vectors, keep randomness
         v = tree.add(tree.scale(1.0 / tree.norm(v), v), hint)
     v = _orthogonalize(v, locked)

@@ -519,6 +519,38 @@ def _auto_batch(num_probes: int, rows: int, op: CurvatureOperator) -> int | None
     return None if batch >= num_probes else int(batch)
 
 
+def _jaxpr_primitives(jaxpr) -> set:
+    """Names of the primitives in a (closed) jaxpr, sub-jaxprs (jit, scan, cond) included."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, (list, tuple)) else [value]):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    names |= _jaxpr_primitives(sub)
+    return names
+
+
+def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
+    """Whether ``op``'s product should be driven from Python rather than a compiled loop.
+
+    True on the CPU backend for products containing convolutions: XLA:CPU picks slow
+    convolution kernels inside loop bodies (digits CNN, see benchmarks/RESULTS.md: about
+    50x per matvec in a rolled ``fori_loop``). Traced once per operator (no compilation).
+    """
+    if "slow_in_loops" not in op.meta:
+        slow = False
+        if jax.default_backend() == "cpu":
+            try:
+                jaxpr = jax.make_jaxpr(op.matvec_fn)(_zeros(op.params_like))
+                slow = "conv_general_dilated" in _jaxpr_primitives(jaxpr)
+            except Exception:  # noqa: BLE001  (cannot trace: keep the compiled loop)
+                slow = False
+        op.meta["slow_in_loops"] = slow
+    return op.meta["slow_in_loops"]
+
+
 def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PROBES,
             num_steps: int | None = None, probe: str = "rademacher", loop: str = "auto",
             batch_size: int | None = None) -> SpectralDensity:
@@ -550,7 +582,9 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
       probe: ``"rademacher"`` (default, lower variance) or ``"gaussian"``.
       loop: ``"compiled"`` (one ``fori_loop`` per probe batch inside ``jit``), ``"host"``
         (steps driven from Python, all probes batched per step: for matvecs that run slowly
-        inside compiled loops) or ``"auto"`` (compiled unless the data are streamed).
+        inside compiled loops) or ``"auto"``: host for streamed data and, on CPU, for
+        products with convolutions (XLA:CPU runs a conv net's HVP about 50x slower inside a
+        compiled loop); compiled otherwise.
       batch_size: probes per vmapped call (default: all that fit in 2 GiB of Lanczos basis).
 
     Returns:
@@ -582,7 +616,8 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
                          "its data (matvec_fn is None). Use loop='auto' or 'host'.")
     if batch_size is not None:
         _check_count("batch_size", batch_size)
-    loop = ("compiled" if op.matvec_fn is not None else "host") if loop == "auto" else loop
+    if loop == "auto":
+        loop = "host" if op.matvec_fn is None or _slow_in_compiled_loops(op) else "compiled"
     batch = _auto_batch(num_probes, num_steps + 1, op) if batch_size is None else (
         None if batch_size >= num_probes else batch_size)
     start = time.perf_counter()
