@@ -241,7 +241,46 @@ def overhead(steps: int, every: int, sizes, repeats: int) -> dict:
     return {"model": "mlp-wide", "num_params": ht.tree.size(params), "steps": steps,
             "every": every, "train_examples": int(data[0].shape[0]), "repeats": repeats,
             "learning_rate": 0.05, "first_measurement": first, "runs": rows,
-            "train_step_ms": 1000 * base / steps}
+            "train_step_ms": 1000 * base / steps,
+            "costs_ms": _costs(loss_fn, params, subsets),
+            "subset_vs_full": _subset_vs_full(loss_fn, params, data, subsets, step, opt, steps)}
+
+
+def _median_ms(fn, repeats: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def _costs(loss_fn, params, subsets) -> dict:
+    """Milliseconds of one gradient, one linearisation and one HVP on each measurement set."""
+    out = {}
+    for n, sub in subsets.items():
+        obj = ht.Objective(loss_fn, params, sub)
+        H = ht.hessian(obj)
+        v = H.random_vector(jax.random.key(0))
+        out[n] = {"gradient": _median_ms(lambda: jax.block_until_ready(ht.gradient(obj))),
+                  "linearize": _median_ms(lambda: jax.block_until_ready(
+                      jax.tree.leaves(ht.hessian(obj).matvec_fn))),
+                  "hvp": _median_ms(lambda: jax.block_until_ready(H(v)))}
+    return out
+
+
+def _subset_vs_full(loss_fn, params, data, subsets, step, opt, steps) -> dict:
+    """Sharpness on each measurement subset relative to the full-data sharpness, at the
+    parameters reached after ``steps`` steps (how much a small measurement set costs in
+    accuracy, not only in time)."""
+    state = opt.init(params)
+    for _ in range(steps):
+        params, state, _ = step(params, state)
+    full = ht.sharpness(loss_fn, params, data, key=jax.random.key(7), tol=1e-6).value
+    return {"full": full, **{n: ht.sharpness(loss_fn, params, sub, key=jax.random.key(7),
+                                             tol=1e-6).value / full - 1.0
+                             for n, sub in subsets.items()}}
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -327,9 +366,12 @@ def _overhead_notes(over: dict) -> list:
              f"- Target: at most 25% with the warm start. Met (paired) by: "
              f"{', '.join(met) or 'none'}. "
              "The overhead grows with the measurement set: a measurement costs one "
-             "linearisation plus a handful of HVPs on it, and on this CPU an HVP costs about four "
-             "gradients of the same examples (measured separately: ~43 ms vs ~11 ms on 512 "
-             "examples of mlp-wide).",
+             "linearisation plus a handful of HVPs on it. Measured separately (ms, median): "
+             + "; ".join(f"{n} examples: gradient {c['gradient']:.1f}, linearisation "
+                         f"{c['linearize']:.1f}, HVP {c['hvp']:.1f}"
+                         for n, c in over.get("costs_ms", {}).items())
+             + f"; a training step on all {over['train_examples']} examples "
+             f"{over['train_step_ms']:.1f}.",
              f"- The untracked baseline itself varied from {min(base):.1f} to {max(base):.1f} s "
              f"across repeats ({per_step:.0f} ms per step at the median): differences of "
              "~10% are within the noise of this shared machine.",
@@ -338,6 +380,13 @@ def _overhead_notes(over: dict) -> list:
              f"`cold-{mid}`). These are the first {over['steps']} steps, where the top "
              "eigenvector still moves quickly; later in training warm measurements get "
              "cheaper (compare the HVPs per measurement of the 3000-step runs above).", ""]
+    sub = over.get("subset_vs_full")
+    if sub:
+        lines.insert(-1, f"- What a smaller measurement set costs in accuracy: after "
+                     f"{over['steps']} steps the full-data sharpness is {sub['full']:.4g}; "
+                     "the subsets give " + ", ".join(
+                         f"{100 * v:+.1f}% ({n} examples)" for n, v in sub.items()
+                         if n != "full") + " (a different loss, not a solver error).")
     return lines
 
 
