@@ -33,7 +33,9 @@ def enable_compilation_cache(path=None, *, min_compile_time_secs: float = 0.0,
       path: the cache folder (default :func:`default_cache_dir`).
       min_compile_time_secs: cache only executables that took at least this long to compile
         (0: all of them. Small solver steps add up to seconds on CPU).
-      max_size_bytes: JAX evicts the least recently used entries beyond this size.
+      max_size_bytes: JAX evicts the least recently used entries beyond this size (only
+        when the ``filelock`` package is installed, which JAX needs for it; otherwise the
+        cache is unbounded: delete the folder to clear it).
 
     Returns:
       The folder, or ``None`` when disabled by the environment variable.
@@ -46,5 +48,10 @@ def enable_compilation_cache(path=None, *, min_compile_time_secs: float = 0.0,
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
+    try:                          # JAX's size bound needs filelock; without it every cache
+        import filelock  # noqa: F401   read fails, so the bound is skipped (unbounded then)
+    except ImportError:
+        pass
+    else:
+        jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
     return folder
