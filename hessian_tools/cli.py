@@ -74,7 +74,9 @@ def _demo(args) -> int:
     say(eig.table())
     for line in lines:
         say(line)
-    say(f"wrote {targets[0]} and {targets[1]} ({summary['wall_time']:.1f} s)")
+    written = [p.name for p in (out / "density.png", out / "sharpness.png") if p.exists()]
+    say(f"wrote {targets[0]}, {targets[1].name}" + "".join(f", {w}" for w in written)
+        + f" ({summary['wall_time']:.1f} s)")
     if not eig.converged:
         print("warning: not every eigenpair reached the tolerance; see the residuals",
               file=sys.stderr)
