@@ -14,15 +14,16 @@ def default_cache_dir() -> Path:
     return Path(root) / "jax"
 
 
-def enable_compilation_cache(path=None, *, min_compile_time_secs: float = 0.0,
-                             max_size_bytes: int = 2 * 1024**3) -> Path | None:
+def enable_compilation_cache(path=None, *, min_compile_time_secs: float = 0.0) -> Path | None:
     """Keep compiled XLA executables on disk so the next process skips compiling them.
 
     A first ``ht.eigenvalues`` call in a process compiles about 15 functions: HVP,
     linearisation and solver steps. On a 2-core CPU that is 3-6 s for a 300k-parameter MLP.
     With the cache filled by an earlier process, the same call loads them in about 0.1 s
     (``benchmarks/RESULTS.md``). Entries are keyed by the computation and the JAX
-    version, so a stale entry is never used.
+    version, so a stale entry is never used. The folder is not size-bounded (a digits run
+    adds a few MB; delete it to clear it). JAX's own LRU bound is not used: it needs the
+    ``filelock`` package, and it fails on every write to a folder filled without it.
 
     This sets JAX's global configuration (``jax_compilation_cache_dir`` and friends). It is
     therefore opt-in for library users; the ``hessian-tools`` CLI turns it on unless
@@ -33,9 +34,6 @@ def enable_compilation_cache(path=None, *, min_compile_time_secs: float = 0.0,
       path: the cache folder (default :func:`default_cache_dir`).
       min_compile_time_secs: cache only executables that took at least this long to compile
         (0: all of them. Small solver steps add up to seconds on CPU).
-      max_size_bytes: JAX evicts the least recently used entries beyond this size (only
-        when the ``filelock`` package is installed, which JAX needs for it; otherwise the
-        cache is unbounded: delete the folder to clear it).
 
     Returns:
       The folder, or ``None`` when disabled by the environment variable.
@@ -48,10 +46,4 @@ def enable_compilation_cache(path=None, *, min_compile_time_secs: float = 0.0,
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_secs))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    try:                          # JAX's size bound needs filelock; without it every cache
-        import filelock  # noqa: F401   read fails, so the bound is skipped (unbounded then)
-    except ImportError:
-        pass
-    else:
-        jax.config.update("jax_compilation_cache_max_size", int(max_size_bytes))
     return folder
