@@ -410,6 +410,8 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", default=str(HERE / "RESULTS_sharpness.md"))
     parser.add_argument("--skip-eos", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--overhead-steps", type=int, default=None,
+                        help="training steps per overhead run (default 200; 60 with --quick)")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the Markdown from the JSON results in --out")
     args = parser.parse_args(argv)
@@ -433,7 +435,7 @@ def main(argv=None) -> int:
         write_json(out / "sharpness_eos.json", {"machine": machine, "runs": eos})
         eos_figure(eos, out / "sharpness_eos.png")
     if not args.skip_overhead:
-        over = overhead(steps=60 if args.quick else 200, every=10,
+        over = overhead(steps=args.overhead_steps or (60 if args.quick else 200), every=10,
                         sizes=(128, 256, 512), repeats=1 if args.quick else 3)
         for name, r in over["runs"].items():
             print(f"overhead {name}: {r['median_s']:.2f} s ({100 * r['overhead']:+.1f}% run vs "
