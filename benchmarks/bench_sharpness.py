@@ -285,8 +285,24 @@ def _subset_vs_full(loss_fn, params, data, subsets, step, opt, steps) -> dict:
 
 # ---- report ------------------------------------------------------------------------------
 
+KEEP_START = "<!-- hand-written section: kept when this file is regenerated -->"
+KEEP_END = "<!-- end of hand-written section -->"
+
+
+def _kept_block(path: Path) -> list:
+    """The hand-written block of an existing results file (markers included), or []."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if KEEP_START not in text or KEEP_END not in text:
+        return []
+    block = text[text.index(KEEP_START):text.index(KEEP_END) + len(KEEP_END)]
+    return block.split("\n") + [""]
+
+
 def write_markdown(path: Path, command: str, machine: dict, eos: list | None,
                    over: dict | None) -> None:
+    kept = _kept_block(path)
     lines = ["# Sharpness tracking: benchmark results", "",
              f"Command: `{command}`", "",
              f"Machine: {machine['platform']}, {machine['cpu_count']} CPU cores "
@@ -295,6 +311,7 @@ def write_markdown(path: Path, command: str, machine: dict, eos: list | None,
              f"{', '.join(f'{v:.1f}' for v in machine['load_average_start'])}; at end "
              f"{', '.join(f'{v:.1f}' for v in machine.get('load_average_end', ()))} "
              "(a shared machine: timings are indicative).", ""]
+    lines += kept
     if eos:
         lines += ["## Edge of stability (Cohen et al. 2021)", "",
                   "Digits tanh MLP 64-32-32-10 (output layer initialised at 0.2x Glorot), "
