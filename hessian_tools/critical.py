@@ -673,7 +673,7 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
         None if spec.index is None else spec.index / obj.num_params, spec.index_interval,
         spec.index_method, spec.num_flat, spec.flat_lower_bound, probe_info, thresholds,
         tuple(spec.notes), H.num_matvecs, time.perf_counter() - start, str(jnp.dtype(dtype)),
-        _key_data(key))
+        tree.key_bits(key))
 
 
 def _note_small_loss(notes, loss, grad_norm, grad_tol, params_norm, dtype):
@@ -691,13 +691,6 @@ def _note_small_loss(notes, loss, grad_norm, grad_tol, params_norm, dtype):
 def _param_dtype(obj: Objective):
     """The floating dtype of the parameters (the widest among the leaves)."""
     return jnp.result_type(*[jnp.result_type(a) for a in jax.tree.leaves(obj.params)])
-
-
-def _key_data(key):
-    try:
-        return np.asarray(jax.random.key_data(key)).ravel().tolist()
-    except (TypeError, ValueError):
-        return np.asarray(key).ravel().tolist()
 
 
 def _verdict(obj, loss, grad, grad_norm, spec, t, *, probe, key, num_random):

@@ -90,15 +90,6 @@ def default_sigma(lambda_min: float, lambda_max: float, num_steps: int) -> float
 
 # ---- helpers ----------------------------------------------------------------------------------
 
-def _key_info(key) -> list[int]:
-    """The key's raw data as a list of ints (what is needed to reproduce a result)."""
-    try:
-        data = jax.random.key_data(key)
-    except TypeError:
-        data = key
-    return [int(x) for x in np.asarray(data).reshape(-1)]
-
-
 def _zeros(like):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
 
@@ -637,7 +628,7 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
     nodes, weights, residuals = (np.asarray(a, np.float64) for a in
                                  (rule.nodes, rule.weights, rule.residuals))
     return SpectralDensity(nodes, weights, residuals, op.dim, num_probes, num_steps, probe,
-                           num_probes * num_steps, op.kind, _key_info(key),
+                           num_probes * num_steps, op.kind, tree.key_bits(key),
                            str(jnp.dtype(op.dtype)), loop, time.perf_counter() - start,
                            {"batch_size": batch})
 
@@ -768,7 +759,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
     value = float(low) + float(np.mean(samples))
     stderr = float(np.std(samples, ddof=1) / math.sqrt(len(samples)))
     return TraceEstimate(value, stderr, op.num_matvecs - before, method, len(samples), samples,
-                         float(low), op.dim, probe, _key_info(key), op.kind,
+                         float(low), op.dim, probe, tree.key_bits(key), op.kind,
                          time.perf_counter() - start)
 
 
@@ -901,7 +892,7 @@ def negative_count(source, *, key=None, tau: float | None = None, method: str = 
     lam_min = float(min(eig.smallest[0], dens.lambda_min))
     return EigenvalueCount(-slq.tau, float(count), float(count), float(count), op.dim, True,
                            "lanczos", confidence, 0.0, slq.tau, lam_min, dens.lambda_max, spent,
-                           num_probes, steps, _key_info(key), time.perf_counter() - start,
+                           num_probes, steps, tree.key_bits(key), time.perf_counter() - start,
                            {"lanczos_k": int(eig.k), "slq": [slq.count, slq.low, slq.high]})
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "host_normal_like",
-    "normal_like",
+    "key_bits", "normal_like",
     "norm", "rademacher_like", "ravel", "scale", "size", "sub", "vdot", "zeros_basis",
     "zeros_like",
 ]
@@ -74,6 +74,14 @@ def normal_like(key, x):
     return _random_like(jax.random.normal, key, x)
 
 
+def key_bits(key) -> list[int]:
+    """The raw bits of a ``jax.random`` key (typed, or a raw ``uint32`` array) as Python ints:
+    what a result records to be reproduced, and what seeds host-side draws."""
+    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return [int(x) for x in np.asarray(key).reshape(-1)]
+
+
 def host_normal_like(key, x):
     """A standard normal pytree shaped like ``x``, drawn by NumPy from the key's bits.
 
@@ -81,10 +89,7 @@ def host_normal_like(key, x):
     0.5 s of XLA compilation on CPU, paid on the first call of every new shape. Use it for
     start vectors drawn outside ``jit``; inside traced code use :func:`normal_like`.
     """
-    data = key
-    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
-        data = jax.random.key_data(key)
-    rng = np.random.default_rng(np.asarray(data, np.uint32).ravel().tolist())
+    rng = np.random.default_rng(key_bits(key))
     leaves, treedef = jax.tree.flatten(x)
     return treedef.unflatten([jnp.asarray(rng.standard_normal(np.shape(a)).astype(
         np.dtype(jnp.result_type(a)))) for a in leaves])
