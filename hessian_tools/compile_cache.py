@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["enable_compilation_cache", "default_cache_dir"]
+__all__ = ["enable_compilation_cache", "default_cache_dir", "cache_root"]
+
+
+def cache_root() -> Path:
+    """hessian_tools' cache folder: ``$HESSIAN_TOOLS_CACHE``, else ``~/.cache/hessian_tools``
+    (trained example weights, and the compilation cache in ``jax/``)."""
+    return Path(os.environ.get("HESSIAN_TOOLS_CACHE") or Path.home() / ".cache" / "hessian_tools")
 
 
 def default_cache_dir() -> Path:
-    """``$HESSIAN_TOOLS_CACHE/jax``, else ``~/.cache/hessian_tools/jax``."""
-    root = os.environ.get("HESSIAN_TOOLS_CACHE") or Path.home() / ".cache" / "hessian_tools"
-    return Path(root) / "jax"
+    """``cache_root() / "jax"``: ``$HESSIAN_TOOLS_CACHE/jax``, else ``~/.cache/hessian_tools/jax``."""
+    return cache_root() / "jax"
 
 
 def enable_compilation_cache(path=None, *, min_compile_time_secs: float = 0.0) -> Path | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from hessian_tools.compile_cache import cache_root
 from hessian_tools.objective import Objective
 
 __all__ = ["MLP", "CNN", "CONFIGS", "load_digits_data", "cross_entropy", "make_model", "train",
@@ -127,8 +127,7 @@ def train(model, data, *, steps: int = 300, learning_rate: float = LEARNING_RATE
 
 def cache_dir() -> Path:
     """Where trained example weights are cached (``$HESSIAN_TOOLS_CACHE`` overrides)."""
-    root = os.environ.get("HESSIAN_TOOLS_CACHE") or Path.home() / ".cache" / "hessian_tools"
-    return Path(root)
+    return cache_root()
 
 
 def cache_path(name: str, seed: int = 0, steps: int = 300, learning_rate: float = LEARNING_RATE) -> Path:
