@@ -29,7 +29,7 @@ from hessian_tools.operators import hessian, value_and_grad
 from hessian_tools.report import write_json
 from hessian_tools.spectrum import eigenvalues
 
-__all__ = ["AnalysisConfig", "BatchProgress", "analyze", "planned_matvecs", "import_target", "load_model_target", "run_checkpoints", "CheckpointResult"]
+__all__ = ["AnalysisConfig", "BatchProgress", "analyze", "planned_matvecs", "import_target", "parse_model_kwargs", "stored_result", "load_model_target", "run_checkpoints", "CheckpointResult"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,18 +47,21 @@ class AnalysisConfig:
     trace_matvecs: int = 60
 
 
+def _ends(config: AnalysisConfig) -> list:
+    """The ``(which, k)`` eigensolver calls for ``config``: one ``"both"`` call when the top and
+    bottom counts agree, else one call per requested end."""
+    if config.top and config.bottom and config.top == config.bottom:
+        return [("both", config.top)]
+    return [(w, k) for w, k in (("largest", config.top), ("smallest", config.bottom)) if k]
+
+
 def planned_matvecs(config: AnalysisConfig) -> int:
     """A first guess of the matvecs ``analyze`` spends (progress bars; refined as runs finish).
 
     Lanczos usually converges within about two bases of ``default_krylov_dim`` rows per end.
     """
     from hessian_tools.linalg.lanczos import default_krylov_dim
-    plan = 0
-    if config.top and config.bottom and config.top == config.bottom:
-        plan += 2 * default_krylov_dim(config.top, "both")
-    else:
-        plan += sum(2 * default_krylov_dim(k, w)
-                    for w, k in (("largest", config.top), ("smallest", config.bottom)) if k)
+    plan = sum(2 * default_krylov_dim(k, which) for which, k in _ends(config))
     plan += config.trace_matvecs if config.trace else 0
     plan += config.num_probes * config.num_steps if config.density else 0
     return plan
@@ -135,12 +138,7 @@ def analyze(obj: Objective, config: AnalysisConfig, *, progress: bool = False,
     out = {"loss": float(loss), "grad_norm": float(tree.norm(grad)),
            "num_params": obj.num_params, "num_examples": obj.num_examples,
            "dtype": str(H.dtype), "seed": config.seed}
-    ends = []
-    if config.top and config.bottom and config.top == config.bottom:
-        ends = [("both", config.top)]
-    else:
-        ends = [(w, k) for w, k in (("largest", config.top), ("smallest", config.bottom)) if k]
-    for i, (which, k) in enumerate(ends):
+    for i, (which, k) in enumerate(_ends(config)):
         eig = eigenvalues(H, k=min(k, H.dim // (2 if which == "both" else 1)), which=which,
                           key=jax.random.fold_in(key, i), tol=config.tol, progress=progress)
         out.setdefault("eigenvalues", []).append(eig.to_dict())
@@ -218,6 +216,23 @@ def import_target(spec: str, kwargs: dict | None = None, *, flag: str = "--model
     return fn(**(kwargs or {}))
 
 
+def parse_model_kwargs(text: str | None) -> dict:
+    """``--model-kwargs``: a JSON object of keyword arguments (``{}`` when empty).
+
+    Raises:
+      ModelTargetError: not valid JSON, or JSON that is not an object.
+    """
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except ValueError as err:
+        raise ModelTargetError(f"--model-kwargs is not valid JSON ({err}).") from None
+    if not isinstance(kwargs, dict):
+        raise ModelTargetError("--model-kwargs must be a JSON object, e.g. '{\"width\": 64}'.")
+    return kwargs
+
+
 def load_model_target(spec: str, kwargs: dict | None = None) -> Objective:
     """Import ``module:function`` (or ``path/to/file.py:function``) and build the Objective.
 
@@ -279,19 +294,8 @@ def _run_checkpoints(obj, paths, out, config, overwrite, bars, on_done, extra):
         target = out / f"{name}.json"
         rec = CheckpointResult(str(path), name, "done", output=str(target))
         if target.exists() and not overwrite:
-            try:
-                stored = json.loads(target.read_text())
-                rec.result, rec.status = stored["result"], "skipped"
-            except (ValueError, KeyError):
-                rec.status, rec.error = "failed", (f"existing result {target} is unreadable; "
-                                                   "pass --overwrite to recompute it")
-            else:
-                differ = _config_differences(stored.get("config"), config)
-                if differ:
-                    rec.result = None
-                    rec.status, rec.error = "failed", (
-                        f"existing result {target} was computed with different settings "
-                        f"({differ}); pass --overwrite to recompute it, or choose another --out")
+            rec.result, rec.error = stored_result(target, config)
+            rec.status = "skipped" if rec.error is None else "failed"
         else:
             try:
                 params = match_params(obj.params, load_checkpoint(path), source=str(path))
@@ -312,6 +316,21 @@ def _run_checkpoints(obj, paths, out, config, overwrite, bars, on_done, extra):
         if on_done is not None:
             on_done(rec)
     return results
+
+
+def stored_result(target: Path, config: AnalysisConfig) -> tuple[dict | None, str | None]:
+    """``(result, None)`` from an existing result file computed with ``config``, else
+    ``(None, why)``: the file is unreadable, or its settings differ (never reused then)."""
+    try:
+        stored = json.loads(Path(target).read_text())
+        result = stored["result"]
+    except (ValueError, KeyError):
+        return None, f"existing result {target} is unreadable; pass --overwrite to recompute it"
+    differ = _config_differences(stored.get("config"), config)
+    if differ:
+        return None, (f"existing result {target} was computed with different settings "
+                      f"({differ}); pass --overwrite to recompute it, or choose another --out")
+    return result, None
 
 
 def _config_differences(stored: dict | None, config: AnalysisConfig) -> str:

@@ -65,7 +65,8 @@ def _objective(args):
     import jax
     import jax.numpy as jnp
 
-    from hessian_tools.batch import ModelTargetError, cast_objective, load_model_target
+    from hessian_tools.batch import (ModelTargetError, cast_objective, load_model_target,
+                                     parse_model_kwargs)
     if args.model and args.example:
         raise UserError("pass either --model or --example, not both.")
     if args.dtype == "float64":
@@ -75,11 +76,7 @@ def _objective(args):
         obj = digits.digits_objective(EXAMPLES[args.example])
     elif args.model:
         try:
-            kwargs = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as err:
-            raise UserError(f"--model-kwargs is not valid JSON: {err}") from None
-        try:
-            obj = load_model_target(args.model, kwargs)
+            obj = load_model_target(args.model, parse_model_kwargs(args.model_kwargs))
         except ModelTargetError as err:
             raise UserError(str(err)) from None
     else:
@@ -113,7 +110,7 @@ def _config(args):
 
 
 def run_spectrum(args) -> int:
-    from hessian_tools.batch import BatchProgress, _config_differences, analyze, run_checkpoints
+    from hessian_tools.batch import BatchProgress, analyze, run_checkpoints, stored_result
     from hessian_tools.report import write_json
     config = _config(args)
     obj = _objective(args)
@@ -126,12 +123,9 @@ def run_spectrum(args) -> int:
             raise UserError("give checkpoint paths, or --example for the built-in model.")
         target = out / f"{args.example}.json"
         if target.exists() and not args.overwrite:
-            stored = json.loads(target.read_text())
-            differ = _config_differences(stored.get("config"), config)
-            if differ:
-                raise UserError(f"{target} was computed with different settings ({differ}); "
-                                "pass --overwrite to recompute it, or choose another --out.")
-            result = stored["result"]
+            result, error = stored_result(target, config)
+            if error is not None:
+                raise UserError(error)
             say(f"{target} exists: showing it (pass --overwrite to recompute)")
         else:
             bars = BatchProgress(1, config) if interactive else None

@@ -218,15 +218,9 @@ def _model(args, digits):
         import hessian_tools as ht
         return ht.nnx_model_fn(factory), digits.cross_entropy, (x, y), None, \
             f"digits {args.example}"
-    from hessian_tools.batch import ModelTargetError, import_target
+    from hessian_tools.batch import ModelTargetError, import_target, parse_model_kwargs
     try:
-        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
-    except ValueError as err:
-        raise _user_error(f"--model-kwargs is not valid JSON ({err}).") from None
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise _user_error("--model-kwargs must be a JSON object, e.g. '{\"width\": 64}'.")
-    try:
-        got = import_target(args.model, kwargs)
+        got = import_target(args.model, parse_model_kwargs(args.model_kwargs))
     except ModelTargetError as err:
         raise _user_error(str(err)) from None
     accuracy_fn = None
