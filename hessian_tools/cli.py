@@ -74,7 +74,8 @@ def _demo(args) -> int:
     say(eig.table())
     for line in lines:
         say(line)
-    written = [p.name for p in (out / "density.png", out / "sharpness.png") if p.exists()]
+    written = [name for part, name in (("density", "density.png"), ("sharpness", "sharpness.png"))
+               if part in summary]
     say(f"wrote {targets[0]}, {targets[1].name}" + "".join(f", {w}" for w in written)
         + f" ({summary['wall_time']:.1f} s)")
     if not eig.converged:

@@ -701,7 +701,7 @@ def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_g
     dim = op.dim
     k_top = min(k_top, dim)
     num_guard = max(0, min(num_guard, dim - k_top - k_bottom))
-    guard_tol = min(GUARD_TOL_FACTOR * tol, 0.1) if guard_tol is None else guard_tol
+    guard_tol = min(10 * tol, 0.1) if guard_tol is None else guard_tol
     key, sub = jax.random.split(key)
     fresh = functools.partial(_random_start, params, sub)     # a restart after a breakdown
     start = _random_start(params, key) if warm is None else _warm_start(
@@ -712,7 +712,6 @@ def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_g
 
 
 _GUARD_WEIGHT = 0.3
-GUARD_TOL_FACTOR = 10
 
 
 def _warm_weights(rows: int, k_top: int) -> np.ndarray:
