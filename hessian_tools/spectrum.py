@@ -56,8 +56,23 @@ _stack = jax.jit(lambda *xs: jax.tree.map(lambda *a: jnp.stack(a), *xs))
 
 
 def _explicit_residuals(op, vectors, values):
-    """``||A v_i - lambda_i v_i||`` with one product per vector."""
+    """``||A v_i - lambda_i v_i||`` with one product per vector.
+
+    On a single CPU device the arithmetic is NumPy's, in float64 (nothing to compile);
+    elsewhere it stays on the device in compiled code.
+    """
     rows = jax.tree.leaves(vectors)[0].shape[0]
+    if tree.host_is_device():
+        leaves, treedef = jax.tree.flatten(vectors)
+        host = [np.asarray(a) for a in leaves]
+        out = []
+        for i in range(rows):
+            v = [a[i] for a in host]
+            w = jax.tree.leaves(op.apply_unchecked(treedef.unflatten([jnp.asarray(x) for x in v])))
+            out.append(np.sqrt(sum(np.sum((np.asarray(b, np.float64)
+                                           - values[i] * a.astype(np.float64)) ** 2)
+                                   for a, b in zip(v, w))))
+        return np.array(out, np.float64)
     products = [op.apply_unchecked(_row(vectors, i)) for i in range(rows)]
     stacked = _stack(*products)
     return np.asarray(_residuals(vectors, stacked, jnp.asarray(values, op.dtype)), np.float64)

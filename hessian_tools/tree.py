@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "host_normal_like",
+    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "host_is_device",
+    "host_normal_flat", "host_normal_like",
     "key_bits", "normal_like",
     "norm", "rademacher_like", "ravel", "scale", "size", "sub", "vdot", "zeros_basis",
     "zeros_like",
@@ -82,17 +83,41 @@ def key_bits(key) -> list[int]:
     return [int(x) for x in np.asarray(key).reshape(-1)]
 
 
+def _host_rng(key_or_rng) -> np.random.Generator:
+    if isinstance(key_or_rng, np.random.Generator):
+        return key_or_rng
+    return np.random.default_rng(key_bits(key_or_rng))
+
+
 def host_normal_like(key, x):
     """A standard normal pytree shaped like ``x``, drawn by NumPy from the key's bits.
 
     The same key gives the same vector. Nothing is compiled: a random kernel costs about
     0.5 s of XLA compilation on CPU, paid on the first call of every new shape. Use it for
     start vectors drawn outside ``jit``; inside traced code use :func:`normal_like`.
+    ``key`` may also be a ``numpy.random.Generator``, which the draw advances (a stream of
+    vectors from one key); :func:`host_normal_flat` draws the same numbers as one array.
     """
-    rng = np.random.default_rng(key_bits(key))
+    rng = _host_rng(key)
     leaves, treedef = jax.tree.flatten(x)
     return treedef.unflatten([jnp.asarray(rng.standard_normal(np.shape(a)).astype(
         np.dtype(jnp.result_type(a)))) for a in leaves])
+
+
+def host_normal_flat(key, shapes, dtype) -> np.ndarray:
+    """The draw of :func:`host_normal_like` for leaves of ``shapes``, as one flat NumPy array."""
+    rng = _host_rng(key)
+    parts = [rng.standard_normal(s).astype(dtype).reshape(-1) for s in shapes]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def host_is_device() -> bool:
+    """Whether JAX computes on this process's CPU with a single device.
+
+    Then a ``jax.Array`` already lives in host memory and NumPy reads it without a copy,
+    so small vector algebra can run in NumPy with nothing to compile.
+    """
+    return jax.default_backend() == "cpu" and jax.local_device_count() == 1
 
 
 def rademacher_like(key, x):

@@ -7,7 +7,7 @@ import pytest
 
 import hessian_tools as ht
 from conftest import spectrum_matrix
-from hessian_tools.linalg import lanczos_tridiag, power_eigs
+from hessian_tools.linalg import lanczos_eigs, lanczos_tridiag, power_eigs
 
 rng = np.random.default_rng(42)
 SPECTRA = {
@@ -156,3 +156,52 @@ def test_lean_mode_matches_and_saves_matvecs():
     b = spectrum_matrix(np.r_[5.0, 5.0, 3.0, np.linspace(-1, 2, 37)], seed=9)
     safe = ht.eigenvalues(ht.from_dense(b), k=2, key=jax.random.key(0), tol=1e-10)
     np.testing.assert_allclose(safe.values, [5.0, 5.0], atol=1e-9)
+
+
+def _two_leaf(a):
+    """``a`` as an operator on a two-leaf pytree ``{"w": (n - 7,), "b": (7,)}``."""
+    n = len(a)
+
+    def matvec(v):
+        x = jnp.concatenate([v["b"], v["w"].reshape(-1)])
+        y = a @ x
+        return {"b": y[:7], "w": y[7:].reshape(v["w"].shape)}
+    return matvec, {"b": jnp.zeros(7), "w": jnp.zeros(((n - 7) // 3, 3))}
+
+
+@pytest.mark.parametrize("basis", ["host", "device"])
+@pytest.mark.parametrize("name,which", [("repeated", "largest"), ("repeated_bottom", "smallest"),
+                                        ("zeros", "both"), ("scales", "largest")])
+def test_both_basis_backends_match_eigh_on_pytrees(basis, name, which):
+    """The NumPy (host) and compiled (device) backends of lanczos_eigs, on a pytree with two
+    leaves and a short Krylov dimension so that thick restarts happen."""
+    eigs = np.r_[SPECTRA[name], rng.uniform(-0.1, 0.1, 1)]   # 61 = 7 + 18 * 3
+    a = spectrum_matrix(eigs, seed=11)
+    matvec, like = _two_leaf(a)
+    res = lanczos_eigs(matvec, jax.random.key(3), like, k=4, which=which, tol=1e-10,
+                       krylov_dim=16, basis=basis)
+    ref = _reference(np.linalg.eigvalsh(a), 4, which)
+    scale = np.max(np.abs(eigs))
+    assert res.converged and res.num_restarts >= 0
+    np.testing.assert_allclose(res.values, ref, atol=1e-8 * scale, rtol=0)
+    v = np.concatenate([np.asarray(res.vectors["b"]),
+                        np.asarray(res.vectors["w"]).reshape(len(res.values), -1)], axis=1)
+    assert isinstance(res.vectors["w"], jax.Array) and res.vectors["w"].shape[1:] == (18, 3)
+    np.testing.assert_allclose(v @ v.T, np.eye(len(ref)), atol=1e-8)
+    np.testing.assert_allclose(np.linalg.norm(a @ v.T - v.T * res.values, axis=0), 0,
+                               atol=1e-8 * scale)
+
+
+def test_host_and_device_backends_take_the_same_path():
+    """Same key, same start vectors: the two backends follow the same path (rounding can move
+    a convergence check by a step)."""
+    a = spectrum_matrix(np.r_[6.0, 6.0, 4.0, np.linspace(-2, 2, 58)], seed=12)
+    matvec, like = _two_leaf(a)
+    out = {b: lanczos_eigs(matvec, jax.random.key(9), like, k=3, tol=1e-8, krylov_dim=20,
+                           basis=b) for b in ("host", "device")}
+    assert abs(out["host"].num_matvecs - out["device"].num_matvecs) <= 2
+    assert out["host"].num_restarts == out["device"].num_restarts
+    np.testing.assert_allclose(out["host"].values, out["device"].values, atol=1e-10)
+    np.testing.assert_allclose(out["host"].values, [6.0, 6.0, 4.0], atol=1e-9)
+    with pytest.raises(ValueError, match="basis='disk' is not one of"):
+        lanczos_eigs(matvec, jax.random.key(9), like, k=3, basis="disk")

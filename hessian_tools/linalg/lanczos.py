@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -130,6 +129,15 @@ def lanczos_tridiag(matvec: Callable, v0, *, num_iters: int, keep_basis: bool = 
 
 
 # ---- the host-driven eigensolver: Krylov-Schur restarts, locking, verification ---------
+#
+# The solver's vector algebra (the CGS2 step, restarts, locking) goes through one of two
+# backends with the same methods. ``_DeviceBasis`` keeps vectors as pytrees in compiled
+# functions: right on accelerators and for sharded parameters. ``_HostBasis`` keeps them as
+# one flat NumPy array: on a single-device CPU run, JAX's arrays already live in host
+# memory, NumPy reads them without a copy, and nothing is compiled. On the 301k-parameter
+# MLP the device backend's compilations cost about 2.3 s of a 4.3 s cold top-5 solve; the
+# host backend also sweeps only the filled basis rows instead of the whole padded buffer.
+
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _project_step(basis, locked, j, w):
@@ -150,17 +158,6 @@ def _project_step(basis, locked, j, w):
     q_next = tree.scale(jnp.where(tiny, 0.0, 1.0 / jnp.where(tiny, 1.0, beta)), w)
     basis = tree.basis_set(basis, j + 1, q_next)
     return basis, q_next, h + h2, jnp.where(tiny, 0.0, beta)
-
-
-def _new_run(key, hint, locked, rows):
-    """A random start vector (plus an optional hint), orthogonal to the locked vectors,
-    as row 0 of an otherwise empty basis of ``rows`` rows.
-
-    The random vector is drawn on the host (``tree.host_normal_like``): no random kernel
-    to compile. The rest is one compiled call.
-    """
-    like = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape[1:], b.dtype), locked)
-    return _start_basis(tree.host_normal_like(key, like), hint, locked, rows)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -203,6 +200,138 @@ def _restart_basis(basis, coeffs, q_next):
     return tree.basis_set(new, l, q_next)
 
 
+class _DeviceBasis:
+    """Vectors as pytrees, algebra in compiled functions (zero rows cost a sweep, no mask)."""
+
+    def __init__(self, like):
+        self.like = like
+
+    def vector(self, q):             # what the matvec receives
+        return q
+
+    def from_product(self, w):
+        return w
+
+    def zeros(self, rows):
+        return _zeros_basis(rows, self.like)
+
+    def start(self, rng, hint, locked, num_locked, rows):
+        v = tree.host_normal_like(rng, self.like)
+        return _start_basis(v, hint, locked, rows)
+
+    def project(self, basis, locked, num_locked, j, w):
+        return _project_step(basis, locked, j, w)
+
+    def restart(self, basis, coeffs, q_next):
+        return _restart_basis(basis, jnp.asarray(coeffs), q_next)
+
+    def combine(self, coeffs, basis):
+        return _combine(jnp.asarray(coeffs), basis)
+
+    def set_rows(self, buffer, rows, start):
+        return _set_rows(buffer, rows, start)
+
+    def take_rows(self, buffer, idx):
+        return _take_rows(buffer, jnp.asarray(np.array(idx, dtype=np.int32)))
+
+
+class _HostBasis:
+    """Vectors as one flat NumPy array (a single dtype), algebra by NumPy's BLAS.
+
+    Only the filled rows of a basis are swept. The matvec gets the vector back as a pytree
+    of ``jax.Array`` leaves.
+    """
+
+    def __init__(self, like):
+        leaves, self.treedef = jax.tree.flatten(like)
+        self.shapes = [tuple(a.shape) for a in leaves]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.splits = np.cumsum(self.sizes)[:-1]
+        self.dtype = np.dtype(jnp.result_type(*leaves))
+        self.dim = sum(self.sizes)
+        self.like = like
+
+    def vector(self, q):
+        parts = np.split(q, self.splits)
+        return self.treedef.unflatten([jnp.asarray(p.reshape(s))
+                                       for p, s in zip(parts, self.shapes)])
+
+    def from_product(self, w):
+        leaves = jax.tree.leaves(w)
+        if len(leaves) == 1:
+            return np.asarray(leaves[0], self.dtype).reshape(-1)
+        return np.concatenate([np.asarray(a, self.dtype).reshape(-1) for a in leaves])
+
+    def stacked(self, rows):
+        """A ``(r, dim)`` array as a stacked pytree basis of ``jax.Array`` leaves."""
+        parts = np.split(rows, self.splits, axis=1)
+        return self.treedef.unflatten([jnp.asarray(p.reshape((len(rows),) + s))
+                                       for p, s in zip(parts, self.shapes)])
+
+    def zeros(self, rows):
+        return np.zeros((rows, self.dim), self.dtype)
+
+    @staticmethod
+    def _norm(w):
+        return float(np.sqrt(np.dot(w.astype(np.float64), w.astype(np.float64))))
+
+    @staticmethod
+    def _orthogonalize(w, locked):
+        for _ in range(2):
+            if len(locked):
+                w = w - (locked @ w) @ locked
+        return w
+
+    def start(self, rng, hint, locked, num_locked, rows):
+        v = tree.host_normal_flat(rng, self.shapes, self.dtype)
+        if hint is not None:
+            v = v / self._norm(v) + hint
+        v = self._orthogonalize(v, locked[:num_locked])
+        q = (v / self._norm(v)).astype(self.dtype)
+        basis = self.zeros(rows)
+        basis[0] = q
+        return basis, q
+
+    def project(self, basis, locked, num_locked, j, w):
+        filled, locked = basis[:j + 1], locked[:num_locked]
+        h = filled @ w
+        w = self._orthogonalize(w - h @ filled, locked)
+        h2 = filled @ w
+        w = self._orthogonalize(w - h2 @ filled, locked)
+        beta = self._norm(w)
+        tiny = beta <= 100 * np.finfo(self.dtype).eps * (float(np.max(np.abs(h))) + beta)
+        q_next = np.zeros_like(w) if tiny else (w / beta).astype(self.dtype)
+        basis[j + 1] = q_next
+        return basis, q_next, h + h2, 0.0 if tiny else beta
+
+    def restart(self, basis, coeffs, q_next):
+        m = int(np.max(np.nonzero(np.any(coeffs, axis=1))[0], initial=-1)) + 1
+        kept = coeffs[:m].T.astype(self.dtype) @ basis[:m]
+        basis[:] = 0
+        basis[:len(kept)] = kept
+        basis[len(kept)] = q_next
+        return basis
+
+    def combine(self, coeffs, basis):
+        return coeffs.T.astype(self.dtype) @ basis
+
+    def set_rows(self, buffer, rows, start):
+        buffer[start:start + len(rows)] = rows
+        return buffer
+
+    def take_rows(self, buffer, idx):
+        return self.stacked(buffer[np.array(idx, dtype=int)])
+
+
+def _backend(like, basis: str):
+    if basis not in ("auto", "host", "device"):
+        raise ValueError(f"basis={basis!r} is not one of 'auto', 'host', 'device'.")
+    single_dtype = len({jnp.dtype(a.dtype) for a in jax.tree.leaves(like)}) == 1
+    if basis == "host" or (basis == "auto" and single_dtype and tree.host_is_device()):
+        return _HostBasis(like)
+    return _DeviceBasis(like)
+
+
 @dataclasses.dataclass(frozen=True)
 class LanczosEigsResult:
     """Raw output of :func:`lanczos_eigs` (the friendly API wraps it in ``Eigenpairs``)."""
@@ -224,9 +353,10 @@ class _Locked:
     residuals: list
     ends: list
     buffer: Any
+    ops: Any
 
     def add(self, values, residuals, ends, vectors):
-        self.buffer = _set_rows(self.buffer, vectors, len(self.values))
+        self.buffer = self.ops.set_rows(self.buffer, vectors, len(self.values))
         self.values += [float(v) for v in values]
         self.residuals += [float(r) for r in residuals]
         self.ends += list(ends)
@@ -237,6 +367,9 @@ class _Locked:
     @property
     def room(self) -> int:
         return _rows(self.buffer) - len(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 def _wanted(theta: np.ndarray, k_top: int, k_bottom: int) -> np.ndarray:
@@ -271,7 +404,8 @@ class _Run:
 def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest",
                  tol: float = 1e-6, krylov_dim: int | None = None,
                  max_matvecs: int | None = None, check_every: int = 1, verify: bool = True,
-                 callback: Callable[[int], None] | None = None) -> LanczosEigsResult:
+                 callback: Callable[[int], None] | None = None,
+                 basis: str = "auto") -> LanczosEigsResult:
     """Extreme eigenpairs of a symmetric operator: Lanczos with Krylov-Schur restarts and locking.
 
     Each run builds an orthonormal Krylov basis with full reorthogonalisation (against the
@@ -301,6 +435,12 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
         pairs are locked at each end: right for simple eigenvalues, but a repeated one may
         then come back once.
       callback: called with the number of matvecs so far after every step (progress bars).
+      basis: where the basis lives. ``"device"``: pytrees in compiled functions (sharded
+        parameters stay sharded). ``"host"``: one flat NumPy array, nothing compiled, only
+        the filled rows swept; the matvec still gets pytrees. ``"auto"`` (default): host
+        when JAX runs on a single CPU device (:func:`hessian_tools.tree.host_is_device`),
+        where it saves about 2 s of compilation per process and is no slower per step.
+        The same key gives the same start vectors either way.
 
     Returns:
       A :class:`LanczosEigsResult`, values in descending order. Memory
@@ -313,7 +453,9 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
     k_bottom = k if which in ("smallest", "both") else 0
     m_max = min(dim, krylov_dim or default_krylov_dim(k, which))
     budget = max_matvecs or 50 * m_max
-    lock = _Locked([], [], [], _zeros_basis(min(dim, 2 * (k_top + k_bottom) + 8), like))
+    ops = _backend(like, basis)
+    rng = np.random.default_rng(tree.key_bits(key))    # start vectors: drawn on the host
+    lock = _Locked([], [], [], ops.zeros(min(dim, 2 * (k_top + k_bottom) + 8)), ops)
     used, runs, scale, hint, done = 0, 0, 0.0, None, False
     while used < budget:
         if len(lock.values) >= dim:
@@ -321,10 +463,9 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
             break
         if lock.room == 0:
             break
-        key, sub = jax.random.split(key)
         want_top = max(1, k_top - lock.count("top")) if k_top else 0
         want_bottom = max(1, k_bottom - lock.count("bottom")) if k_bottom else 0
-        run, steps, scale = _krylov_schur(matvec, sub, hint, lock, m_max=min(m_max, dim - len(lock.values)),
+        run, steps, scale = _krylov_schur(matvec, rng, hint, lock, m_max=min(m_max, dim - len(lock.values)),
                                           budget=budget - used, want=(want_top, want_bottom),
                                           tol=tol, scale=scale, check_every=check_every,
                                           callback=callback, used=used)
@@ -344,15 +485,20 @@ def default_krylov_dim(k: int, which: str) -> int:
     return max(6 * k + 40, 100) if which == "both" else max(3 * k + 30, 60)
 
 
-def _krylov_schur(matvec, key, hint, lock, *, m_max, budget, want, tol, scale, check_every, callback,
+def _krylov_schur(matvec, rng, hint, lock, *, m_max, budget, want, tol, scale, check_every, callback,
                   used):
-    """Run until the wanted Ritz pairs converge, thick-restarting at ``m_max`` rows."""
-    basis, q = _new_run(key, hint, lock.buffer, m_max + 1)
+    """Run until the wanted Ritz pairs converge, thick-restarting at ``m_max`` rows.
+
+    The start vector is a fresh normal draw from ``rng`` (plus ``hint``, if any), made
+    orthogonal to the locked vectors.
+    """
+    ops = lock.ops
+    basis, q = ops.start(rng, hint, lock.buffer, len(lock), m_max + 1)
     run = _Run(basis, q, proj=np.zeros((m_max + 1, m_max + 1)))
     pending, steps = [], 0
     while steps < budget:
-        w = matvec(run.q)
-        run.basis, run.q, h, beta = _project_step(run.basis, lock.buffer, run.j, w)
+        w = ops.from_product(matvec(ops.vector(run.q)))
+        run.basis, run.q, h, beta = ops.project(run.basis, lock.buffer, len(lock), run.j, w)
         pending.append((run.j, h, beta))
         run.j += 1
         steps += 1
@@ -373,11 +519,11 @@ def _krylov_schur(matvec, key, hint, lock, *, m_max, budget, want, tol, scale, c
         if run.breakdown or np.all(run.res[idx] <= tol * scale):
             break
         if full:
-            _thick_restart(run, want, m_max)
+            _thick_restart(run, want, m_max, ops)
     return run, steps, scale
 
 
-def _thick_restart(run, want, m_max):
+def _thick_restart(run, want, m_max, ops):
     """Keep about half the basis: the Ritz vectors nearest the wanted ends (Krylov-Schur)."""
     m = run.j
     keep_n = max(sum(want) + 2, m_max // 2)
@@ -385,7 +531,7 @@ def _thick_restart(run, want, m_max):
     keep = _wanted(run.theta, top_n, keep_n - top_n)
     coeffs = np.zeros((_rows(run.basis), len(keep)))
     coeffs[:m] = run.s[:, keep]
-    run.basis = _restart_basis(run.basis, jnp.asarray(coeffs), run.q)
+    run.basis = ops.restart(run.basis, coeffs, run.q)
     l = len(keep)
     run.proj[:] = 0.0
     run.proj[np.arange(l), np.arange(l)] = run.theta[keep]
@@ -423,7 +569,7 @@ def _lock_and_decide(run, lock, want, k_end, abs_tol):
         take, ends = take[:lock.room], ends[:lock.room]
         coeffs = np.zeros((_rows(run.basis), len(take)))
         coeffs[:m] = run.s[:, take]
-        lock.add(theta[take], res[take], ends, _combine(jnp.asarray(coeffs), run.basis))
+        lock.add(theta[take], res[take], ends, lock.ops.combine(coeffs, run.basis))
     if not take and not unfinished:
         return True, None
     rest = [i for i in _wanted(theta, 4 if want[0] else 0, 4 if want[1] else 0) if i not in take]
@@ -431,7 +577,7 @@ def _lock_and_decide(run, lock, want, k_end, abs_tol):
         return False, None
     coeffs = np.zeros(_rows(run.basis))
     coeffs[:m] = run.s[:, rest].sum(axis=1) / np.sqrt(len(rest))
-    return False, _combine(jnp.asarray(coeffs), run.basis)
+    return False, lock.ops.combine(coeffs, run.basis)
 
 
 def _finish(lock, k_top, k_bottom, used, done, restarts, scale):
@@ -440,7 +586,7 @@ def _finish(lock, k_top, k_bottom, used, done, restarts, scale):
     top = order[:k_top]
     bottom = [i for i in order[::-1] if i not in top][:k_bottom]
     pick = sorted(top + bottom, key=lambda i: -values[i])
-    vectors = _take_rows(lock.buffer, jnp.asarray(np.array(pick, dtype=np.int32)))
+    vectors = lock.ops.take_rows(lock.buffer, pick)
     got = len(pick) == k_top + k_bottom
     residuals = np.array(lock.residuals)[pick] if pick else np.array([])
     return LanczosEigsResult(values[pick], vectors, residuals, used, bool(done and got),
