@@ -222,7 +222,6 @@ def _pyhessian_matched(name, k, twin, tx, ty, flat_op, scale, args):
 
 def _add_pyhessian_matched(name, args):
     """Add the matched-accuracy PyHessian rows to an existing result file."""
-    import hessian_tools as ht
     from _jax_extras import FlatOperator, noscan_hessian
     path = Path(args.out) / f"bench_eigs_{name}.json"
     res = json.loads(path.read_text())

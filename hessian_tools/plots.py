@@ -3,7 +3,6 @@ none calls ``savefig`` or picks a backend."""
 
 from __future__ import annotations
 
-import numpy as np
 
 from hessian_tools.results import Eigenpairs
 

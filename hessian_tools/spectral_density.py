@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
