@@ -31,7 +31,8 @@ import numpy as np
 
 from hessian_tools import tree
 from hessian_tools.linalg.slq import (gaussian_cdf, gaussian_smoothing, quadrature_count_bounds,
-                                      slq_quadrature, slq_quadrature_host, wasserstein1)
+                                      slq_quadrature, slq_quadrature_host,
+                                      slq_quadrature_numpy, wasserstein1)
 from hessian_tools.linalg.trace import (PROBES, batched_matvec, hutchinson_samples, hutchpp,
                                         random_probes)
 from hessian_tools.operators import CurvatureOperator, to_dense
@@ -527,7 +528,10 @@ def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
 
     True on the CPU backend for products containing convolutions: XLA:CPU picks slow
     convolution kernels inside loop bodies (digits CNN, see benchmarks/RESULTS.md: about
-    50x per matvec in a rolled ``fori_loop``). Traced once per operator (no compilation).
+    50x per matvec in a rolled ``fori_loop``) and for vmapped products too (4 probes
+    through ``jax.lax.map``/``vmap``: 26 s, against 4 x 0.22 s called one by one). Such
+    products are applied one vector at a time from Python. Traced once per operator (no
+    compilation).
     """
     if "slow_in_loops" not in op.meta:
         slow = False
@@ -539,6 +543,13 @@ def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
                 slow = False
         op.meta["slow_in_loops"] = slow
     return op.meta["slow_in_loops"]
+
+
+def _numpy_basis(op: CurvatureOperator) -> bool:
+    """Whether a host-driven loop keeps its Lanczos bases in NumPy: on a single CPU device
+    (no copies, nothing to compile, only filled rows swept) with one parameter dtype."""
+    return tree.host_is_device() and len(
+        {jnp.dtype(a.dtype) for a in jax.tree.leaves(op.params_like)}) == 1
 
 
 def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PROBES,
@@ -574,7 +585,11 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
         (steps driven from Python, all probes batched per step: for matvecs that run slowly
         inside compiled loops) or ``"auto"``: host for streamed data and, on CPU, for
         products with convolutions (XLA:CPU runs a conv net's HVP about 50x slower inside a
-        compiled loop); compiled otherwise.
+        compiled loop, and under ``vmap``, so there each probe's product is a separate
+        call); compiled otherwise. On a single CPU device the host loop keeps the
+        Lanczos bases in NumPy (:func:`~hessian_tools.linalg.slq.slq_quadrature_numpy`):
+        only the batched product is compiled, and each step sweeps only the filled rows.
+        ``extra["basis"]`` of the result says which (``"numpy"`` or ``"device"``).
       batch_size: probes per vmapped call (default: all that fit in 2 GiB of Lanczos basis).
 
     Returns:
@@ -610,6 +625,7 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
         loop = "host" if op.matvec_fn is None or _slow_in_compiled_loops(op) else "compiled"
     batch = _auto_batch(num_probes, num_steps + 1, op) if batch_size is None else (
         None if batch_size >= num_probes else batch_size)
+    numpy_basis = loop == "host" and _numpy_basis(op)
     start = time.perf_counter()
     zeros = _zeros(op.params_like)
     if loop == "compiled":
@@ -618,18 +634,23 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
         op.num_matvecs += num_probes * num_steps
     else:
         probes = _probes_jit(key, zeros, num=num_probes, kind=probe)
-        if op.matvec_fn is not None:
+        one_by_one = op.matvec_fn is None or _slow_in_compiled_loops(op)
+        if one_by_one:      # streamed, or convolutions on CPU: also slow under vmap/lax.map
+            apply = _row_by_row(op)             # apply_unchecked counts the products
+        else:
             apply = functools.partial(_apply_rows, op.matvec_fn, batch_size=batch)
+        if numpy_basis:
+            rule = slq_quadrature_numpy(apply, probes, num_steps=num_steps, group_size=batch)
+        else:
             rule = slq_quadrature_host(apply, probes, num_steps=num_steps)
+        if not one_by_one:
             op.num_matvecs += num_probes * num_steps
-        else:                                   # streamed: apply_unchecked counts
-            rule = slq_quadrature_host(_row_by_row(op), probes, num_steps=num_steps)
     nodes, weights, residuals = (np.asarray(a, np.float64) for a in
                                  (rule.nodes, rule.weights, rule.residuals))
     return SpectralDensity(nodes, weights, residuals, op.dim, num_probes, num_steps, probe,
                            num_probes * num_steps, op.kind, tree.key_bits(key),
                            str(jnp.dtype(op.dtype)), loop, time.perf_counter() - start,
-                           {"batch_size": batch})
+                           {"batch_size": batch, "basis": "numpy" if numpy_basis else "device"})
 
 
 # ---- trace ------------------------------------------------------------------------------------
@@ -705,7 +726,9 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
       key: a ``jax.random`` key (required except for ``"dense"``).
       probe: ``"rademacher"`` or ``"gaussian"``.
       num_steps: Lanczos steps per probe for ``"slq"``.
-      batch_size: vectors per vmapped matvec call (default: all at once).
+      batch_size: vectors per vmapped matvec call (default: all at once). On CPU, products
+        with convolutions are not vmapped: XLA:CPU runs a batched conv HVP far slower than
+        the same products one by one, so each vector is applied by its own call.
 
     Returns:
       A :class:`TraceEstimate`. Cost ``num_matvecs`` products (``dim`` for ``"dense"``);
@@ -742,7 +765,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
         return dataclasses.replace(dens.trace(), wall_time=time.perf_counter() - start)
     zeros = _zeros(op.params_like)
     batch = batch_size
-    if op.matvec_fn is None:
+    if op.matvec_fn is None or _slow_in_compiled_loops(op):
         low, samples = _trace_streamed(op, key, method, num_matvecs, probe)
     elif method == "hutchinson":
         low = 0.0

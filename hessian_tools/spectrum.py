@@ -63,16 +63,11 @@ def _explicit_residuals(op, vectors, values):
     """
     rows = jax.tree.leaves(vectors)[0].shape[0]
     if tree.host_is_device():
-        leaves, treedef = jax.tree.flatten(vectors)
-        host = [np.asarray(a) for a in leaves]
-        out = []
-        for i in range(rows):
-            v = [a[i] for a in host]
-            w = jax.tree.leaves(op.apply_unchecked(treedef.unflatten([jnp.asarray(x) for x in v])))
-            out.append(np.sqrt(sum(np.sum((np.asarray(b, np.float64)
-                                           - values[i] * a.astype(np.float64)) ** 2)
-                                   for a, b in zip(v, w))))
-        return np.array(out, np.float64)
+        layout = tree.FlatLayout(op.params_like)
+        v = layout.flat(vectors, rows).astype(np.float64)
+        return np.array([np.linalg.norm(layout.flat(op.apply_unchecked(layout.tree(
+            v[i].astype(layout.dtype)))).astype(np.float64) - values[i] * v[i])
+            for i in range(rows)], np.float64)
     products = [op.apply_unchecked(_row(vectors, i)) for i in range(rows)]
     stacked = _stack(*products)
     return np.asarray(_residuals(vectors, stacked, jnp.asarray(values, op.dtype)), np.float64)

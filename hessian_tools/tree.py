@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "host_is_device",
+    "FlatLayout", "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "host_is_device",
     "host_normal_flat", "host_normal_like",
     "key_bits", "normal_like",
     "norm", "rademacher_like", "ravel", "scale", "size", "sub", "vdot", "zeros_basis",
@@ -128,6 +128,38 @@ def rademacher_like(key, x):
 def ravel(x) -> jax.Array:
     """Concatenate all leaves into one flat vector (for dense references and tiny models)."""
     return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(x)])
+
+
+class FlatLayout:
+    """How a pytree vector (one dtype) maps to one flat NumPy array, and back.
+
+    For host-side vector algebra on a single CPU device (:func:`host_is_device`), where
+    reading a ``jax.Array`` into NumPy costs no copy. Leaves are concatenated in tree order.
+    """
+
+    def __init__(self, like):
+        leaves, self.treedef = jax.tree.flatten(like)
+        self.shapes = [tuple(np.shape(a)) for a in leaves]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.splits = np.cumsum(self.sizes)[:-1]
+        self.dtypes = [np.dtype(jnp.result_type(a)) for a in leaves]
+        self.dtype = np.dtype(jnp.result_type(*leaves))
+        self.dim = sum(self.sizes)
+
+    def flat(self, x, rows: int | None = None) -> np.ndarray:
+        """A vector as a ``(dim,)`` array, or a stacked basis of ``rows`` rows as
+        ``(rows, dim)``. May be a read-only view of the leaf when there is one leaf."""
+        shape = (-1,) if rows is None else (rows, -1)
+        parts = [np.asarray(a, self.dtype).reshape(shape) for a in jax.tree.leaves(x)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+    def tree(self, flat: np.ndarray):
+        """The inverse of :meth:`flat`, with ``jax.Array`` leaves: ``(dim,)`` gives a vector,
+        ``(rows, dim)`` a stacked basis."""
+        lead = flat.shape[:-1]
+        parts = np.split(flat, self.splits, axis=-1)
+        return self.treedef.unflatten([jnp.asarray(p.reshape(lead + s), d) for p, s, d in
+                                       zip(parts, self.shapes, self.dtypes)])
 
 
 # ---- stacked bases: leaves with a leading axis of length m ------------------------------

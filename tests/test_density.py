@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import hessian_tools as ht
+import hessian_tools.spectral_density as sd
 from conftest import spectrum_matrix
 
 matplotlib.use("Agg")
@@ -109,8 +110,9 @@ def test_host_loop_and_gaussian_probes():
     assert abs(gauss.trace().value - np.trace(LOW_RANK_BULK)) <= 3 * gauss.trace().stderr
 
 
-def test_auto_loop_drives_conv_products_from_python_on_cpu():
-    """XLA:CPU runs convolutions slowly inside compiled loops: "auto" picks the host loop."""
+def test_auto_loop_drives_conv_products_from_python_on_cpu(monkeypatch):
+    """XLA:CPU runs convolutions slowly inside compiled loops and under vmap: "auto" picks
+    the host loop, and density and trace apply each vector by its own call."""
     def conv_loss(p, batch):
         out = jax.lax.conv_general_dilated(batch[0], p["k"], (1, 1), "SAME",
                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -120,10 +122,25 @@ def test_auto_loop_drives_conv_products_from_python_on_cpu():
     x = jnp.asarray(rng.normal(size=(2, 5, 5, 1)))
     conv = ht.hessian(ht.Objective(conv_loss, {"k": jnp.asarray(rng.normal(size=(3, 3, 1, 2)))},
                                    (x,)))
-    got = ht.density(conv, num_probes=2, num_steps=6, key=jax.random.key(0))
     ref = ht.density(conv, num_probes=2, num_steps=6, key=jax.random.key(0), loop="compiled")
-    assert got.loop == ("host" if jax.default_backend() == "cpu" else "compiled")
+    refs = {m: ht.trace(conv, method=m, num_matvecs=9, key=jax.random.key(1))
+            for m in ("hutch++", "hutchinson")}
+    on_cpu = jax.default_backend() == "cpu"
+    if on_cpu:                           # from here on, a batched conv product is an error
+        def batched(*args, **kwargs):
+            raise AssertionError("a conv product was vmapped on CPU")
+        for name in ("_apply_rows", "_hutchpp_compiled", "_hutchinson_compiled"):
+            monkeypatch.setattr(sd, name, batched)
+    before = conv.num_matvecs
+    got = ht.density(conv, num_probes=2, num_steps=6, key=jax.random.key(0))
+    assert got.loop == ("host" if on_cpu else "compiled")
+    assert conv.num_matvecs - before == 12 == got.num_matvecs   # counted once each
     np.testing.assert_allclose(got.nodes, ref.nodes, atol=1e-10)
+    np.testing.assert_allclose(got.weights, ref.weights, atol=1e-10)
+    for method, want in refs.items():  # the same probes, so the same samples
+        tr = ht.trace(conv, method=method, num_matvecs=9, key=jax.random.key(1))
+        np.testing.assert_allclose(tr.samples, want.samples, rtol=1e-9, atol=1e-12)
+        assert tr.num_matvecs == 9
     dense = ht.density(ht.hessian(_regression(False)), num_probes=2, num_steps=6,
                        key=jax.random.key(0))
     assert dense.loop == "compiled"

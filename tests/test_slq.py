@@ -9,7 +9,7 @@ from conftest import spectrum_matrix
 from hessian_tools.linalg import lanczos_tridiag
 from hessian_tools.linalg.slq import (gauss_quadrature, gaussian_cdf, gaussian_smoothing,
                                       quadrature_count_bounds, slq_quadrature,
-                                      slq_quadrature_host, wasserstein1)
+                                      slq_quadrature_host, slq_quadrature_numpy, wasserstein1)
 from hessian_tools.linalg.trace import random_probes
 
 N = 60
@@ -66,9 +66,30 @@ def test_host_driven_form_matches_the_compiled_form():
     probes = random_probes(jax.random.key(2), jnp.zeros(N), 3, kind="gaussian")
     compiled = _rule(probes)
     host = slq_quadrature_host(lambda q: q @ A.T, probes, num_steps=10)
-    np.testing.assert_allclose(host.nodes, compiled.nodes, atol=1e-10)
-    np.testing.assert_allclose(host.weights, compiled.weights, atol=1e-10)
-    np.testing.assert_allclose(host.residuals, compiled.residuals, atol=1e-10)
+    # the NumPy form sweeps only the filled rows; in groups of 2 (a remainder of 1)
+    numpy_form = slq_quadrature_numpy(lambda q: q @ A.T, probes, num_steps=10, group_size=2)
+    for rule in (host, numpy_form):
+        np.testing.assert_allclose(rule.nodes, compiled.nodes, atol=1e-10)
+        np.testing.assert_allclose(rule.weights, compiled.weights, atol=1e-10)
+        np.testing.assert_allclose(rule.residuals, compiled.residuals, atol=1e-10)
+
+
+def test_numpy_form_on_a_pytree_with_breakdown():
+    """Two leaves, and a spectrum of 3 distinct values: Lanczos breaks down after 3 steps
+    and the later nodes get zero weight, as in the compiled form."""
+    a = np.diag(np.r_[2.0, 2.0, 1.0, 1.0, 0.0, 0.0])
+    probes = {"x": jnp.asarray(np.random.default_rng(0).normal(size=(3, 2, 2))),
+              "y": jnp.asarray(np.random.default_rng(1).normal(size=(3, 2)))}
+
+    def apply_rows(v):
+        flat = jnp.concatenate([v["x"].reshape(3, 4), v["y"]], axis=1) @ a
+        return {"x": flat[:, :4].reshape(3, 2, 2), "y": flat[:, 4:]}
+    rule = slq_quadrature_numpy(apply_rows, probes, num_steps=5)
+    compiled = slq_quadrature_host(apply_rows, probes, num_steps=5)
+    for p in range(3):
+        kept = rule.nodes[p][rule.weights[p] > 1e-12]
+        np.testing.assert_allclose(np.sort(kept), [0.0, 1.0, 2.0], atol=1e-10)
+    np.testing.assert_allclose(rule.weights, compiled.weights, atol=1e-10)
 
 
 def test_ritz_residuals_bound_the_distance_to_the_spectrum():

@@ -243,33 +243,17 @@ class _HostBasis:
     """
 
     def __init__(self, like):
-        leaves, self.treedef = jax.tree.flatten(like)
-        self.shapes = [tuple(a.shape) for a in leaves]
-        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
-        self.splits = np.cumsum(self.sizes)[:-1]
-        self.dtype = np.dtype(jnp.result_type(*leaves))
-        self.dim = sum(self.sizes)
-        self.like = like
+        self.layout = tree.FlatLayout(like)
+        self.dtype = self.layout.dtype
 
     def vector(self, q):
-        parts = np.split(q, self.splits)
-        return self.treedef.unflatten([jnp.asarray(p.reshape(s))
-                                       for p, s in zip(parts, self.shapes)])
+        return self.layout.tree(q)
 
     def from_product(self, w):
-        leaves = jax.tree.leaves(w)
-        if len(leaves) == 1:
-            return np.asarray(leaves[0], self.dtype).reshape(-1)
-        return np.concatenate([np.asarray(a, self.dtype).reshape(-1) for a in leaves])
-
-    def stacked(self, rows):
-        """A ``(r, dim)`` array as a stacked pytree basis of ``jax.Array`` leaves."""
-        parts = np.split(rows, self.splits, axis=1)
-        return self.treedef.unflatten([jnp.asarray(p.reshape((len(rows),) + s))
-                                       for p, s in zip(parts, self.shapes)])
+        return self.layout.flat(w)
 
     def zeros(self, rows):
-        return np.zeros((rows, self.dim), self.dtype)
+        return np.zeros((rows, self.layout.dim), self.dtype)
 
     @staticmethod
     def _norm(w):
@@ -283,7 +267,7 @@ class _HostBasis:
         return w
 
     def start(self, rng, hint, locked, num_locked, rows):
-        v = tree.host_normal_flat(rng, self.shapes, self.dtype)
+        v = tree.host_normal_flat(rng, self.layout.shapes, self.dtype)
         if hint is not None:
             v = v / self._norm(v) + hint
         v = self._orthogonalize(v, locked[:num_locked])
@@ -320,7 +304,7 @@ class _HostBasis:
         return buffer
 
     def take_rows(self, buffer, idx):
-        return self.stacked(buffer[np.array(idx, dtype=int)])
+        return self.layout.tree(buffer[np.array(idx, dtype=int)])
 
 
 def _backend(like, basis: str):
