@@ -65,9 +65,10 @@ def _explicit_residuals(op, vectors, values):
     if tree.host_is_device():
         layout = tree.FlatLayout(op.params_like)
         v = layout.flat(vectors, rows).astype(np.float64)
-        return np.array([np.linalg.norm(layout.flat(op.apply_unchecked(layout.tree(
-            v[i].astype(layout.dtype)))).astype(np.float64) - values[i] * v[i])
-            for i in range(rows)], np.float64)
+        with tree.single_threaded_blas():
+            return np.array([np.linalg.norm(layout.flat(op.apply_unchecked(layout.tree(
+                v[i].astype(layout.dtype)))).astype(np.float64) - values[i] * v[i])
+                for i in range(rows)], np.float64)
     products = [op.apply_unchecked(_row(vectors, i)) for i in range(rows)]
     stacked = _stack(*products)
     return np.asarray(_residuals(vectors, stacked, jnp.asarray(values, op.dtype)), np.float64)

@@ -174,8 +174,9 @@ def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
     num = jax.tree.leaves(probes)[0].shape[0]
     flat = layout.flat(probes, num)
     group = min(group_size or num, num)
-    parts = [_numpy_lanczos(apply_rows, layout, flat[i:i + group], num_steps)
-             for i in range(0, num, group)]
+    with tree.single_threaded_blas():
+        parts = [_numpy_lanczos(apply_rows, layout, flat[i:i + group], num_steps)
+                 for i in range(0, num, group)]
     alphas, betas = (np.concatenate(x) for x in zip(*parts))
     tridiag, i = np.zeros((num, num_steps, num_steps)), np.arange(num_steps)
     tridiag[:, i, i] = alphas
