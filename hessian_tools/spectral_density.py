@@ -582,14 +582,17 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
       num_steps: ``m``, Lanczos steps per probe (default ``min(80, dim)``; at most ``dim``).
       probe: ``"rademacher"`` (default, lower variance) or ``"gaussian"``.
       loop: ``"compiled"`` (one ``fori_loop`` per probe batch inside ``jit``), ``"host"``
-        (steps driven from Python, all probes batched per step: for matvecs that run slowly
-        inside compiled loops) or ``"auto"``: host for streamed data and, on CPU, for
-        products with convolutions (XLA:CPU runs a conv net's HVP about 50x slower inside a
-        compiled loop, and under ``vmap``, so there each probe's product is a separate
-        call); compiled otherwise. On a single CPU device the host loop keeps the
-        Lanczos bases in NumPy (:func:`~hessian_tools.linalg.slq.slq_quadrature_numpy`):
-        only the batched product is compiled, and each step sweeps only the filled rows.
-        ``extra["basis"]`` of the result says which (``"numpy"`` or ``"device"``).
+        (steps driven from Python, all probes batched per step) or ``"auto"``: host for
+        streamed data and on a single CPU device, compiled otherwise. On a single CPU
+        device the host loop keeps the Lanczos bases in NumPy
+        (:func:`~hessian_tools.linalg.slq.slq_quadrature_numpy`): only the batched product
+        is compiled, and each step sweeps only the filled rows. On the digits MLPs that was
+        as fast or faster than the compiled loop (3.5k params: 2.0 s cold / 0.77 s warm
+        against 3.6 s / 0.93 s; benchmarks/RESULTS_density.md). Products with
+        convolutions on CPU are applied one probe at a time: XLA:CPU runs a conv net's
+        HVP about 50x slower inside a compiled loop, and as slowly under ``vmap``.
+        ``extra["basis"]`` of the result says where the bases were (``"numpy"`` or
+        ``"device"``).
       batch_size: probes per vmapped call (default: all that fit in 2 GiB of Lanczos basis).
 
     Returns:
@@ -622,7 +625,8 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
     if batch_size is not None:
         _check_count("batch_size", batch_size)
     if loop == "auto":
-        loop = "host" if op.matvec_fn is None or _slow_in_compiled_loops(op) else "compiled"
+        host = op.matvec_fn is None or _numpy_basis(op) or _slow_in_compiled_loops(op)
+        loop = "host" if host else "compiled"
     batch = _auto_batch(num_probes, num_steps + 1, op) if batch_size is None else (
         None if batch_size >= num_probes else batch_size)
     numpy_basis = loop == "host" and _numpy_basis(op)
