@@ -548,8 +548,7 @@ def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
 def _numpy_basis(op: CurvatureOperator) -> bool:
     """Whether a host-driven loop keeps its Lanczos bases in NumPy: on a single CPU device
     (no copies, nothing to compile, only filled rows swept) with one parameter dtype."""
-    return tree.host_is_device() and len(
-        {jnp.dtype(a.dtype) for a in jax.tree.leaves(op.params_like)}) == 1
+    return tree.host_algebra(op.params_like)
 
 
 def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PROBES,

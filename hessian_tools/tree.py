@@ -13,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "FlatLayout", "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "host_is_device",
-    "host_normal_flat", "host_normal_like", "single_threaded_blas",
-    "key_bits", "normal_like",
-    "norm", "rademacher_like", "ravel", "scale", "size", "sub", "vdot", "zeros_basis",
-    "zeros_like",
+    "FlatLayout", "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set",
+    "host_algebra", "host_is_device", "host_normal_flat", "host_normal_like", "key_bits",
+    "norm", "normal_like", "rademacher_like", "ravel", "scale", "single_threaded_blas",
+    "size", "sub", "vdot", "zeros_basis", "zeros_like",
 ]
 
 
@@ -128,6 +127,14 @@ def rademacher_like(key, x):
 def ravel(x) -> jax.Array:
     """Concatenate all leaves into one flat vector (for dense references and tiny models)."""
     return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(x)])
+
+
+def host_algebra(like) -> bool:
+    """Whether vectors shaped like ``like`` can live on the host as one flat NumPy array
+    (:class:`FlatLayout`) at no cost: JAX runs on a single CPU device
+    (:func:`host_is_device`) and every leaf has the same dtype."""
+    return host_is_device() and len({np.dtype(jnp.result_type(a))
+                                     for a in jax.tree.leaves(like)}) == 1
 
 
 def single_threaded_blas():

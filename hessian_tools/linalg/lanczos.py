@@ -290,8 +290,7 @@ class _HostBasis:
         return basis, q_next, h + h2, 0.0 if tiny else beta
 
     def restart(self, basis, coeffs, q_next):
-        m = int(np.max(np.nonzero(np.any(coeffs, axis=1))[0], initial=-1)) + 1
-        kept = coeffs[:m].T.astype(self.dtype) @ basis[:m]
+        kept = self.combine(coeffs, basis)
         basis[:] = 0
         basis[:len(kept)] = kept
         basis[len(kept)] = q_next
@@ -311,8 +310,7 @@ class _HostBasis:
 def _backend(like, basis: str):
     if basis not in ("auto", "host", "device"):
         raise ValueError(f"basis={basis!r} is not one of 'auto', 'host', 'device'.")
-    single_dtype = len({jnp.dtype(a.dtype) for a in jax.tree.leaves(like)}) == 1
-    if basis == "host" or (basis == "auto" and single_dtype and tree.host_is_device()):
+    if basis == "host" or (basis == "auto" and tree.host_algebra(like)):
         return _HostBasis(like)
     return _DeviceBasis(like)
 
