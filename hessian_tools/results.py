@@ -32,8 +32,10 @@ class Eigenpairs:
         ``k`` are the largest, the last ``k`` the smallest).
       vectors: stacked pytree basis, row ``i`` the unit eigenvector of ``values[i]``
         (``None`` after a JSON round trip: vectors are not serialised).
-      residuals: ``(k,)`` residual norms ``||A v - lambda v||`` (explicit products unless
-        ``residual_kind == "estimate"``). The eigenvalue error is at most the residual.
+      residuals: ``(k,)`` residual norms ``||A v - lambda v||`` from operator products
+        (kept by the solver for ``residual_kind == "explicit"``, fresh ones for
+        ``"recompute"``) or Lanczos estimates (``"estimate"``). The eigenvalue error is at
+        most the residual.
       num_matvecs: operator products spent, residual checks included.
       converged: every residual is within ``tol * scale``.
       which, k, tol, scale: the request and the spectral scale estimate ``max |lambda|``.

@@ -74,6 +74,17 @@ def _explicit_residuals(op, vectors, values):
     return np.asarray(_residuals(vectors, stacked, jnp.asarray(values, op.dtype)), np.float64)
 
 
+def _product_residuals(op, vectors, products, values):
+    """``||A v_i - lambda_i v_i||`` from products ``A v_i`` the solver kept (no matvec)."""
+    rows = len(values)
+    if tree.host_is_device():
+        layout = tree.FlatLayout(op.params_like)
+        v = layout.flat(vectors, rows).astype(np.float64)
+        w = layout.flat(products, rows).astype(np.float64)
+        return np.linalg.norm(w - np.asarray(values, np.float64)[:, None] * v, axis=1)
+    return np.asarray(_residuals(vectors, products, jnp.asarray(values, op.dtype)), np.float64)
+
+
 def _progress(total, enabled, desc):
     if not enabled:
         return None, lambda: None
@@ -101,15 +112,16 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
     ``"exact"`` is an alias).
 
     Accuracy: every returned pair has an explicitly computed residual
-    ``r = ||A v - lambda v||``; ``converged`` means the solver's residual estimates reached
+    ``r = ||A v - lambda v||`` (by default from the products ``A v`` the solver kept: see
+    ``residuals``); ``converged`` means the solver's residual estimates reached
     ``tol * scale`` (``scale``: the largest ``|eigenvalue|`` seen) and every explicit residual
     is within ``10 * tol * scale`` (rounding in the products can put the explicit residual a
     little above the estimate). Then ``|lambda - lambda_true| <= r`` and, away from clusters,
     ``<= r^2 / gap``.
 
     Cost: Lanczos needs roughly ``k + 20-60`` matvecs per run for well separated ends,
-    plus one verification run and ``k`` (``2k`` for ``"both"``) residual products. Memory
-    ``(krylov_dim + 2k + 9) x dim`` values.
+    plus one verification run. Memory ``2 (krylov_dim + 2k + 9) x dim`` values with the
+    default ``residuals="explicit"``, half that otherwise.
 
     Args:
       op: the operator (``ht.hessian(obj)``, ``ht.gauss_newton(obj)``, ``ht.from_dense(A)``).
@@ -121,9 +133,17 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
       krylov_dim, max_matvecs: Lanczos run length and total budget (see ``lanczos_eigs``).
       verify: the final search for missed copies of repeated eigenvalues (see
         ``lanczos_eigs``; ``False`` saves about a third of the matvecs).
-      residuals: ``"explicit"`` (``k`` extra products, a guaranteed bound) or ``"estimate"``
-        (the Lanczos estimates ``|beta s_mi|``, free and accurate to rounding with full
-        reorthogonalisation).
+      residuals: how ``Eigenpairs.residuals`` is obtained.
+
+        * ``"explicit"`` (default): ``||A v - lambda v||`` with ``A v`` assembled from the
+          operator's own products of the basis vectors, which the solver keeps and carries
+          through restarts and locking (``A`` is linear, so ``A V^T s = (A V^T) s``). A
+          guaranteed bound up to rounding in that combination; no extra matvec; one more
+          basis of memory.
+        * ``"recompute"``: the same residual from ``k`` (``2k`` for ``"both"``) fresh
+          products after the solve: no extra memory.
+        * ``"estimate"``: the Lanczos estimates ``|beta s_mi|``, free and accurate to
+          rounding with full reorthogonalisation.
       progress: show a progress bar (matvecs done / budget) on stderr.
 
     Returns:
@@ -140,6 +160,9 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
       [3.0, -2.0]
     """
     _validate(op, k, which, key, method)
+    if residuals not in ("explicit", "recompute", "estimate"):
+        raise ValueError(f"residuals={residuals!r} is not one of 'explicit', 'recompute', "
+                         "'estimate'.")
     tol = default_tol(op.dtype) if tol is None else float(tol)
     start, before = time.perf_counter(), op.num_matvecs
     if method in ("dense", "exact"):
@@ -151,12 +174,12 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
     try:
         res = lanczos_eigs(op.apply_unchecked, key, op.params_like, k=k, which=which, tol=tol,
                            krylov_dim=krylov_dim, max_matvecs=max_matvecs, verify=verify,
-                           callback=update)
+                           callback=update, keep_products=residuals == "explicit")
     finally:
         close()
-    if residuals not in ("explicit", "estimate"):
-        raise ValueError(f"residuals={residuals!r} is not 'explicit' or 'estimate'.")
     if residuals == "explicit" and len(res.values):
+        residuals_ = _product_residuals(op, res.vectors, res.products, res.values)
+    elif residuals == "recompute" and len(res.values):
         residuals_ = _explicit_residuals(op, res.vectors, res.values)
     else:
         residuals_ = np.asarray(res.residual_estimates, np.float64)

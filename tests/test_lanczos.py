@@ -205,3 +205,44 @@ def test_host_and_device_backends_take_the_same_path():
     np.testing.assert_allclose(out["host"].values, [6.0, 6.0, 4.0], atol=1e-9)
     with pytest.raises(ValueError, match="basis='disk' is not one of"):
         lanczos_eigs(matvec, jax.random.key(9), like, k=3, basis="disk")
+
+
+def _flat(stacked, rows):
+    return np.concatenate([np.asarray(stacked["b"]),
+                           np.asarray(stacked["w"]).reshape(rows, -1)], axis=1)
+
+
+@pytest.mark.parametrize("basis", ["host", "device"])
+def test_kept_products_are_the_operators_products(basis):
+    """keep_products carries A q through thick restarts and locking: the returned products
+    are A v of the returned vectors, and keeping them does not change the solver's path."""
+    eigs = np.r_[SPECTRA["repeated"], 0.5]
+    a = spectrum_matrix(eigs, seed=13)
+    matvec, like = _two_leaf(a)
+    kw = dict(k=4, which="both", tol=1e-10, krylov_dim=16, basis=basis)
+    res = lanczos_eigs(matvec, jax.random.key(4), like, keep_products=True, **kw)
+    plain = lanczos_eigs(matvec, jax.random.key(4), like, **kw)
+    assert plain.products is None and res.num_restarts > 0
+    assert res.num_matvecs == plain.num_matvecs
+    np.testing.assert_allclose(res.values, plain.values, atol=1e-12)
+    rows = len(res.values)
+    v, w = _flat(res.vectors, rows), _flat(res.products, rows)
+    np.testing.assert_allclose(w, v @ a, atol=1e-12 * np.max(np.abs(eigs)))
+
+
+def test_explicit_residuals_need_no_extra_matvecs():
+    """residuals="explicit" (kept products) equals "recompute" (fresh products) and the dense
+    ||A v - lambda v||, and costs k fewer matvecs; a bad choice fails before any product."""
+    a = spectrum_matrix(np.r_[9.0, 7.0, 7.0, -5.0, np.linspace(-1, 3, 56)], seed=14)
+    out = {r: ht.eigenvalues(ht.from_dense(a), k=3, which="both", key=jax.random.key(1),
+                             tol=1e-6, residuals=r) for r in ("explicit", "recompute")}
+    assert out["recompute"].num_matvecs == out["explicit"].num_matvecs + 6
+    v = np.asarray(out["explicit"].vectors)
+    dense = np.linalg.norm(a @ v.T - v.T * out["explicit"].values, axis=0)
+    for r in ("explicit", "recompute"):
+        assert out[r].residual_kind == r and out[r].converged
+        np.testing.assert_allclose(out[r].residuals, dense, atol=1e-13 * 9, rtol=1e-6)
+    op = ht.from_dense(a)
+    with pytest.raises(ValueError, match="residuals='exact' is not one of"):
+        ht.eigenvalues(op, k=3, key=jax.random.key(1), residuals="exact")
+    assert op.num_matvecs == 0

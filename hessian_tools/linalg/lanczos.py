@@ -192,13 +192,23 @@ def _set_rows(buffer, rows, start):
 
 
 @jax.jit
-def _restart_basis(basis, coeffs, q_next):
-    """Rows ``0..l-1``: the kept Ritz vectors ``V^T S``; row ``l``: ``q_next``; rest zero."""
+def _restart_rows(basis, coeffs):
+    """Rows ``0..l-1``: ``V^T S`` (the kept Ritz vectors, or their products); rest zero."""
     kept = tree.basis_combine(coeffs, basis)
     l = coeffs.shape[1]
     new = tree.zeros_like(basis)
-    new = jax.tree.map(lambda n, r: n.at[:l].set(r.astype(n.dtype)), new, kept)
-    return tree.basis_set(new, l, q_next)
+    return jax.tree.map(lambda n, r: n.at[:l].set(r.astype(n.dtype)), new, kept)
+
+
+@jax.jit
+def _restart_basis(basis, coeffs, q_next):
+    """Rows ``0..l-1``: the kept Ritz vectors ``V^T S``; row ``l``: ``q_next``; rest zero."""
+    return tree.basis_set(_restart_rows(basis, coeffs), coeffs.shape[1], q_next)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _set_row(buffer, j, w):
+    return tree.basis_set(buffer, j, w)
 
 
 class _DeviceBasis:
@@ -225,6 +235,12 @@ class _DeviceBasis:
 
     def restart(self, basis, coeffs, q_next):
         return _restart_basis(basis, jnp.asarray(coeffs), q_next)
+
+    def restart_rows(self, buffer, coeffs):
+        return _restart_rows(buffer, jnp.asarray(coeffs))
+
+    def set_row(self, buffer, j, w):
+        return _set_row(buffer, j, w)
 
     def combine(self, coeffs, basis):
         return _combine(jnp.asarray(coeffs), basis)
@@ -290,11 +306,19 @@ class _HostBasis:
         return basis, q_next, h + h2, 0.0 if tiny else beta
 
     def restart(self, basis, coeffs, q_next):
-        kept = self.combine(coeffs, basis)
-        basis[:] = 0
-        basis[:len(kept)] = kept
-        basis[len(kept)] = q_next
+        basis = self.restart_rows(basis, coeffs)
+        basis[coeffs.shape[1]] = q_next
         return basis
+
+    def restart_rows(self, buffer, coeffs):
+        kept = self.combine(coeffs, buffer)
+        buffer[:] = 0
+        buffer[:len(kept)] = kept
+        return buffer
+
+    def set_row(self, buffer, j, w):
+        buffer[j] = w
+        return buffer
 
     def combine(self, coeffs, basis):
         return coeffs.T.astype(self.dtype) @ basis
@@ -326,19 +350,24 @@ class LanczosEigsResult:
     converged: bool
     num_restarts: int
     scale: float
+    products: Any = None       # A v for each row of ``vectors`` (``keep_products=True``)
 
 
 @dataclasses.dataclass
 class _Locked:
-    """Locked Ritz pairs: values on the host, vectors in a fixed-size device buffer."""
+    """Locked Ritz pairs: values on the host, vectors (and, if kept, their products ``A v``)
+    in fixed-size buffers."""
 
     values: list
     residuals: list
     ends: list
     buffer: Any
     ops: Any
+    products: Any = None
 
-    def add(self, values, residuals, ends, vectors):
+    def add(self, values, residuals, ends, vectors, products=None):
+        if self.products is not None:
+            self.products = self.ops.set_rows(self.products, products, len(self.values))
         self.buffer = self.ops.set_rows(self.buffer, vectors, len(self.values))
         self.values += [float(v) for v in values]
         self.residuals += [float(r) for r in residuals]
@@ -369,6 +398,7 @@ class _Run:
 
     basis: Any
     q: Any
+    prods: Any = None                # A q_i for every basis row i (when products are kept)
     j: int = 0
     proj: np.ndarray | None = None
     beta: float = 0.0
@@ -388,7 +418,7 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
                  tol: float = 1e-6, krylov_dim: int | None = None,
                  max_matvecs: int | None = None, check_every: int = 1, verify: bool = True,
                  callback: Callable[[int], None] | None = None,
-                 basis: str = "auto") -> LanczosEigsResult:
+                 basis: str = "auto", keep_products: bool = False) -> LanczosEigsResult:
     """Extreme eigenpairs of a symmetric operator: Lanczos with Krylov-Schur restarts and locking.
 
     Each run builds an orthonormal Krylov basis with full reorthogonalisation (against the
@@ -427,11 +457,16 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
         (:func:`hessian_tools.tree.single_threaded_blas`), so that it does not compete
         with XLA for the cores.
         The same key gives the same start vectors either way.
+      keep_products: keep the operator's product ``A q`` of every basis vector next to the
+        basis, carried through restarts and locking as the same linear combinations, and
+        return ``A v`` of each returned vector in ``products``. That gives the explicit
+        residual ``||A v - lambda v||`` (up to rounding in the combination) with no further
+        matvec, for ``krylov_dim + 2k + 8`` more vectors of memory.
 
     Returns:
       A :class:`LanczosEigsResult`, values in descending order. Memory
-      ``(krylov_dim + 2k + 9) x dim``. Eigenvalue error is at most the residual, and about
-      ``residual^2 / gap`` away from clusters.
+      ``(krylov_dim + 2k + 9) x dim`` (twice that with ``keep_products``). Eigenvalue error
+      is at most the residual, and about ``residual^2 / gap`` away from clusters.
     """
     like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), v_like)
     dim = tree.size(like)
@@ -441,7 +476,9 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
     budget = max_matvecs or 50 * m_max
     ops = _backend(like, basis)
     rng = np.random.default_rng(tree.key_bits(key))    # start vectors: drawn on the host
-    lock = _Locked([], [], [], ops.zeros(min(dim, 2 * (k_top + k_bottom) + 8)), ops)
+    lock_rows = min(dim, 2 * (k_top + k_bottom) + 8)
+    lock = _Locked([], [], [], ops.zeros(lock_rows), ops,
+                   ops.zeros(lock_rows) if keep_products else None)
     blas = tree.single_threaded_blas() if isinstance(ops, _HostBasis) else contextlib.nullcontext()
     with blas:
         return _solve(matvec, rng, lock, dim, k_top, k_bottom, m_max, budget, tol, check_every,
@@ -490,9 +527,13 @@ def _krylov_schur(matvec, rng, hint, lock, *, m_max, budget, want, tol, scale, c
     ops = lock.ops
     basis, q = ops.start(rng, hint, lock.buffer, len(lock), m_max + 1)
     run = _Run(basis, q, proj=np.zeros((m_max + 1, m_max + 1)))
+    if lock.products is not None:
+        run.prods = ops.zeros(m_max + 1)
     pending, steps = [], 0
     while steps < budget:
         w = ops.from_product(matvec(ops.vector(run.q)))
+        if run.prods is not None:
+            run.prods = ops.set_row(run.prods, run.j, w)
         run.basis, run.q, h, beta = ops.project(run.basis, lock.buffer, len(lock), run.j, w)
         pending.append((run.j, h, beta))
         run.j += 1
@@ -527,6 +568,8 @@ def _thick_restart(run, want, m_max, ops):
     coeffs = np.zeros((_rows(run.basis), len(keep)))
     coeffs[:m] = run.s[:, keep]
     run.basis = ops.restart(run.basis, coeffs, run.q)
+    if run.prods is not None:        # A (V^T S) = (A V^T) S: the products follow the vectors
+        run.prods = ops.restart_rows(run.prods, coeffs)
     l = len(keep)
     run.proj[:] = 0.0
     run.proj[np.arange(l), np.arange(l)] = run.theta[keep]
@@ -564,7 +607,8 @@ def _lock_and_decide(run, lock, want, k_end, abs_tol):
         take, ends = take[:lock.room], ends[:lock.room]
         coeffs = np.zeros((_rows(run.basis), len(take)))
         coeffs[:m] = run.s[:, take]
-        lock.add(theta[take], res[take], ends, lock.ops.combine(coeffs, run.basis))
+        products = None if run.prods is None else lock.ops.combine(coeffs, run.prods)
+        lock.add(theta[take], res[take], ends, lock.ops.combine(coeffs, run.basis), products)
     if not take and not unfinished:
         return True, None
     rest = [i for i in _wanted(theta, 4 if want[0] else 0, 4 if want[1] else 0) if i not in take]
@@ -583,6 +627,7 @@ def _finish(lock, k_top, k_bottom, used, done, restarts, scale):
     pick = sorted(top + bottom, key=lambda i: -values[i])
     vectors = lock.ops.take_rows(lock.buffer, pick)
     got = len(pick) == k_top + k_bottom
+    products = None if lock.products is None else lock.ops.take_rows(lock.products, pick)
     residuals = np.array(lock.residuals)[pick] if pick else np.array([])
     return LanczosEigsResult(values[pick], vectors, residuals, used, bool(done and got),
-                             restarts, scale)
+                             restarts, scale, products)
