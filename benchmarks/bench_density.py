@@ -96,7 +96,6 @@ def _reference(name, sha, out) -> dict:
 # ---- setup ------------------------------------------------------------------------------------
 
 def _setup(name):
-    import numpy as np
     import torch
     from hessian_tools.examples import digits
     from _torch_twins import build_twin, torch_data
