@@ -4,9 +4,9 @@ On identical weights and data (the digits example models, all 1797 samples) it m
 
 1. one gradient vs one HVP (JAX, linearised and not; PyHessian; hessian-eigenthings);
 2. top-1 and top-5 eigenvalues to relative residual ``tol`` (default 1e-3): ours (cold and
-   warm, in fresh subprocesses; the defaults, the lean settings ``verify=False,
-   residuals="estimate"``, and ``ht.hessian(obj, compile="fast")``), PyHessian,
-   hessian-eigenthings 1.0 Lanczos, scipy ``eigsh`` and matfree on our operator; matvec counts (ours: the median over the cold and two
+   warm, in fresh subprocesses; the defaults, and the lean settings ``verify=False,
+   residuals="estimate"``), PyHessian, hessian-eigenthings 1.0 Lanczos, scipy ``eigsh``
+   and matfree on our operator; matvec counts (ours: the median over the cold and two
    warm keys, since the count depends on the start vector); accuracy against a float64
    reference (our Lanczos at tol=1e-10, computed in a subprocess with x64, cached);
 3. the loop form: ``lanczos_tridiag`` inside ``jax.jit`` (rolled ``fori_loop`` and
@@ -50,10 +50,7 @@ def _worker_ours(args) -> dict:
     from _jax_extras import block, noscan_hessian
     obj = digits.digits_objective(args.model)
     t0 = time.perf_counter()
-    if args.operator == "noscan":
-        op = noscan_hessian(obj)
-    else:
-        op = ht.hessian(obj, compile="fast" if args.operator == "fast" else "optimized")
+    op = ht.hessian(obj) if args.operator == "library" else noscan_hessian(obj)
     block(op.matvec_fn)
     build = time.perf_counter() - t0
     runs = []
@@ -207,8 +204,6 @@ def _eig_section(name, obj, twin, tx, ty, flat_op, ref, args):
         print(f"[{name}] top-{k}: ours, lean (verify=False, residuals='estimate') ...",
               file=sys.stderr)
         row["ours_lean"] = _ours_summary(_ours(name, k, "library", args, lean=True))
-        print(f"[{name}] top-{k}: ours, ht.hessian(obj, compile='fast') ...", file=sys.stderr)
-        row["ours_fast"] = _ours_summary(_ours(name, k, "fast", args))
         print(f"[{name}] top-{k}: PyHessian ...", file=sys.stderr)
         row["pyhessian"] = run_pyhessian(twin, tx, ty, flat_op, k=k, tol=args.tol)
         row["pyhessian_matched"] = _pyhessian_matched(name, k, twin, tx, ty, flat_op, scale,
@@ -370,7 +365,7 @@ def _targets(res):
                                    e[kk]["ours_noscan"]["cold_total_s"]), 2)
     for kk in e:
         pm = e[kk].get("pyhessian_matched")
-        for label in ("library", "lean", "fast"):
+        for label in ("library", "lean"):
             lib = e[kk].get(f"ours_{label}")
             if not (pm and "num_matvecs" in pm and lib):
                 continue
@@ -389,7 +384,7 @@ def _targets(res):
         t["target top5 matvecs <= 1/5 pyhessian (library)"] = (
             lib["num_matvecs"] * 5 <= k5["pyhessian"]["num_matvecs"])
         pm = k5.get("pyhessian_matched")
-        for label in ("library", "lean", "fast"):
+        for label in ("library", "lean"):
             ours = k5.get(f"ours_{label}")
             if not (pm and "num_matvecs" in pm and ours):
                 continue

@@ -26,7 +26,6 @@ _METHODS = [
     ("ours_library", "**ours**, `ht.eigenvalues(ht.hessian(obj))`"),
     ("ours_noscan", "ours, no-scan operator"),
     ("ours_lean", "ours, lean: `verify=False, residuals=\"estimate\"`"),
-    ("ours_fast", "ours, `ht.hessian(obj, compile=\"fast\")`"),
     ("pyhessian", "PyHessian `eigenvalues(top_n, tol=1e-3)`"),
     ("pyhessian_matched", "PyHessian, `tol` tightened to reach the same residual"),
     ("eigenthings", "hessian-eigenthings `lanczos` (oracle length, reorth)"),

@@ -134,30 +134,18 @@ class _DenseMatvec:
         return self.matrix @ v
 
 
-def _apply_impl(matvec, v):
+@jax.jit
+def _apply(matvec, v):
     return matvec(v)
-
-
-# ``compile="fast"``: XLA's backend (LLVM) optimisation off. On CPU, matrix products and
-# convolutions are library calls either way; only the fused elementwise code is left
-# unoptimised. See ``hessian(compile=...)`` for the measurements.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
-_apply = jax.jit(_apply_impl)
-_apply_fast = jax.jit(_apply_impl, compiler_options=_FAST_COMPILE)
-_APPLY = {"optimized": _apply, "fast": _apply_fast}
 
 
 def _mean_grad(loss, params, groups):
     return _dataset_mean(lambda b: jax.grad(loss)(params, b), groups)
 
 
-def _linearize_impl(loss, params, groups):
+@jax.jit
+def _linearize(loss, params, groups):
     return jax.linearize(lambda p: _mean_grad(loss, p, groups), params)[1]
-
-
-_linearize = jax.jit(_linearize_impl)
-_LINEARIZE = {"optimized": _linearize,
-              "fast": jax.jit(_linearize_impl, compiler_options=_FAST_COMPILE)}
 
 
 @jax.jit
@@ -192,9 +180,8 @@ class CurvatureOperator:
     """
 
     def __init__(self, kind: str, params_like, matvec_fn=None, stream_fn=None, *,
-                 meta: dict | None = None, compile: str = "optimized"):
+                 meta: dict | None = None):
         self.kind = kind
-        self._apply = _APPLY[compile]
         self.params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
                                                                        jnp.result_type(a)),
                                         params_like)
@@ -234,14 +221,14 @@ class CurvatureOperator:
         self.check_vector(v)
         self.num_matvecs += 1
         if self.matvec_fn is not None:
-            return self._apply(self.matvec_fn, v)
+            return _apply(self.matvec_fn, v)
         return self._stream_fn(v)
 
     def apply_unchecked(self, v):
         """``A v`` without validating ``v`` (for solvers that built ``v`` themselves)."""
         self.num_matvecs += 1
         if self.matvec_fn is not None:
-            return self._apply(self.matvec_fn, v)
+            return _apply(self.matvec_fn, v)
         return self._stream_fn(v)
 
     def check_vector(self, v) -> None:
@@ -310,8 +297,7 @@ def _stream_product(obj: Objective, kind: str, fn_arg):
 
 
 def hessian(obj: Objective, *, linearize: bool | str = "auto",
-            max_residual_bytes: int = 2 * 1024**3,
-            compile: str = "optimized") -> CurvatureOperator:
+            max_residual_bytes: int = 2 * 1024**3) -> CurvatureOperator:
     """The Hessian of the dataset-mean loss, ``v -> H v`` (Pearlmutter 1994).
 
     Computed forward-over-reverse: ``jax.jvp`` of ``jax.grad``. With ``linearize`` the
@@ -325,23 +311,11 @@ def hessian(obj: Objective, *, linearize: bool | str = "auto",
         at most ``max_residual_bytes``; they grow with the dataset, like the activations of
         one forward pass over all of it). Streamed data is never linearised.
       max_residual_bytes: the memory budget for ``"auto"``.
-      compile: ``"optimized"`` (default) or ``"fast"``: compile the linearisation and the
-        single product with XLA's backend optimisation off
-        (``xla_backend_optimization_level=0``). The same operations (equal up to
-        rounding), about half the compile time; products whose time is in matrix products or convolutions (library calls on
-        CPU) run about as fast, elementwise-heavy ones slower. Measured on this project's
-        2-core CPU: the 301k-parameter digits MLP compiled in 0.35-0.43 s instead of
-        0.62-0.70 s with its HVP unchanged (0.042-0.045 s); the 3.5k-parameter MLP's HVP
-        went from 1.1-1.4 ms to 1.5-1.7 ms and the digits CNN's from 0.25-0.28 s to
-        0.32-0.34 s. Worth it for a one-off solve of a large dense model; the batched
-        products of ``density`` and ``trace`` always use the optimised build.
 
     Returns:
       A :class:`CurvatureOperator`. Cost: one product is one HVP (about 2-4 gradient
       evaluations); memory: a few parameter-sized vectors (+ the residuals if linearised).
     """
-    if compile not in _APPLY:
-        raise ValueError(f"compile={compile!r} is not one of {sorted(_APPLY)}.")
     if obj.streaming:
         return CurvatureOperator("hessian", obj.params,
                                  stream_fn=_stream_product(obj, "hessian", obj.loss),
@@ -349,11 +323,10 @@ def hessian(obj: Objective, *, linearize: bool | str = "auto",
     if linearize == "auto":
         linearize = _residual_bytes(obj) <= max_residual_bytes
     if linearize:
-        fn = _LinearizedMatvec(_LINEARIZE[compile](obj.loss, obj.params, obj.groups))
+        fn = _LinearizedMatvec(_linearize(obj.loss, obj.params, obj.groups))
     else:
         fn = _HessianMatvec(obj.loss, obj.params, obj.groups)
-    return CurvatureOperator("hessian", obj.params, fn, compile=compile,
-                             meta={"linearized": bool(linearize), "compile": compile})
+    return CurvatureOperator("hessian", obj.params, fn, meta={"linearized": bool(linearize)})
 
 
 def gauss_newton(obj: Objective) -> CurvatureOperator:

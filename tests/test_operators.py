@@ -34,14 +34,12 @@ def _ravel(v):
     return np.asarray(jax.flatten_util.ravel_pytree(v)[0])
 
 
-@pytest.mark.parametrize("linearize,compile", [(True, "optimized"), (False, "optimized"),
-                                               (True, "fast"), (False, "fast")])
-def test_hvp_matches_dense_hessian(linearize, compile):
+@pytest.mark.parametrize("linearize", [True, False])
+def test_hvp_matches_dense_hessian(linearize):
     obj = _mlp_objective()
     flat, unravel, f = _flat_loss(obj)
     dense = np.asarray(jax.hessian(f)(flat))
-    H = ht.hessian(obj, linearize=linearize, compile=compile)
-    assert H.meta["compile"] == compile
+    H = ht.hessian(obj, linearize=linearize)
     v = np.random.default_rng(0).normal(size=flat.size)
     np.testing.assert_allclose(_ravel(H(unravel(jnp.asarray(v)))), dense @ v, rtol=1e-10,
                                atol=1e-12)
@@ -168,20 +166,6 @@ def test_determinism_check_catches_random_augmentation():
     H = ht.hessian(ht.Objective(obj.loss, obj.params, noisy))
     with pytest.raises(ValueError, match="switch off dropout"):
         H.check_determinism(jax.random.key(0))
-
-
-def test_fast_compile_uses_its_own_build_and_rejects_unknown_levels():
-    """compile="fast" goes through the separately jitted, unoptimised functions (so the
-    default build is not replaced) and gives the default's products up to rounding."""
-    obj = _mlp_objective(n=60)
-    v = ht.tree.normal_like(jax.random.key(1), obj.params)
-    fast_before = ht.operators._apply_fast._cache_size()
-    default = _ravel(ht.hessian(obj)(v))
-    fast = _ravel(ht.hessian(obj, compile="fast")(v))
-    assert ht.operators._apply_fast._cache_size() == fast_before + 1
-    np.testing.assert_allclose(fast, default, rtol=1e-12, atol=1e-14)
-    with pytest.raises(ValueError, match="compile='O3' is not one of"):
-        ht.hessian(obj, compile="O3")
 
 
 def test_second_operator_of_same_architecture_reuses_compilation():
