@@ -129,7 +129,7 @@ def test_auto_loop_drives_conv_products_from_python_on_cpu(monkeypatch):
     if on_cpu:                           # from here on, a batched conv product is an error
         def batched(*args, **kwargs):
             raise AssertionError("a conv product was vmapped on CPU")
-        for name in ("_apply_rows", "_hutchpp_compiled", "_hutchinson_compiled"):
+        for name in ("_apply_rows", "_flat_rows", "_hutchpp_compiled", "_hutchinson_compiled"):
             monkeypatch.setattr(sd, name, batched)
     before = conv.num_matvecs
     got = ht.density(conv, num_probes=2, num_steps=6, key=jax.random.key(0))
@@ -163,6 +163,19 @@ def _regression(streaming):
     params = {"w": jnp.asarray(data_rng.normal(size=(4, 3))),
               "v": jnp.asarray(data_rng.normal(size=(3, 2)))}
     return ht.Objective(loss, params, (lambda: iter(batches)) if streaming else batches)
+
+
+def test_host_loop_on_a_pytree_matches_the_compiled_loop():
+    """On one CPU device the host loop keeps NumPy bases and sends each step's products as
+    one flat array (``_flat_rows``): same probes, same numbers as the compiled loop."""
+    op = ht.hessian(_regression(False))             # two leaves, (4, 3) and (3, 2)
+    ref = ht.density(op, num_probes=3, num_steps=8, key=jax.random.key(3), loop="compiled")
+    got = ht.density(op, num_probes=3, num_steps=8, key=jax.random.key(3), loop="host")
+    single_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
+    assert got.extra["basis"] == ("numpy" if single_cpu else "device")
+    assert op.num_matvecs == 2 * 24
+    np.testing.assert_allclose(got.nodes, ref.nodes, atol=1e-10)
+    np.testing.assert_allclose(got.weights, ref.weights, atol=1e-10)
 
 
 def test_streamed_data_fall_back_to_a_python_loop_with_the_same_numbers():

@@ -151,7 +151,7 @@ def slq_quadrature_host(apply_rows: Callable, probes, *, num_steps: int) -> SLQQ
 
 
 def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
-                         group_size: int | None = None) -> SLQQuadrature:
+                         group_size: int | None = None, flat: bool = False) -> SLQQuadrature:
     """Like :func:`slq_quadrature_host`, with the Lanczos bases in NumPy.
 
     For a single CPU device (:func:`hessian_tools.tree.host_is_device`), where NumPy reads
@@ -166,16 +166,23 @@ def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
       num_steps: ``m``.
       group_size: probes run together (default all). Memory is ``group_size (m + 1)``
         vectors.
+      flat: ``apply_rows`` takes and returns ``(rows, dim)`` arrays in the layout of
+        :class:`hessian_tools.tree.FlatLayout` instead of stacked pytrees (one transfer
+        per step instead of one per leaf; see ``spectral_density._flat_rows``).
 
     Returns:
       :class:`SLQQuadrature` with ``(P, m)`` NumPy arrays. Cost ``P m`` matvecs.
     """
-    layout = tree.FlatLayout(jax.tree.map(lambda a: a[0], probes))
+    layout = tree.FlatLayout(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+                                          probes))     # a[0] would compile a slice per leaf
     num = jax.tree.leaves(probes)[0].shape[0]
-    flat = layout.flat(probes, num)
+    start = layout.flat(probes, num)
     group = min(group_size or num, num)
+
+    def apply(q):
+        return apply_rows(q) if flat else layout.flat(apply_rows(layout.tree(q)), len(q))
     with tree.single_threaded_blas():
-        parts = [_numpy_lanczos(apply_rows, layout, flat[i:i + group], num_steps)
+        parts = [_numpy_lanczos(apply, layout.dtype, start[i:i + group], num_steps)
                  for i in range(0, num, group)]
     alphas, betas = (np.concatenate(x) for x in zip(*parts))
     tridiag, i = np.zeros((num, num_steps, num_steps)), np.arange(num_steps)
@@ -187,18 +194,19 @@ def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
                          np.abs(betas[:, -1:] * s[:, -1, :]))
 
 
-def _numpy_lanczos(apply_rows, layout, start, num_steps):
-    """Lockstep Lanczos with CGS2 from each row of ``start``; returns ``(alphas, betas)``."""
-    num, dtype = len(start), layout.dtype
+def _numpy_lanczos(apply, dtype, start, num_steps):
+    """Lockstep Lanczos with CGS2 from each row of ``start`` (``apply``: ``(rows, dim)`` to
+    ``(rows, dim)``); returns ``(alphas, betas)``."""
+    num = len(start)
     eps = np.finfo(dtype).eps
-    basis = np.zeros((num, num_steps + 1, layout.dim), dtype)
+    basis = np.zeros((num, num_steps + 1, start.shape[1]), dtype)
     norms = np.sqrt(np.einsum("pn,pn->p", start.astype(np.float64), start.astype(np.float64)))
     basis[:, 0] = start / norms[:, None]
     q_prev, beta_prev = np.zeros_like(basis[:, 0]), np.zeros(num)
     alphas, betas = np.zeros((num, num_steps)), np.zeros((num, num_steps))
     for j in range(num_steps):
         q = basis[:, j]
-        w = np.array(layout.flat(apply_rows(layout.tree(q)), num), dtype)
+        w = np.array(apply(q), dtype)
         alpha = np.einsum("pn,pn->p", q, w)
         w -= alpha[:, None].astype(dtype) * q + beta_prev[:, None].astype(dtype) * q_prev
         filled = basis[:, :j + 1]
