@@ -74,6 +74,30 @@ def test_host_driven_form_matches_the_compiled_form():
         np.testing.assert_allclose(rule.residuals, compiled.residuals, atol=1e-10)
 
 
+def test_interleaved_halves_give_the_same_rule():
+    """interleave=2 alternates the steps of two halves of the probes (so one half's product
+    is computed while the other is reorthogonalised): the same rule as lockstep, the same
+    number of products; an odd group falls back to lockstep."""
+    probes = random_probes(jax.random.key(6), jnp.zeros(N), 6, kind="gaussian")
+    calls = []
+
+    def apply(q):
+        calls.append(len(q))
+        return q @ A.T
+    lockstep = slq_quadrature_numpy(apply, probes, num_steps=9)
+    assert calls == [6] * 9
+    calls.clear()
+    halves = slq_quadrature_numpy(apply, probes, num_steps=9, interleave=2)
+    assert calls == [3] * 18
+    calls.clear()
+    odd = slq_quadrature_numpy(apply, probes, num_steps=9, group_size=3, interleave=2)
+    assert calls == [3] * 18
+    for rule in (halves, odd):
+        np.testing.assert_allclose(rule.nodes, lockstep.nodes, atol=1e-12)
+        np.testing.assert_allclose(rule.weights, lockstep.weights, atol=1e-12)
+        np.testing.assert_allclose(rule.residuals, lockstep.residuals, atol=1e-12)
+
+
 def test_numpy_form_on_a_pytree_with_breakdown():
     """Two leaves, and a spectrum of 3 distinct values: Lanczos breaks down after 3 steps
     and the later nodes get zero weight, as in the compiled form."""
