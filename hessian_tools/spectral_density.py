@@ -720,6 +720,37 @@ def _trace_streamed(op, key, method, num_matvecs, probe):
     return low, dot(deflated, apply(deflated))
 
 
+def _trace_numpy(op, key, method, num_matvecs, probe):
+    """Hutchinson / Hutch++ on a single CPU device: the same probes as the compiled form
+    (``_probes_jit``), the products by ``_flat_rows`` (one compiled function per row count:
+    Hutch++'s three calls share one when ``num_matvecs`` is a multiple of 3), and the
+    orthonormalisation and quadratic forms in NumPy, in float64. A cold call compiles
+    about a third of what the single compiled Hutch++ function does."""
+    from hessian_tools.linalg.trace import orthonormalize_numpy
+    zeros, layout = _zeros(op.params_like), tree.FlatLayout(op.params_like)
+
+    def products(x):
+        return np.asarray(_flat_rows(op.matvec_fn, np.asarray(x, layout.dtype),
+                                     treedef=layout.treedef, shapes=tuple(layout.shapes),
+                                     batch_size=None), np.float64)
+
+    def draw(sub, num):
+        return layout.flat(_probes_jit(sub, zeros, num=num, kind=probe), num).astype(np.float64)
+
+    def quad(x):
+        return np.einsum("pn,pn->p", x, products(x))
+
+    with tree.single_threaded_blas():
+        if method == "hutchinson":
+            return 0.0, quad(draw(key, num_matvecs))
+        k, num = _hutchpp_split(num_matvecs)
+        k1, k2 = jax.random.split(key)
+        rtol = 100 * float(np.finfo(layout.dtype).eps)
+        q = orthonormalize_numpy(products(draw(k1, k)), rtol=rtol)
+        g = draw(k2, num)
+        return float(np.sum(quad(q))), quad(g - (g @ q.T) @ q)
+
+
 def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | None = None,
           key=None, probe: str = "rademacher", num_steps: int = 1,
           batch_size: int | None = None) -> TraceEstimate:
@@ -756,7 +787,13 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
       num_steps: Lanczos steps per probe for ``"slq"``.
       batch_size: vectors per vmapped matvec call (default: all at once). On CPU, products
         with convolutions are not vmapped: XLA:CPU runs a batched conv HVP far slower than
-        the same products one by one, so each vector is applied by its own call.
+        the same products one by one, so each vector is applied by its own call. On a
+        single CPU device with the default, the products are batched calls and the rest
+        (the sketch's orthonormal basis, projections, quadratic forms) runs in NumPy in
+        float64: the same probes and numbers as the single compiled function that a
+        ``batch_size`` or an accelerator gets, with about a third of its compilation
+        (Hutch++ with 48 matvecs on the 3.5k-parameter digits MLP: 1.2 s cold against
+        2.4 s).
 
     Returns:
       A :class:`TraceEstimate`. Cost ``num_matvecs`` products (``dim`` for ``"dense"``);
@@ -795,6 +832,9 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
     batch = batch_size
     if op.matvec_fn is None or _slow_in_compiled_loops(op):
         low, samples = _trace_streamed(op, key, method, num_matvecs, probe)
+    elif _numpy_basis(op) and batch is None:
+        low, samples = _trace_numpy(op, key, method, num_matvecs, probe)
+        op.num_matvecs += num_matvecs
     elif method == "hutchinson":
         low = 0.0
         samples = _hutchinson_compiled(op.matvec_fn, key, zeros, num=num_matvecs, kind=probe,

@@ -94,11 +94,35 @@ def test_rank_deficient_sketch_is_handled():
 
 
 def test_compiled_code_is_reused_across_operators():
-    first = ht.trace(ht.from_dense(WIGNER), num_matvecs=60, key=jax.random.key(0))
-    size = density_module._hutchpp_compiled._cache_size()
-    second = ht.trace(ht.from_dense(MARCHENKO_PASTUR), num_matvecs=60, key=jax.random.key(0))
-    assert density_module._hutchpp_compiled._cache_size() == size
-    assert first.value != second.value
+    fns = [density_module._hutchpp_compiled, density_module._flat_rows]
+    for kw in ({}, {"batch_size": 60}):      # the NumPy form on one CPU device; compiled
+        first = ht.trace(ht.from_dense(WIGNER), num_matvecs=60, key=jax.random.key(0), **kw)
+        sizes = [f._cache_size() for f in fns]
+        second = ht.trace(ht.from_dense(MARCHENKO_PASTUR), num_matvecs=60,
+                          key=jax.random.key(0), **kw)
+        assert [f._cache_size() for f in fns] == sizes
+        assert first.value != second.value
+
+
+def test_numpy_form_matches_the_compiled_form():
+    """On one CPU device the products go through _flat_rows and the rest runs in NumPy;
+    batch_size forces the single compiled function. Same probes, same numbers, also with
+    a budget that is not a multiple of 3 and with a rank-deficient sketch."""
+    obj, _ = _regression(streaming=False)
+    op = ht.hessian(obj)
+    for method in ("hutch++", "hutchinson"):
+        for n in (30, 31):
+            host = ht.trace(op, method=method, num_matvecs=n, key=jax.random.key(3))
+            compiled = ht.trace(op, method=method, num_matvecs=n, key=jax.random.key(3),
+                                batch_size=n)
+            np.testing.assert_allclose(host.samples, compiled.samples, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(host.value, compiled.value, rtol=1e-10)
+            assert host.num_matvecs == n
+    assert op.num_matvecs == 4 * (30 + 31)
+    low_rank = ht.from_dense(np.diag(np.r_[5.0, 3.0, np.zeros(8)]))   # sketch of 4 > rank 2
+    tr = ht.trace(low_rank, num_matvecs=12, key=jax.random.key(0))
+    np.testing.assert_allclose([tr.low_rank, tr.value], 8.0, atol=1e-10)
+    np.testing.assert_allclose(tr.samples, 0.0, atol=1e-10)
 
 
 def _regression(streaming):

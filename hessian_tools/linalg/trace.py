@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hessian_tools import tree
 
@@ -105,6 +106,19 @@ def orthonormalize(vectors, *, rtol: float | None = None):
         return tree.basis_set(basis, j, w)
 
     return jax.lax.fori_loop(0, rows, body, tree.zeros_like(vectors))
+
+
+def orthonormalize_numpy(rows: np.ndarray, *, rtol: float) -> np.ndarray:
+    """:func:`orthonormalize` for a ``(k, dim)`` NumPy array (same CGS2 in order, same
+    zeroing of dependent rows), computed in float64."""
+    basis = np.zeros(rows.shape, np.float64)
+    for j, w in enumerate(rows.astype(np.float64)):
+        size = np.linalg.norm(w)
+        for _ in range(2):
+            w = w - (basis[:j] @ w) @ basis[:j]
+        rem = np.linalg.norm(w)
+        basis[j] = w / rem if rem > rtol * size else 0.0
+    return basis
 
 
 def project_out(basis, vectors):
