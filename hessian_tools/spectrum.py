@@ -74,6 +74,16 @@ def _explicit_residuals(op, vectors, values):
     return np.asarray(_residuals(vectors, stacked, jnp.asarray(values, op.dtype)), np.float64)
 
 
+KEPT_PRODUCTS_MAX_BYTES = 2 * 1024**3
+
+
+def _kept_product_bytes(op, k, which, krylov_dim) -> int:
+    """Memory of the products ``lanczos_eigs(keep_products=True)`` keeps: one basis more."""
+    wanted = 2 * k if which == "both" else k
+    rows = min(op.dim, krylov_dim or default_krylov_dim(k, which)) + 1 + 2 * wanted + 8
+    return rows * op.dim * jnp.dtype(op.dtype).itemsize
+
+
 def _product_residuals(op, vectors, products, values):
     """``||A v_i - lambda_i v_i||`` from products ``A v_i`` the solver kept (no matvec)."""
     rows = len(values)
@@ -139,7 +149,9 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
           operator's own products of the basis vectors, which the solver keeps and carries
           through restarts and locking (``A`` is linear, so ``A V^T s = (A V^T) s``). A
           guaranteed bound up to rounding in that combination; no extra matvec; one more
-          basis of memory.
+          basis of memory. When that would exceed ``KEPT_PRODUCTS_MAX_BYTES`` (2 GiB: about
+          7M float32 parameters with the default ``krylov_dim`` for ``k=5``) it falls back
+          to ``"recompute"``, which the result's ``residual_kind`` then says.
         * ``"recompute"``: the same residual from ``k`` (``2k`` for ``"both"``) fresh
           products after the solve: no extra memory.
         * ``"estimate"``: the Lanczos estimates ``|beta s_mi|``, free and accurate to
@@ -171,6 +183,9 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
         return _power(op, k, which, key, tol, max_matvecs, start, before)
     budget = max_matvecs or 50 * min(op.dim, krylov_dim or default_krylov_dim(k, which))
     update, close = _progress(budget, progress, f"Lanczos ({op.kind})")
+    if residuals == "explicit" and _kept_product_bytes(op, k, which, krylov_dim) > \
+            KEPT_PRODUCTS_MAX_BYTES:
+        residuals = "recompute"      # the same residuals, for k products instead of memory
     try:
         res = lanczos_eigs(op.apply_unchecked, key, op.params_like, k=k, which=which, tol=tol,
                            krylov_dim=krylov_dim, max_matvecs=max_matvecs, verify=verify,

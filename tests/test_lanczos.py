@@ -7,6 +7,7 @@ import pytest
 
 import hessian_tools as ht
 from conftest import spectrum_matrix
+from hessian_tools import spectrum
 from hessian_tools.linalg import lanczos_eigs, lanczos_tridiag, power_eigs
 
 rng = np.random.default_rng(42)
@@ -230,7 +231,7 @@ def test_kept_products_are_the_operators_products(basis):
     np.testing.assert_allclose(w, v @ a, atol=1e-12 * np.max(np.abs(eigs)))
 
 
-def test_explicit_residuals_need_no_extra_matvecs():
+def test_explicit_residuals_need_no_extra_matvecs(monkeypatch):
     """residuals="explicit" (kept products) equals "recompute" (fresh products) and the dense
     ||A v - lambda v||, and costs k fewer matvecs; a bad choice fails before any product."""
     a = spectrum_matrix(np.r_[9.0, 7.0, 7.0, -5.0, np.linspace(-1, 3, 56)], seed=14)
@@ -242,6 +243,12 @@ def test_explicit_residuals_need_no_extra_matvecs():
     for r in ("explicit", "recompute"):
         assert out[r].residual_kind == r and out[r].converged
         np.testing.assert_allclose(out[r].residuals, dense, atol=1e-13 * 9, rtol=1e-6)
+    # past the memory budget for kept products, "explicit" recomputes them instead
+    monkeypatch.setattr(spectrum, "KEPT_PRODUCTS_MAX_BYTES", 0)
+    big = ht.eigenvalues(ht.from_dense(a), k=3, which="both", key=jax.random.key(1), tol=1e-6)
+    assert big.residual_kind == "recompute"
+    assert big.num_matvecs == out["recompute"].num_matvecs
+    np.testing.assert_allclose(big.residuals, out["recompute"].residuals, atol=1e-13)
     op = ht.from_dense(a)
     with pytest.raises(ValueError, match="residuals='exact' is not one of"):
         ht.eigenvalues(op, k=3, key=jax.random.key(1), residuals="exact")
