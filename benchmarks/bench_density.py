@@ -13,7 +13,9 @@ measures:
 2. **trace**: PyHessian's ``hessian.trace()`` (Hutchinson with Rademacher probes) run for
    ``--trace-probes`` probes, vs our Hutchinson with as many probes and our Hutch++ with
    the smallest budget whose standard error is at most PyHessian's: time at equal standard
-   error. PyHessian's default call (``maxIter=100, tol=1e-3``) is reported too.
+   error. PyHessian's default call (``maxIter=100, tol=1e-3``) is reported too. Each
+   trace is timed ``--trace-repeats`` times (PyHessian's with the same seed, ours warm with
+   new keys) and the medians are compared.
 
 PyHessian 0.1's ``density()`` calls ``torch.eig``, removed in torch 2; it is monkeypatched
 with ``torch.linalg.eigh`` (the tridiagonal matrix is symmetric, so the results are the
@@ -130,10 +132,10 @@ def _ours_density(obj, args) -> dict:
 def _ours_trace(op, args, target_se: float) -> dict:
     import jax
     import hessian_tools as ht
-    out = {}
+    out, warm = {}, max(args.warm_repeats, args.trace_repeats)
     for method, budget in (("hutchinson", args.trace_probes),):
         runs = [ht.trace(op, method=method, num_matvecs=budget, key=jax.random.key(s))
-                for s in range(1 + args.warm_repeats)]
+                for s in range(1 + warm)]
         out[method] = _trace_entry(runs)
     budget, chosen = 12, None                 # Hutch++: the smallest budget meeting the SE
     while budget <= 4 * args.trace_probes:
@@ -141,7 +143,7 @@ def _ours_trace(op, args, target_se: float) -> dict:
         if first.stderr <= target_se:
             runs = [first] + [ht.trace(op, method="hutch++", num_matvecs=budget,
                                        key=jax.random.key(s)) for s in
-                              range(1, 1 + args.warm_repeats)]
+                              range(1, 1 + warm)]
             chosen = _trace_entry(runs)
             break
         budget *= 2
@@ -208,21 +210,27 @@ def _pyhessian_density(twin, tx, ty, args) -> dict:
             "nodes": np.asarray(nodes, np.float64), "weights": np.asarray(weights, np.float64)}
 
 
-def _pyhessian_trace(twin, tx, ty, *, max_iter, tol) -> dict:
+def _pyhessian_trace(twin, tx, ty, *, max_iter, tol, repeats=1) -> dict:
+    """PyHessian's trace, ``repeats`` times with the same seed (the same samples): the
+    median time, since a sub-second call is at the mercy of the machine's noise."""
     import numpy as np
     import torch
     ph = _pyhessian_module()
-    torch.manual_seed(0)
-    twin.model.zero_grad(set_to_none=True)
-    with _CountingHVP(ph) as counter:
-        t0 = time.perf_counter()
-        hc = ph.hessian(twin.model, torch.nn.CrossEntropyLoss(), data=(tx, ty), cuda=False)
-        samples = np.asarray(hc.trace(maxIter=max_iter, tol=tol), np.float64)
-        elapsed = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        torch.manual_seed(0)
+        twin.model.zero_grad(set_to_none=True)
+        with _CountingHVP(ph) as counter:
+            t0 = time.perf_counter()
+            hc = ph.hessian(twin.model, torch.nn.CrossEntropyLoss(), data=(tx, ty), cuda=False)
+            samples = np.asarray(hc.trace(maxIter=max_iter, tol=tol), np.float64)
+            times.append(time.perf_counter() - t0)
+    elapsed = statistics.median(times)
     twin.model.zero_grad(set_to_none=True)
     se = float(np.std(samples, ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else None
     return {"value": float(np.mean(samples)), "stderr": se, "num_matvecs": counter.count,
-            "num_samples": len(samples), "time_s": elapsed, "max_iter": max_iter, "tol": tol}
+            "num_samples": len(samples), "time_s": elapsed, "times_s": times,
+            "max_iter": max_iter, "tol": tol}
 
 
 # ---- one model --------------------------------------------------------------------------------
@@ -272,8 +280,10 @@ def bench_model(name, args) -> dict:
     res["density"] = dens
     print(f"[{name}] PyHessian: trace ({args.trace_probes} probes; default call) ...",
           file=sys.stderr)
-    ph_fixed = _pyhessian_trace(twin, tx, ty, max_iter=args.trace_probes, tol=0.0)
-    ph_default = _pyhessian_trace(twin, tx, ty, max_iter=100, tol=1e-3)
+    ph_fixed = _pyhessian_trace(twin, tx, ty, max_iter=args.trace_probes, tol=0.0,
+                                repeats=args.trace_repeats)
+    ph_default = _pyhessian_trace(twin, tx, ty, max_iter=100, tol=1e-3,
+                                  repeats=args.trace_repeats)
     print(f"[{name}] ours: trace ...", file=sys.stderr)
     tr = _ours_trace(ours["op"], args, ph_fixed["stderr"])
     tr["pyhessian"] = ph_fixed
@@ -329,7 +339,8 @@ def _meta(name, obj, check, args) -> dict:
         h.update(path.read_bytes())
     return {"model": name, "num_params": obj.num_params, "num_examples": obj.num_examples,
             "probes": args.probes, "steps": args.steps, "trace_probes": args.trace_probes,
-            "warm_repeats": args.warm_repeats, "twin_check": check,
+            "warm_repeats": args.warm_repeats, "trace_repeats": args.trace_repeats,
+            "twin_check": check,
             "devices": str(jax.devices()), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
             "python": platform.python_version(),
@@ -391,6 +402,9 @@ def _parse(argv=None):
     p.add_argument("--trace-probes", type=int, default=100,
                    help="PyHessian trace probes (its SE sets the target for Hutch++)")
     p.add_argument("--warm-repeats", type=int, default=2)
+    p.add_argument("--trace-repeats", type=int, default=5,
+                   help="timed repeats of each trace (PyHessian's and our warm calls): "
+                        "the median is reported")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--worker", choices=("reference",), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
