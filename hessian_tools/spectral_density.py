@@ -489,21 +489,7 @@ def _slq_compiled(matvec_fn, key, zeros, *, num_probes, num_steps, kind, batch_s
     return slq_quadrature(matvec_fn, probes, num_steps=num_steps, batch_size=batch_size)
 
 
-_probes_optimized = jax.jit(random_probes, static_argnames=("num", "kind"))
-# XLA's backend optimisation off: the random-bit kernel compiles in about half the time
-# (0.22 s against 0.54 s for 10 probes of the 3.5k-parameter digits MLP) and runs slower
-# (4 ms against 1.6 ms; 0.14 s against 0.04 s for 10 probes of 301k parameters), so it is
-# used only for small draws on the CPU, where the compilation is most of a cold call.
-_probes_fast = jax.jit(random_probes, static_argnames=("num", "kind"),
-                       compiler_options={"xla_backend_optimization_level": 0})
-_FAST_PROBES_MAX_ENTRIES = 2**20
-
-
-def _probes_jit(key, zeros, *, num, kind):
-    """``random_probes`` outside another compiled function (the host-driven forms)."""
-    entries = num * sum(int(np.size(a)) for a in jax.tree.leaves(zeros))
-    fast = entries <= _FAST_PROBES_MAX_ENTRIES and jax.default_backend() == "cpu"
-    return (_probes_fast if fast else _probes_optimized)(key, zeros, num=num, kind=kind)
+_probes_jit = jax.jit(random_probes, static_argnames=("num", "kind"))
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
@@ -806,7 +792,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
         (the sketch's orthonormal basis, projections, quadratic forms) runs in NumPy in
         float64: the same probes and numbers as the single compiled function that a
         ``batch_size`` or an accelerator gets, with about a third of its compilation
-        (Hutch++ with 48 matvecs on the 3.5k-parameter digits MLP: 0.9-1.2 s cold against
+        (Hutch++ with 48 matvecs on the 3.5k-parameter digits MLP: 1.2 s cold against
         2.4 s).
 
     Returns:

@@ -340,30 +340,3 @@ def test_digits_counts_and_trace_against_eigh(digits):
         assert c.low <= np.sum(eigs < t) <= c.high, (t, c)
     split = ht.outliers(eigs)                            # the rule on the exact spectrum
     assert split.bulk_edge < eigs[-1]
-
-
-def test_small_probe_draws_use_the_fast_build_with_the_same_numbers(monkeypatch):
-    """Host-driven forms draw small probe sets with XLA's backend optimisation off (faster
-    to compile): Rademacher probes are bit-identical, Gaussian ones equal to rounding, and
-    large draws keep the optimised build."""
-    zeros = {"w": np.zeros((30, 4)), "b": np.zeros(4)}
-    for kind in ("rademacher", "gaussian"):
-        fast = sd._probes_fast(jax.random.key(7), zeros, num=5, kind=kind)
-        opt = sd._probes_optimized(jax.random.key(7), zeros, num=5, kind=kind)
-        for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(opt)):
-            if kind == "rademacher":
-                np.testing.assert_array_equal(a, b)
-            else:
-                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    used = []
-    for name in ("_probes_fast", "_probes_optimized"):
-        def record(*args, _name=name, _draw=getattr(sd, name), **kwargs):
-            used.append(_name)
-            return _draw(*args, **kwargs)
-        monkeypatch.setattr(sd, name, record)
-    sd._probes_jit(jax.random.key(0), zeros, num=5, kind="rademacher")
-    monkeypatch.setattr(sd, "_FAST_PROBES_MAX_ENTRIES", 10)
-    sd._probes_jit(jax.random.key(0), zeros, num=5, kind="rademacher")
-    on_cpu = jax.default_backend() == "cpu"
-    assert used == (["_probes_fast", "_probes_optimized"] if on_cpu
-                    else ["_probes_optimized", "_probes_optimized"])
