@@ -510,6 +510,13 @@ def _flat_rows(matvec_fn, flat, *, treedef, shapes, batch_size):
                             for a in jax.tree.leaves(out)], axis=1)
 
 
+def _flat_apply(op, batch_size):
+    """``op``'s batched product on ``(rows, dim)`` arrays (:func:`_flat_rows`)."""
+    layout = tree.FlatLayout(op.params_like)
+    return functools.partial(_flat_rows, op.matvec_fn, treedef=layout.treedef,
+                             shapes=tuple(layout.shapes), batch_size=batch_size)
+
+
 def _row_by_row(op):
     """Stacked vectors -> stacked products, one (streamed) product per row."""
     def apply(vectors):
@@ -658,17 +665,13 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
         one_by_one = op.matvec_fn is None or _slow_in_compiled_loops(op)
         if one_by_one:      # streamed, or convolutions on CPU: also slow under vmap/lax.map
             apply = _row_by_row(op)             # apply_unchecked counts the products
+        elif numpy_basis:
+            apply = _flat_apply(op, batch)
         else:
             apply = functools.partial(_apply_rows, op.matvec_fn, batch_size=batch)
-        if numpy_basis and not one_by_one:
-            layout = tree.FlatLayout(op.params_like)
-            apply = functools.partial(_flat_rows, op.matvec_fn, treedef=layout.treedef,
-                                      shapes=tuple(layout.shapes), batch_size=batch)
+        if numpy_basis:
             rule = slq_quadrature_numpy(apply, probes, num_steps=num_steps, group_size=batch,
-                                        flat=True, interleave=2)
-        elif numpy_basis:
-            rule = slq_quadrature_numpy(apply, probes, num_steps=num_steps, group_size=batch,
-                                        interleave=2)
+                                        flat=not one_by_one, interleave=2)
         else:
             rule = slq_quadrature_host(apply, probes, num_steps=num_steps)
         if not one_by_one:
@@ -728,11 +731,10 @@ def _trace_numpy(op, key, method, num_matvecs, probe):
     about a third of what the single compiled Hutch++ function does."""
     from hessian_tools.linalg.trace import orthonormalize_numpy
     zeros, layout = _zeros(op.params_like), tree.FlatLayout(op.params_like)
+    apply = _flat_apply(op, None)
 
     def products(x):
-        return np.asarray(_flat_rows(op.matvec_fn, np.asarray(x, layout.dtype),
-                                     treedef=layout.treedef, shapes=tuple(layout.shapes),
-                                     batch_size=None), np.float64)
+        return np.asarray(apply(np.asarray(x, layout.dtype)), np.float64)
 
     def draw(sub, num):
         return layout.flat(_probes_jit(sub, zeros, num=num, kind=probe), num).astype(np.float64)

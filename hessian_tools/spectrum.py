@@ -10,7 +10,7 @@ import numpy as np
 
 from hessian_tools import tree
 from hessian_tools.linalg import lanczos_eigs, power_eigs
-from hessian_tools.linalg.lanczos import default_krylov_dim
+from hessian_tools.linalg.lanczos import buffer_rows
 from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import Eigenpairs
 
@@ -64,14 +64,12 @@ def _explicit_residuals(op, vectors, values):
     rows = jax.tree.leaves(vectors)[0].shape[0]
     if tree.host_is_device():
         layout = tree.FlatLayout(op.params_like)
-        v = layout.flat(vectors, rows).astype(np.float64)
+        v = layout.flat(vectors, rows)
         with tree.single_threaded_blas():
-            return np.array([np.linalg.norm(layout.flat(op.apply_unchecked(layout.tree(
-                v[i].astype(layout.dtype)))).astype(np.float64) - values[i] * v[i])
-                for i in range(rows)], np.float64)
-    products = [op.apply_unchecked(_row(vectors, i)) for i in range(rows)]
-    stacked = _stack(*products)
-    return np.asarray(_residuals(vectors, stacked, jnp.asarray(values, op.dtype)), np.float64)
+            w = np.stack([layout.flat(op.apply_unchecked(layout.tree(v[i]))) for i in range(rows)])
+            return _host_residuals(v, w, values)
+    products = _stack(*[op.apply_unchecked(_row(vectors, i)) for i in range(rows)])
+    return _product_residuals(op, vectors, products, values)
 
 
 KEPT_PRODUCTS_MAX_BYTES = 2 * 1024**3
@@ -79,20 +77,23 @@ KEPT_PRODUCTS_MAX_BYTES = 2 * 1024**3
 
 def _kept_product_bytes(op, k, which, krylov_dim) -> int:
     """Memory of the products ``lanczos_eigs(keep_products=True)`` keeps: one basis more."""
-    wanted = 2 * k if which == "both" else k
-    rows = min(op.dim, krylov_dim or default_krylov_dim(k, which)) + 1 + 2 * wanted + 8
-    return rows * op.dim * jnp.dtype(op.dtype).itemsize
+    m_max, lock_rows = buffer_rows(op.dim, k, which, krylov_dim)
+    return (m_max + 1 + lock_rows) * op.dim * jnp.dtype(op.dtype).itemsize
 
 
 def _product_residuals(op, vectors, products, values):
     """``||A v_i - lambda_i v_i||`` from products ``A v_i`` the solver kept (no matvec)."""
-    rows = len(values)
     if tree.host_is_device():
         layout = tree.FlatLayout(op.params_like)
-        v = layout.flat(vectors, rows).astype(np.float64)
-        w = layout.flat(products, rows).astype(np.float64)
-        return np.linalg.norm(w - np.asarray(values, np.float64)[:, None] * v, axis=1)
+        return _host_residuals(layout.flat(vectors, len(values)),
+                               layout.flat(products, len(values)), values)
     return np.asarray(_residuals(vectors, products, jnp.asarray(values, op.dtype)), np.float64)
+
+
+def _host_residuals(v, w, values):
+    """Row norms of ``w - values v`` for ``(rows, dim)`` NumPy arrays, in float64."""
+    return np.linalg.norm(w.astype(np.float64)
+                          - np.asarray(values, np.float64)[:, None] * v.astype(np.float64), axis=1)
 
 
 def _progress(total, enabled, desc):
@@ -181,7 +182,7 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
         return _dense_eigs(op, k, which, tol, start, before)
     if method == "power":
         return _power(op, k, which, key, tol, max_matvecs, start, before)
-    budget = max_matvecs or 50 * min(op.dim, krylov_dim or default_krylov_dim(k, which))
+    budget = max_matvecs or 50 * buffer_rows(op.dim, k, which, krylov_dim)[0]
     update, close = _progress(budget, progress, f"Lanczos ({op.kind})")
     if residuals == "explicit" and _kept_product_bytes(op, k, which, krylov_dim) > \
             KEPT_PRODUCTS_MAX_BYTES:

@@ -472,11 +472,10 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
     dim = tree.size(like)
     k_top = k if which in ("largest", "both") else 0
     k_bottom = k if which in ("smallest", "both") else 0
-    m_max = min(dim, krylov_dim or default_krylov_dim(k, which))
+    m_max, lock_rows = buffer_rows(dim, k, which, krylov_dim)
     budget = max_matvecs or 50 * m_max
     ops = _backend(like, basis)
     rng = np.random.default_rng(tree.key_bits(key))    # start vectors: drawn on the host
-    lock_rows = min(dim, 2 * (k_top + k_bottom) + 8)
     lock = _Locked([], [], [], ops.zeros(lock_rows), ops,
                    ops.zeros(lock_rows) if keep_products else None)
     blas = tree.single_threaded_blas() if isinstance(ops, _HostBasis) else contextlib.nullcontext()
@@ -510,6 +509,14 @@ def _solve(matvec, rng, lock, dim, k_top, k_bottom, m_max, budget, tol, check_ev
         if done:
             break
     return _finish(lock, k_top, k_bottom, used, done, runs - 1, scale)
+
+
+def buffer_rows(dim: int, k: int, which: str, krylov_dim: int | None) -> tuple[int, int]:
+    """``(m_max, lock_rows)``: the basis rows kept before a restart (the basis buffer holds
+    ``m_max + 1``) and the locked-vector buffer's rows, as :func:`lanczos_eigs` allocates
+    them (the same again for ``keep_products``)."""
+    ends = 2 if which == "both" else 1
+    return min(dim, krylov_dim or default_krylov_dim(k, which)), min(dim, 2 * ends * k + 8)
 
 
 def default_krylov_dim(k: int, which: str) -> int:
