@@ -37,8 +37,8 @@ import numpy as np
 
 from hessian_tools import tree
 from hessian_tools.objective import Objective, _check_same_structure
-from hessian_tools.operators import (_dataset_mean, _value_and_grad, hessian, to_dense,
-                                     value_and_grad)
+from hessian_tools.operators import (_dataset_mean, _product_groups, _value_and_grad, hessian,
+                                     to_dense, value_and_grad)
 from hessian_tools.results import _jsonable
 from hessian_tools.spectrum import default_tol, eigenvalues
 
@@ -374,18 +374,18 @@ def _fmt_list(xs) -> str:
 
 # ---- the loss on the data, compiled once per architecture -----------------------------------
 
+_batch_loss = jax.jit(lambda loss, p, b: loss(p, b))
+
+
 @jax.jit
 def _mean_loss(loss, params, groups):
-    return _dataset_mean(lambda b: loss(params, b), groups)
-
-
-_batch_loss = jax.jit(lambda loss, p, b: loss(p, b))
+    return _dataset_mean(lambda b: _batch_loss(loss, params, b), groups)
 
 
 def _loss_at(obj: Objective, params) -> float:
     """The dataset-mean loss at ``params`` (one forward pass over the data)."""
     if not obj.streaming:
-        return float(_mean_loss(obj.loss, params, obj.groups))
+        return float(_mean_loss(obj.loss, params, _product_groups(obj, "auto")))
     total, count = 0.0, 0
     for batch, n in obj.batches():
         total += n * float(_batch_loss(obj.loss, params, batch))
@@ -887,7 +887,7 @@ def _value_grad_at(obj: Objective, params):
     """Loss and gradient at ``params`` without re-validating the objective (hot loop)."""
     if obj.streaming:
         return value_and_grad(obj.with_params(params))
-    return _value_and_grad(obj.loss, params, obj.groups)
+    return _value_and_grad(obj.loss, params, _product_groups(obj, "auto"))
 
 
 def _phi(obj, params):

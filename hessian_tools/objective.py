@@ -57,14 +57,52 @@ class BatchGroups:
     ``stacks[g]`` is a batch pytree whose leaves have shape ``(num_batches_g, batch_size_g,
     ...)``; ``weights[g]`` is ``batch_size_g / num_examples``. The mean over the dataset of a
     per-batch mean quantity ``f`` is ``sum_g weights[g] * sum_b f(stacks[g][b])``.
+    ``unroll`` (static) asks compiled code to sum the batches with a loop unrolled at trace
+    time instead of a ``lax.scan`` (see ``operators._dataset_mean``).
     """
 
     stacks: tuple
     weights: tuple
+    unroll: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     @property
     def num_examples(self) -> int:
         return int(sum(_batch_size(s) * _num_batches(s) for s in self.stacks))
+
+
+    @property
+    def num_batches(self) -> int:
+        return int(sum(_num_batches(s) for s in self.stacks))
+
+    def split(self, max_size: int, *, unroll: bool | None = None) -> "BatchGroups":
+        """The same examples in batches of at most ``max_size``, as equal as possible.
+
+        A batch of ``n > max_size`` examples becomes ``ceil(n / max_size)`` consecutive
+        chunks whose sizes differ by at most one; smaller batches are kept. Exact for a loss
+        that is a per-example mean (the contract of :class:`Objective`): the chunks are
+        weighted by their sizes. Runs in NumPy on the host (nothing is compiled).
+        """
+        if int(max_size) < 1:
+            raise ValueError(f"max_size must be a positive number of examples, got {max_size}.")
+        total = self.num_examples
+        by_size: dict[int, list] = {}
+        for stack in self.stacks:
+            num, size = _num_batches(stack), _batch_size(stack)
+            parts = -(-size // int(max_size))
+            q, r = divmod(size, parts)
+            start = 0
+            for chunk, count in ((q + 1, r), (q, parts - r)):
+                if count == 0:
+                    continue
+                stop = start + chunk * count
+                by_size.setdefault(chunk, []).append(jax.tree.map(
+                    lambda s, a=start, b=stop, c=chunk, k=count: np.asarray(s)[:, a:b].reshape(
+                        (num * k, c) + np.shape(s)[2:]), stack))
+                start = stop
+        stacks = tuple(jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *pieces)
+                       for pieces in by_size.values())
+        weights = tuple(size / total for size in by_size)
+        return BatchGroups(stacks, weights, self.unroll if unroll is None else bool(unroll))
 
 
 def _batch_size(stack) -> int:
@@ -243,7 +281,11 @@ class Objective:
     def with_params(self, params) -> "Objective":
         """The same loss and data at another point (compiled functions are reused)."""
         _check_same_structure(self.params, params, what="new params")
-        return dataclasses.replace(self, params=params)
+        new = dataclasses.replace(self, params=params)
+        for cached in ("_groups", "_product_groups"):       # same data: keep what was built
+            if cached in self.__dict__:
+                object.__setattr__(new, cached, self.__dict__[cached])
+        return new
 
     def restrict(self, select) -> "Objective":
         """The objective as a function of a subset of the parameters, the rest held fixed.

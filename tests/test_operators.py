@@ -233,3 +233,119 @@ def test_persistent_compilation_cache_spares_the_second_process_the_compile(tmp_
     assert misses1 > 5 and hits1 == 0
     assert hits2 >= misses1 and misses2 == 0
     assert any((tmp_path / "cc").iterdir())
+
+
+# ---- chunked products (convolutional losses on the CPU) ---------------------------------
+
+def _ones(params):
+    return jax.tree.map(jnp.ones_like, params)
+
+
+def _cnn_objective(n=300, seed=0):
+    from hessian_tools.examples.digits import CNN
+    model = CNN((3, 4), rngs=nnx.Rngs(seed), param_dtype=jnp.float64)
+    x, y = load_digits_data(dtype=jnp.float64, image=True)
+    return ht.Objective.from_nnx(model, cross_entropy, (x[:n], y[:n]))
+
+
+def test_split_keeps_every_example_once_in_near_equal_chunks():
+    from hessian_tools.objective import group_batches
+    idx = np.arange(200.0)
+    bounds = [0, 13, 50, 51, 90, 128, 170, 200]
+    groups = group_batches([(idx[a:b], idx[a:b] * 2) for a, b in zip(bounds[:-1], bounds[1:])])
+    split = groups.split(12)
+    seen, mass = [], 0.0
+    for stack, weight in zip(split.stacks, split.weights):
+        x, x2 = (np.asarray(a) for a in stack)
+        np.testing.assert_array_equal(x2, 2 * x)           # leaves split alike
+        assert x.shape[1] <= 12 and weight == x.shape[1] / 200
+        seen.extend(x.ravel())
+        mass += weight * x.shape[0]
+    np.testing.assert_array_equal(np.sort(seen), idx)
+    assert mass == pytest.approx(1.0)
+    # 37 examples -> 4 chunks of 10, 9, 9, 9 (sizes differ by at most one), in order
+    lone = group_batches([(idx[:37], idx[:37])]).split(12)
+    assert sorted(jax.tree.leaves(s)[0].shape[1] for s in lone.stacks) == [9, 10]
+    np.testing.assert_array_equal(np.asarray(lone.stacks[0][0]).ravel(), idx[:10])
+    np.testing.assert_array_equal(np.asarray(lone.stacks[1][0]).ravel(), idx[10:37])
+    with pytest.raises(ValueError, match="positive"):
+        groups.split(0)
+
+
+def test_conv_products_are_chunked_on_cpu_and_agree(monkeypatch):
+    """'auto' splits a conv net's data into cache-sized chunks on the CPU (none elsewhere,
+    none for an MLP) and every product, the gradient and the loss agree with the unsplit."""
+    obj = _cnn_objective()
+    per_example = 8 * 8 * 4 * 8                     # the second conv's float64 activations
+    monkeypatch.setattr(ht.operators, "CHUNK_BYTES", 64 * per_example)
+    on_cpu = jax.default_backend() == "cpu"
+    v = ht.tree.normal_like(jax.random.key(0), obj.params)
+    for build in (lambda o, c: ht.hessian(o, chunk_size=c),
+                  lambda o, c: ht.hessian(o, linearize=False, chunk_size=c),
+                  lambda o, c: ht.gauss_newton(o, chunk_size=c),
+                  lambda o, c: ht.empirical_fisher(o, chunk_size=c)):
+        whole, auto = build(obj, None), build(obj, "auto")
+        assert whole.meta["batches"] == 1
+        assert auto.meta["batches"] == (5 if on_cpu else 1)          # 300 -> 5 x 60
+        a = _ravel(whole(v))
+        np.testing.assert_allclose(_ravel(auto(v)), a, rtol=0, atol=1e-11 * np.abs(a).max())
+    loss0, g0 = ht.operators._value_and_grad(obj.loss, obj.params, obj.groups)
+    loss1, g1 = ht.value_and_grad(obj)
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-13)
+    np.testing.assert_allclose(_ravel(g1), _ravel(g0), atol=1e-13)
+    mlp = _mlp_objective(n=300)
+    assert ht.hessian(mlp).meta["batches"] == 1                  # no convolution: as given
+    assert ht.hessian(mlp, chunk_size=70).meta["batches"] == 5   # an explicit size: any model
+    np.testing.assert_allclose(_ravel(ht.hessian(mlp, chunk_size=70)(_ones(
+        mlp.params))), _ravel(ht.hessian(mlp)(_ones(mlp.params))), atol=1e-12)
+    for bad in (0, -3, 2.5, "big", True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            ht.hessian(mlp, chunk_size=bad)
+
+
+def test_unrolled_chunks_trace_the_loss_once_per_chunk_shape(monkeypatch):
+    """Tracing an unrolled product must not grow with the number of chunks."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("auto chunking is CPU-only")
+    obj = _cnn_objective(n=240)
+    traces = []
+
+    def counting_loss():        # a fresh function per run: no trace cache is shared
+        def loss(p, batch):
+            traces.append(1)
+            return obj.loss(p, batch)
+        return loss
+
+    counts = {}
+    for chunks in (4, 8):
+        monkeypatch.setattr(ht.operators, "CHUNK_BYTES", (240 // chunks) * 8 * 8 * 4 * 8)
+        traces.clear()
+        H = ht.hessian(ht.Objective(counting_loss(), obj.params, obj.data))
+        assert H.meta["batches"] == chunks
+        H(_ones(obj.params))
+        counts[chunks] = len(traces)
+    assert counts[8] == counts[4], counts
+
+
+def test_too_many_conv_chunks_warn_and_scan(monkeypatch):
+    if jax.default_backend() != "cpu":
+        pytest.skip("auto chunking is CPU-only")
+    obj = _cnn_objective(n=100)
+    monkeypatch.setattr(ht.operators, "MAX_CHUNKS", 3)
+    monkeypatch.setattr(ht.operators, "CHUNK_BYTES", 10 * 8 * 8 * 4 * 8)
+    data = [(obj.data[0][i:i + 20], obj.data[1][i:i + 20]) for i in range(0, 100, 20)]
+    many = ht.Objective(obj.loss, obj.params, data)
+    with pytest.warns(UserWarning, match="stream the data"):
+        H = ht.hessian(many)
+    assert H.meta["batches"] == 5
+    v = _ones(obj.params)
+    a = _ravel(ht.hessian(obj, chunk_size=None)(v))
+    np.testing.assert_allclose(_ravel(H(v)), a, rtol=0, atol=1e-11 * np.abs(a).max())
+
+
+def test_with_params_keeps_the_built_batches():
+    obj = _mlp_objective(n=50)
+    ht.hessian(obj)
+    other = obj.with_params(jax.tree.map(lambda a: a + 1.0, obj.params))
+    assert other.groups is obj.groups
+    assert other.__dict__["_product_groups"] is obj.__dict__["_product_groups"]
