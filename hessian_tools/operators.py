@@ -352,45 +352,47 @@ def _product_groups(obj: Objective, chunk_size) -> BatchGroups:
 
     ``chunk_size="auto"`` chunks only convolutional losses on the CPU backend: XLA:CPU's
     convolutions run about 2x faster per example on chunks whose activations fit in a core's
-    cache (``CHUNK_BYTES``), and every batch is unrolled, never scanned (a scan puts the
-    convolutions on a ~36x slower path). An int splits batches larger than it (any model,
-    any backend); ``None`` keeps the batches as given.
+    cache (``CHUNK_BYTES``). An int splits batches larger than it (any model, any backend);
+    ``None`` keeps the batches as given. Whatever the chunking, the batches of a
+    convolutional loss on the CPU are unrolled, never scanned (a scan puts the convolutions
+    on a ~36x slower path), up to ``MAX_CHUNKS`` of them. Built once per objective.
     """
+    if not (chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto") or (
+            isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
+            and chunk_size >= 1)):
+        raise ValueError(f"chunk_size must be 'auto', None or a positive int, got {chunk_size!r}.")
     cache = obj.__dict__.setdefault("_product_groups", {})
-    key = chunk_size if isinstance(chunk_size, str) or chunk_size is None else int(chunk_size)
+    key = chunk_size if chunk_size is None or isinstance(chunk_size, str) else int(chunk_size)
     if key not in cache:
-        cache[key] = _split_groups(obj, chunk_size)
+        cache[key] = _split_groups(obj, key)
     return cache[key]
 
 
 def _split_groups(obj: Objective, chunk_size) -> BatchGroups:
     groups = obj.groups
-    if chunk_size is None:
-        return groups
-    if isinstance(chunk_size, str) and chunk_size == "auto":
-        if jax.default_backend() != "cpu":
-            return groups
+    conv = False
+    if jax.default_backend() == "cpu":
         first = jax.tree.map(lambda s: s[0], groups.stacks[0])
         conv, per_example = _spec_cached(_conv_activation_cached, obj.loss, obj.params, first)
+    if chunk_size == "auto":
         if not conv:
             return groups
         chunk = max(_MIN_CHUNK, int(CHUNK_BYTES // max(per_example, 1.0)))
         if -(-groups.num_examples // chunk) > MAX_CHUNKS:
             chunk = -(-groups.num_examples // MAX_CHUNKS)
-        split = groups.split(chunk, unroll=True)
-        if split.num_batches > MAX_CHUNKS:
-            warnings.warn(
-                f"The data has {split.num_batches} batches and the loss has convolutions: on "
-                "the CPU, XLA runs convolutions inside a compiled loop about 36x slower, and "
-                f"more than {MAX_CHUNKS} batches are not unrolled. Pass fewer, larger batches, "
-                "or stream the data (data=callable) to apply one compiled batch at a time.",
-                stacklevel=3)
-            return dataclasses.replace(split, unroll=False)
-        return split
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise ValueError(f"chunk_size must be 'auto', None or a positive int, got {chunk_size!r}.")
-    return groups.split(int(chunk_size))
+        groups = groups.split(chunk)
+    elif chunk_size is not None:
+        groups = groups.split(chunk_size)
+    if not conv or groups.num_batches <= _MAX_UNROLLED_BATCHES:
+        return groups
+    if groups.num_batches > MAX_CHUNKS:
+        warnings.warn(
+            f"The data has {groups.num_batches} batches and the loss has convolutions: on the "
+            "CPU, XLA runs convolutions inside a compiled loop about 36x slower, and more than "
+            f"{MAX_CHUNKS} batches are not unrolled. Pass fewer, larger batches, or stream the "
+            "data (data=callable) to apply one compiled batch at a time.", stacklevel=4)
+        return groups
+    return dataclasses.replace(groups, unroll=True)
 
 
 def _stream_product(obj: Objective, kind: str, fn_arg):

@@ -343,6 +343,20 @@ def test_too_many_conv_chunks_warn_and_scan(monkeypatch):
     np.testing.assert_allclose(_ravel(H(v)), a, rtol=0, atol=1e-11 * np.abs(a).max())
 
 
+def test_conv_batches_are_unrolled_however_they_were_chunked():
+    """More than 4 batches are scanned, except for a conv loss on the CPU (any chunk_size)."""
+    from hessian_tools.operators import _product_groups
+    cnn, mlp = _cnn_objective(n=120), _mlp_objective(n=120)
+    on_cpu = jax.default_backend() == "cpu"
+    assert _product_groups(cnn, 20).num_batches == 6
+    assert _product_groups(cnn, 20).unroll == on_cpu
+    listed = ht.Objective(cnn.loss, cnn.params, [(cnn.data[0][i:i + 20], cnn.data[1][i:i + 20])
+                                                 for i in range(0, 120, 20)])
+    assert _product_groups(listed, None).unroll == on_cpu
+    assert not _product_groups(mlp, 20).unroll
+    assert not _product_groups(cnn, 30).unroll                   # 4 batches: unrolled anyway
+
+
 def test_with_params_keeps_the_built_batches():
     obj = _mlp_objective(n=50)
     ht.hessian(obj)
