@@ -165,10 +165,10 @@ class TraceEstimate(_Serializable):
         ``sqrt(num_samples)``; 0 for the exact ``"dense"`` method; for Hutch++ the error of
         the deflated remainder, the low-rank part being exact given the sketch).
       num_matvecs: operator products spent.
-      method: ``"hutch++"``, ``"hutchinson"``, ``"slq"`` or ``"dense"``.
+      method: ``"hutch++"``, ``"xtrace"``, ``"hutchinson"``, ``"slq"`` or ``"dense"``.
       num_samples: the number of random samples behind ``stderr``.
       samples: the samples (``v^T A v`` for Hutchinson, ``n * sum_j w_j theta_j`` for SLQ,
-        the deflated remainders for Hutch++).
+        the deflated remainders for Hutch++, the leave-one-out estimates for XTrace).
       low_rank: Hutch++'s exact part ``tr(Q^T A Q)`` (0 otherwise).
       dim: the operator's dimension. probe: probe distribution. seed: the key's data.
       operator: the operator kind. wall_time: seconds, compilation included.
@@ -753,6 +753,38 @@ def _trace_numpy(op, key, method, num_matvecs, probe):
         return float(np.sum(quad(q))), quad(g - (g @ q.T) @ q)
 
 
+def _host_products(op, layout, batch_size):
+    """``rows -> A rows`` on ``(k, dim)`` float64 NumPy arrays, for any operator, counting its
+    products: batched compiled calls (``_flat_rows`` on a single CPU device), or one product
+    per row for streamed data and, on the CPU, convolutions."""
+    if op.matvec_fn is None or _slow_in_compiled_loops(op):
+        apply = _row_by_row(op)                             # counts its products itself
+        return lambda x: np.asarray(layout.flat(apply(layout.tree(x)), len(x)), np.float64)
+    if _numpy_basis(op) and batch_size is None:
+        flat = _flat_apply(op, None)
+        run = lambda x: flat(np.asarray(x, layout.dtype))   # noqa: E731
+    else:
+        run = lambda x: layout.flat(_apply_rows(op.matvec_fn, layout.tree(x),   # noqa: E731
+                                                batch_size=batch_size), len(x))
+
+    def products(x):
+        op.num_matvecs += len(x)
+        return np.asarray(run(x), np.float64)
+    return products
+
+
+def _trace_xtrace(op, key, num_matvecs, probe, batch_size):
+    """XTrace's leave-one-out samples with ``num_matvecs // 2`` test vectors (the same
+    probes as Hutchinson's with that key), the algebra in NumPy in float64."""
+    from hessian_tools.linalg.trace import xtrace_samples
+    layout = tree.FlatLayout(op.params_like)
+    num = num_matvecs // 2
+    omega = layout.flat(_probes_jit(key, _zeros(op.params_like), num=num, kind=probe), num)
+    with tree.single_threaded_blas():
+        return xtrace_samples(omega.astype(np.float64), _host_products(op, layout, batch_size),
+                              sphere=probe == "gaussian")
+
+
 def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | None = None,
           key=None, probe: str = "rademacher", num_steps: int = 1,
           batch_size: int | None = None) -> TraceEstimate:
@@ -765,6 +797,15 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
       the remaining ``l`` run Hutchinson on the deflated remainder. For a spectrum that
       decays (a few outliers over a small bulk, as in neural-network Hessians) the error is
       far below Hutchinson's at equal cost.
+    * ``"xtrace"`` (Epperly, Tropp & Webber 2024): Hutch++ that uses every sample twice.
+      ``m = num_matvecs // 2`` test vectors and ``A Q`` for a basis ``Q`` of their products
+      give ``m`` estimates, each leaving one vector out of the sketch and using it as the
+      Hutchinson probe; the estimate is their mean and ``stderr`` their spread over
+      ``sqrt(m)``. At equal matvecs its error is usually several times below Hutch++'s
+      on decaying spectra (tested on a low-rank-plus-noise matrix). With
+      ``probe="gaussian"`` it uses the paper's improved (sphere) normalisation. The
+      leave-one-out estimates are not independent, so ``stderr`` is the paper's heuristic,
+      not a sample standard error.
     * ``"hutchinson"`` (Hutchinson 1989): the mean of ``v^T A v`` over ``num_matvecs``
       probes. Rademacher variance per sample ``2 (||A||_F^2 - sum_i A_ii^2)``.
     * ``"slq"``: ``n`` times the Gauss-rule mean of ``num_matvecs // num_steps`` probes with
@@ -782,8 +823,9 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
 
     Args:
       op: the operator.
-      method: ``"hutch++"``, ``"hutchinson"``, ``"slq"`` or ``"dense"``.
-      num_matvecs: the budget (default 90; at least 4 for Hutch++, 2 otherwise).
+      method: ``"hutch++"``, ``"xtrace"``, ``"hutchinson"``, ``"slq"`` or ``"dense"``.
+      num_matvecs: the budget (default 90; at least 4 for Hutch++ and XTrace, 2 otherwise;
+        XTrace spends an even number, ``2 * (num_matvecs // 2)``).
       key: a ``jax.random`` key (required except for ``"dense"``).
       probe: ``"rademacher"`` or ``"gaussian"``.
       num_steps: Lanczos steps per probe for ``"slq"``.
@@ -812,7 +854,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
       (2.0, 9)
     """
     _check_operator(op, "trace")
-    methods = ("hutch++", "hutchinson", "slq", "dense")
+    methods = ("hutch++", "xtrace", "hutchinson", "slq", "dense")
     if method not in methods:
         raise ValueError(f"method={method!r} is not one of {methods}.")
     if probe not in PROBES:
@@ -824,7 +866,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
                              op.dim, "", [], op.kind, time.perf_counter() - start)
     _check_key(key, "trace")
     num_matvecs = DEFAULT_TRACE_MATVECS if num_matvecs is None else num_matvecs
-    minimum = {"hutch++": 4, "hutchinson": 2, "slq": 2 * num_steps}[method]
+    minimum = {"hutch++": 4, "xtrace": 4, "hutchinson": 2, "slq": 2 * num_steps}[method]
     _check_count("num_matvecs", num_matvecs, minimum=minimum)
     if method == "slq":
         dens = density(op, key=key, num_probes=num_matvecs // num_steps, num_steps=num_steps,
@@ -832,7 +874,9 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
         return dataclasses.replace(dens.trace(), wall_time=time.perf_counter() - start)
     zeros = _zeros(op.params_like)
     batch = batch_size
-    if op.matvec_fn is None or _slow_in_compiled_loops(op):
+    if method == "xtrace":
+        low, samples = 0.0, _trace_xtrace(op, key, num_matvecs, probe, batch)
+    elif op.matvec_fn is None or _slow_in_compiled_loops(op):
         low, samples = _trace_streamed(op, key, method, num_matvecs, probe)
     elif _numpy_basis(op) and batch is None:
         low, samples = _trace_numpy(op, key, method, num_matvecs, probe)

@@ -4,6 +4,9 @@
   (Hutchinson 1989). Their mean is unbiased for ``tr(A)`` when ``E[v v^T] = I``;
   Rademacher probes have variance ``2 (||A||_F^2 - sum_i A_ii^2)`` per sample, Gaussian
   probes ``2 ||A||_F^2``.
+* :func:`xtrace_samples`: XTrace (Epperly, Tropp & Webber 2024), the exchangeable form of
+  Hutch++: every test vector serves both the low-rank sketch and the Hutchinson remainder,
+  by leaving it out of the sketch in turn.
 * :func:`hutchpp`: Hutch++ (Meyer, Musco, Musco & Woodruff 2021): the trace of a rank-``k``
   sketch ``Q^T A Q`` computed exactly, plus Hutchinson on the deflated remainder
   ``(I - Q Q^T) A (I - Q Q^T)``. For a matrix whose spectrum decays (low rank plus noise)
@@ -18,6 +21,7 @@ at a time (``None``: all at once, the fastest, memory ``num_probes x`` one produ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -28,7 +32,7 @@ from hessian_tools import tree
 
 __all__ = ["random_probes", "batched_matvec", "hutchinson_samples", "orthonormalize",
            "orthonormalize_numpy",
-           "project_out", "hutchpp", "PROBES"]
+           "project_out", "hutchpp", "xtrace_samples", "PROBES"]
 
 PROBES = ("rademacher", "gaussian")
 
@@ -168,3 +172,61 @@ def hutchpp(matvec: Callable, sketch, probes, *, batch_size: int | None = None):
     products = batched_matvec(matvec, rows, batch_size=batch_size)   # A Q and A (I-QQ^T) G
     quad = _rowwise_dot(rows, products)
     return jnp.sum(quad[:k]), quad[k:]
+
+
+def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool) -> np.ndarray:
+    """XTrace's ``m`` leave-one-out estimates of ``tr(A)`` (Epperly, Tropp & Webber 2024).
+
+    With ``Y = A Omega`` (test vectors as the rows of ``omega``) and ``Q`` an orthonormal basis
+    of ``Y``, estimate ``i`` is Hutch++ with the sketch ``Y`` minus its column ``i`` and the
+    single probe ``omega_i``: ``tr(Q_i^T A Q_i) + u^T A u`` with ``u = (I - Q_i Q_i^T)
+    omega_i``. ``range(Q_i)`` is the part of ``range(Q)`` orthogonal to ``s_i``, the
+    normalised column ``i`` of ``R^{-T}`` (``Y = QR``), so every ``A Q_i`` and ``A u`` is a
+    combination of ``Y`` and ``Z = A Q``, and all ``m`` estimates cost ``O(m^2 n + m^3)``
+    flops past the ``2m`` products. Each is unbiased; their mean is the estimate, and their
+    spread over ``sqrt(m)`` the paper's error estimate.
+
+    ``sphere=True`` is the paper's improved form: ``omega`` rows are rescaled to norm
+    ``sqrt(n)`` (uniform on the sphere from Gaussian rows), and then each is scaled so that
+    its part outside ``range(Q_i)`` has squared norm ``n - m + 1``, the dimension it is
+    sampled from. Use it with Gaussian rows; Rademacher rows are used as they are.
+
+    Args:
+      omega: ``(m, n)`` float64 test vectors, ``m >= 2``.
+      products: ``rows -> A rows`` on ``(k, n)`` float64 arrays (``A`` symmetric).
+      sphere: the improved normalisation (see above).
+
+    Returns:
+      ``(m,)`` float64 estimates. When ``Y`` is rank-deficient (``A`` of rank below ``m``,
+      so the sketch captures all of it) every estimate is the exact ``tr(Q^T A Q)``.
+    """
+    omega = np.array(omega, np.float64)
+    m, n = omega.shape
+    if sphere:
+        omega *= math.sqrt(n) / np.linalg.norm(omega, axis=1, keepdims=True)
+    y = products(omega)                                   # (m, n): rows A omega_i
+    q, r = np.linalg.qr(y.T)                              # Y^T... columns of y.T are A omega_i
+    diag = np.abs(np.diag(r))
+    if diag.min() <= 100 * np.finfo(np.float64).eps * max(diag.max(), 1e-300) * m:
+        basis = orthonormalize_numpy(y, rtol=100 * float(np.finfo(np.float32).eps))
+        low = float(np.einsum("kn,kn->", basis, products(basis)))
+        return np.full(m, low)
+    z = products(q.T).T                                   # (n, m): A Q
+    w = q.T @ omega.T                                     # Q^T Omega
+    s = np.linalg.solve(r, np.eye(m)).T                   # columns: R^{-T} e_i
+    s /= np.linalg.norm(s, axis=0, keepdims=True)
+    c = np.einsum("ki,ki->i", s, w)                       # s_i^T w_i
+    if sphere:
+        scale = math.sqrt(n - m + 1) / np.sqrt(n - np.sum(w * w, axis=0) + c * c)
+        omega, y, r, w, c = (omega * scale[:, None], y * scale[:, None], r * scale,
+                             w * scale, c * scale)
+    h = q.T @ z
+    h = (h + h.T) / 2                                     # Q^T A Q, symmetric
+    t = z.T @ omega.T                                     # Z^T Omega: t_i = Q^T A omega_i
+    hs, hw = h @ s, h @ w
+    quad = (np.einsum("in,in->i", omega, y) - np.einsum("ki,ki->i", t, w)
+            - np.einsum("ki,ki->i", w, r) + np.einsum("ki,ki->i", w, hw)
+            + c * (np.einsum("ki,ki->i", t, s) + np.einsum("ki,ki->i", s, r)
+                   - 2 * np.einsum("ki,ki->i", s, hw))
+            + c * c * np.einsum("ki,ki->i", s, hs))
+    return np.trace(h) - np.einsum("ki,ki->i", s, hs) + quad
