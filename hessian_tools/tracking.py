@@ -53,8 +53,8 @@ import optax
 
 from hessian_tools import tree
 from hessian_tools.linalg import lanczos_tridiag
-from hessian_tools.objective import Objective, group_batches
-from hessian_tools.operators import CurvatureOperator, hessian, value_and_grad
+from hessian_tools.objective import Objective, _as_pytree_fn, group_batches
+from hessian_tools.operators import CurvatureOperator, _mean_grad, hessian, value_and_grad
 
 __all__ = [
     "QUANTITIES", "OptimizerComparison", "OptimizerInfo", "OptimizerRun", "SharpnessLog",
@@ -807,17 +807,6 @@ class SharpnessMonitorState(NamedTuple):
     inner_state: Any
 
 
-def _mean_grad(loss, params, groups):
-    """The gradient of the dataset-mean loss over stacked batch groups (a scan per group)."""
-    total = None
-    for stack, weight in zip(groups.stacks, groups.weights):
-        def body(acc, batch):
-            return tree.add(acc, jax.grad(loss)(params, batch)), None
-        acc, _ = jax.lax.scan(body, tree.zeros_like(params), stack)
-        total = tree.scale(weight, acc) if total is None else tree.axpy(weight, acc, total)
-    return total
-
-
 def _lanczos_top(matvec, v0, num_iters):
     """Top Ritz pair after ``num_iters`` Lanczos steps from ``v0`` (traceable)."""
     dec = lanczos_tridiag(matvec, v0, num_iters=num_iters)
@@ -879,6 +868,7 @@ def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_i
     if not isinstance(num_iters, int) or num_iters < 1:
         raise ValueError(f"num_iters={num_iters!r} must be a positive integer.")
     groups = group_batches(measure_data if isinstance(measure_data, list) else [measure_data])
+    pytree_loss = _as_pytree_fn(loss_fn)
     key = jax.random.key(0) if key is None else key
     inner = None if optimizer is None else optax.with_extra_args_support(optimizer)
     info = None if optimizer is None else optimizer_info(optimizer)
@@ -908,7 +898,7 @@ def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_i
             updates, inner_state = inner.update(updates, inner_state, params, **extra)
 
         def measure(_):
-            lin = jax.linearize(lambda p: _mean_grad(loss_fn, p, groups), params)[1]
+            lin = jax.linearize(lambda p: _mean_grad(pytree_loss, p, groups), params)[1]
             lam, res, vec = _lanczos_top(lin, state.warm_vector, num_iters)
             meas = {name: lam, name + "_residual": res}
             pvec = state.precond_warm_vector
