@@ -282,9 +282,16 @@ def _validated_groups(obj: Objective):
     return None if obj.streaming else obj.groups
 
 
+def _spec(a):
+    """The abstract value jit sees for ``a``: Python scalars (the batch weights) are weakly
+    typed, so an ``eval_shape`` on the spec shares jit's trace of the real call."""
+    weak = isinstance(a, (int, float)) and not isinstance(a, bool)
+    return jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), weak_type=weak)
+
+
 def _spec_cached(cached_fn, fn, *trees):
     """``cached_fn(fn, treedef, leaves)`` on the shapes of ``trees`` (once per architecture)."""
-    spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), trees)
+    spec = jax.tree.map(_spec, trees)
     leaves, treedef = jax.tree.flatten(spec)
     try:
         return cached_fn(fn, treedef, tuple(leaves))

@@ -363,3 +363,17 @@ def test_with_params_keeps_the_built_batches():
     other = obj.with_params(jax.tree.map(lambda a: a + 1.0, obj.params))
     assert other.groups is obj.groups
     assert other.__dict__["_product_groups"] is obj.__dict__["_product_groups"]
+
+
+def test_the_linearisation_is_traced_once(monkeypatch):
+    """The residual-size check (eval_shape) and the compiled call share one trace."""
+    calls = []
+    inner = ht.operators._mean_grad
+
+    def counting(*args):
+        calls.append(1)
+        return inner(*args)
+    monkeypatch.setattr(ht.operators, "_mean_grad", counting)
+    obj = _mlp_objective(n=37, widths=(5,))         # shapes no other test compiles
+    ht.hessian(obj, linearize="auto")(_ones(obj.params))
+    assert len(calls) == 1
