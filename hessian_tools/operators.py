@@ -381,14 +381,21 @@ def _split_groups(obj: Objective, chunk_size) -> BatchGroups:
     if jax.default_backend() == "cpu":
         first = jax.tree.map(lambda s: s[0], groups.stacks[0])
         conv, per_example = _spec_cached(_conv_activation_cached, obj.loss, obj.params, first)
+    sharded = any(isinstance(a, jax.Array) and len(a.sharding.device_set) > 1
+                  for a in jax.tree.leaves(groups.stacks))
     if chunk_size == "auto":
-        if not conv:
+        if not conv or sharded:          # splitting on the host would drop the sharding
             return groups
         chunk = max(_MIN_CHUNK, int(CHUNK_BYTES // max(per_example, 1.0)))
         if -(-groups.num_examples // chunk) > MAX_CHUNKS:
             chunk = -(-groups.num_examples // MAX_CHUNKS)
         groups = groups.split(chunk)
     elif chunk_size is not None:
+        if sharded:
+            raise ValueError(
+                f"chunk_size={chunk_size} would re-stack data sharded over several devices on "
+                "the host and lose its sharding. Pass chunk_size=None (or 'auto') and split "
+                "the data into batches yourself before sharding them.")
         groups = groups.split(chunk_size)
     if not conv or groups.num_batches <= _MAX_UNROLLED_BATCHES:
         return groups
@@ -438,7 +445,9 @@ def hessian(obj: Objective, *, linearize: bool | str = "auto",
         runs about 2x faster) and leaves every other case as given; an int splits batches
         larger than it. Exact for a per-example-mean loss (the :class:`Objective` contract),
         up to float rounding in the sum; a loss that couples the examples of a batch
-        (contrastive, batch statistics) needs ``chunk_size=None``.
+        (contrastive, batch statistics) needs ``chunk_size=None``. Data sharded over
+        several devices is never split (an int raises: splitting on the host would drop
+        the sharding).
 
     Returns:
       A :class:`CurvatureOperator`. Cost: one product is one HVP (about 2-4 gradient

@@ -30,6 +30,11 @@ SCRIPT = textwrap.dedent("""
     e1 = ht.eigenvalues(ht.hessian(obj), k=3, key=jax.random.key(1))
     e2 = ht.eigenvalues(ht.hessian(par), k=3, key=jax.random.key(1))
     np.testing.assert_allclose(e2.values, e1.values, rtol=1e-9)
+    try:                          # re-stacking on the host would silently drop the sharding
+        ht.hessian(par, chunk_size=100)
+        raise AssertionError("an explicit chunk_size on sharded data must raise")
+    except ValueError as err:
+        assert "lose its sharding" in str(err), err
     print("OK")
 """)
 
