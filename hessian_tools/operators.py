@@ -354,6 +354,13 @@ def _conv_activation_cached(loss, treedef, leaves):
     return "conv_general_dilated" in names, largest / size
 
 
+def _check_chunk_size(chunk_size) -> None:
+    if not (chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto") or (
+            isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
+            and chunk_size >= 1)):
+        raise ValueError(f"chunk_size must be 'auto', None or a positive int, got {chunk_size!r}.")
+
+
 def _product_groups(obj: Objective, chunk_size) -> BatchGroups:
     """The batches a compiled product sums over: the objective's, or smaller chunks of them.
 
@@ -364,10 +371,7 @@ def _product_groups(obj: Objective, chunk_size) -> BatchGroups:
     convolutional loss on the CPU are unrolled, never scanned (a scan puts the convolutions
     on a ~36x slower path), up to ``MAX_CHUNKS`` of them. Built once per objective.
     """
-    if not (chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto") or (
-            isinstance(chunk_size, (int, np.integer)) and not isinstance(chunk_size, bool)
-            and chunk_size >= 1)):
-        raise ValueError(f"chunk_size must be 'auto', None or a positive int, got {chunk_size!r}.")
+    _check_chunk_size(chunk_size)
     cache = obj.__dict__.setdefault("_product_groups", {})
     key = chunk_size if chunk_size is None or isinstance(chunk_size, str) else int(chunk_size)
     if key not in cache:
@@ -453,6 +457,7 @@ def hessian(obj: Objective, *, linearize: bool | str = "auto",
       A :class:`CurvatureOperator`. Cost: one product is one HVP (about 2-4 gradient
       evaluations); memory: a few parameter-sized vectors (+ the residuals if linearised).
     """
+    _check_chunk_size(chunk_size)         # streamed data is never chunked
     if obj.streaming:
         return CurvatureOperator("hessian", obj.params,
                                  stream_fn=_stream_product(obj, "hessian", obj.loss),
@@ -487,6 +492,7 @@ def gauss_newton(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
         raise ValueError("The Gauss-Newton operator needs the objective's predict(params, batch) "
                          "and output_loss(outputs, batch); build it with Objective(..., "
                          "predict=..., output_loss=...) or Objective.from_nnx/from_linen.")
+    _check_chunk_size(chunk_size)         # streamed data is never chunked
     if obj.streaming:
         return CurvatureOperator("ggn", obj.params, stream_fn=_stream_product(
             obj, "ggn", (obj.predict, obj.output_loss)), meta={"streaming": True})
@@ -506,6 +512,7 @@ def empirical_fisher(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
       obj: the objective.
       chunk_size: the batch size the compiled product works in, as in :func:`hessian`.
     """
+    _check_chunk_size(chunk_size)         # streamed data is never chunked
     if obj.streaming:
         return CurvatureOperator("fisher", obj.params,
                                  stream_fn=_stream_product(obj, "fisher", obj.loss),

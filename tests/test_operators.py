@@ -298,9 +298,14 @@ def test_conv_products_are_chunked_on_cpu_and_agree(monkeypatch):
     assert ht.hessian(mlp, chunk_size=70).meta["batches"] == 5   # an explicit size: any model
     np.testing.assert_allclose(_ravel(ht.hessian(mlp, chunk_size=70)(_ones(
         mlp.params))), _ravel(ht.hessian(mlp)(_ones(mlp.params))), atol=1e-12)
+    x, y = mlp.data
+    streamed = ht.Objective(mlp.loss, mlp.params, lambda: iter([(x, y)]))
     for bad in (0, -3, 2.5, "big", True):
+        for build in (ht.hessian, ht.gauss_newton, ht.empirical_fisher):
+            with pytest.raises(ValueError, match="chunk_size"):
+                build(mlp, chunk_size=bad)
         with pytest.raises(ValueError, match="chunk_size"):
-            ht.hessian(mlp, chunk_size=bad)
+            ht.hessian(streamed, chunk_size=bad)
 
 
 def test_unrolled_chunks_trace_the_loss_once_per_chunk_shape(monkeypatch):
