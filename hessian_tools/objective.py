@@ -69,7 +69,6 @@ class BatchGroups:
     def num_examples(self) -> int:
         return int(sum(_batch_size(s) * _num_batches(s) for s in self.stacks))
 
-
     @property
     def num_batches(self) -> int:
         return int(sum(_num_batches(s) for s in self.stacks))

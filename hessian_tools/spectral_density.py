@@ -807,7 +807,8 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
       matvecs; notebook 02: level). With ``probe="gaussian"`` it uses the paper's improved
       (sphere) normalisation. The leave-one-out estimates are not independent, so
       ``stderr`` is the paper's heuristic, not a sample standard error: it was 0.5-0.9x
-      the actual error in our checks. Prefer Hutch++ when the error bar matters.
+      the actual error in our checks. Prefer Hutch++ when the error bar matters. The
+      algebra runs on the host in float64: memory about ``2 num_matvecs`` float64 vectors.
     * ``"hutchinson"`` (Hutchinson 1989): the mean of ``v^T A v`` over ``num_matvecs``
       probes. Rademacher variance per sample ``2 (||A||_F^2 - sum_i A_ii^2)``.
     * ``"slq"``: ``n`` times the Gauss-rule mean of ``num_matvecs // num_steps`` probes with
