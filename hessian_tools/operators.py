@@ -327,31 +327,40 @@ chunk of the digits CNN); more fall back to a ``lax.scan`` (with a warning for c
 _MIN_CHUNK = 16
 
 
+def _jaxpr_eqns(jaxpr):
+    """Every equation of a (closed) jaxpr, those of sub-jaxprs (jit, scan, cond) included."""
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, (list, tuple)) else [value]):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    yield from _jaxpr_eqns(sub)
+
+
 @functools.lru_cache(maxsize=64)
 def _conv_activation_cached(loss, treedef, leaves):
     """``(has_convolution, largest per-example activation in bytes)`` of one batch's loss."""
     params, batch = jax.tree.unflatten(treedef, leaves)
     size = int(jax.tree.leaves(batch)[0].shape[0])
-    jaxpr = jax.make_jaxpr(loss)(params, batch)
-    names, largest = set(), 0
+    conv, largest = False, 0
+    for eqn in _jaxpr_eqns(jax.make_jaxpr(loss)(params, batch)):
+        conv |= eqn.primitive.name == "conv_general_dilated"
+        for var in eqn.outvars:
+            shape = getattr(var.aval, "shape", ())
+            if len(shape) and shape[0] == size:
+                largest = max(largest, int(np.prod(shape, dtype=np.int64))
+                              * jnp.dtype(var.aval.dtype).itemsize)
+    return conv, largest / size
 
-    def visit(jx):
-        nonlocal largest
-        jx = getattr(jx, "jaxpr", jx)
-        for eqn in jx.eqns:
-            names.add(eqn.primitive.name)
-            for var in eqn.outvars:
-                shape = getattr(var.aval, "shape", ())
-                if len(shape) and shape[0] == size:
-                    largest = max(largest, int(np.prod(shape, dtype=np.int64))
-                                  * jnp.dtype(var.aval.dtype).itemsize)
-            for value in eqn.params.values():
-                for sub in (value if isinstance(value, (list, tuple)) else [value]):
-                    if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                        visit(sub)
 
-    visit(jaxpr)
-    return "conv_general_dilated" in names, largest / size
+def _conv_on_cpu(obj: Objective) -> tuple[bool, float]:
+    """``(the loss has convolutions and JAX computes on the CPU, largest per-example
+    activation in bytes)``, traced once per architecture from one batch's shapes."""
+    if jax.default_backend() != "cpu":
+        return False, 0.0
+    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                         obj.groups.stacks[0])       # s[0] would compile a slice per leaf
+    return _spec_cached(_conv_activation_cached, obj.loss, obj.params, batch)
 
 
 def _check_chunk_size(chunk_size) -> None:
@@ -381,10 +390,7 @@ def _product_groups(obj: Objective, chunk_size) -> BatchGroups:
 
 def _split_groups(obj: Objective, chunk_size) -> BatchGroups:
     groups = obj.groups
-    conv = False
-    if jax.default_backend() == "cpu":
-        first = jax.tree.map(lambda s: s[0], groups.stacks[0])
-        conv, per_example = _spec_cached(_conv_activation_cached, obj.loss, obj.params, first)
+    conv, per_example = _conv_on_cpu(obj)
     sharded = any(isinstance(a, jax.Array) and len(a.sharding.device_set) > 1
                   for a in jax.tree.leaves(groups.stacks))
     if chunk_size == "auto":
@@ -470,7 +476,8 @@ def hessian(obj: Objective, *, linearize: bool | str = "auto",
     else:
         fn = _HessianMatvec(obj.loss, obj.params, groups)
     return CurvatureOperator("hessian", obj.params, fn, meta={
-        "linearized": bool(linearize), "batches": groups.num_batches})
+        "linearized": bool(linearize), "batches": groups.num_batches,
+        "slow_in_loops": _conv_on_cpu(obj)[0]})
 
 
 def gauss_newton(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
@@ -498,7 +505,8 @@ def gauss_newton(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
             obj, "ggn", (obj.predict, obj.output_loss)), meta={"streaming": True})
     groups = _product_groups(obj, chunk_size)
     fn = _GGNMatvec(obj.predict, obj.output_loss, obj.params, groups)
-    return CurvatureOperator("ggn", obj.params, fn, meta={"batches": groups.num_batches})
+    return CurvatureOperator("ggn", obj.params, fn, meta={
+        "batches": groups.num_batches, "slow_in_loops": _conv_on_cpu(obj)[0]})
 
 
 def empirical_fisher(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
@@ -519,7 +527,8 @@ def empirical_fisher(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
                                  meta={"streaming": True})
     groups = _product_groups(obj, chunk_size)
     return CurvatureOperator("fisher", obj.params, _FisherMatvec(obj.loss, obj.params, groups),
-                             meta={"batches": groups.num_batches})
+                             meta={"batches": groups.num_batches,
+                                   "slow_in_loops": _conv_on_cpu(obj)[0]})
 
 
 def from_dense(matrix) -> CurvatureOperator:

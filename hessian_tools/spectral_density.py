@@ -35,7 +35,7 @@ from hessian_tools.linalg.slq import (gaussian_cdf, gaussian_smoothing, quadratu
                                       slq_quadrature_numpy, wasserstein1)
 from hessian_tools.linalg.trace import (PROBES, batched_matvec, hutchinson_samples, hutchpp,
                                         random_probes)
-from hessian_tools.operators import CurvatureOperator, to_dense
+from hessian_tools.operators import CurvatureOperator, _jaxpr_eqns, to_dense
 from hessian_tools.results import Eigenpairs, _jsonable
 
 __all__ = ["SpectralDensity", "TraceEstimate", "EigenvalueCount", "OutlierSplit", "density",
@@ -533,19 +533,6 @@ def _auto_batch(num_probes: int, rows: int, op: CurvatureOperator) -> int | None
     return None if batch >= num_probes else int(batch)
 
 
-def _jaxpr_primitives(jaxpr) -> set:
-    """Names of the primitives in a (closed) jaxpr, sub-jaxprs (jit, scan, cond) included."""
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for value in eqn.params.values():
-            for sub in (value if isinstance(value, (list, tuple)) else [value]):
-                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    names |= _jaxpr_primitives(sub)
-    return names
-
-
 def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
     """Whether ``op``'s product should be driven from Python rather than a compiled loop.
 
@@ -553,15 +540,17 @@ def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
     convolution kernels inside loop bodies (digits CNN, see benchmarks/RESULTS.md: about
     50x per matvec in a rolled ``fori_loop``) and for vmapped products too (4 probes
     through ``jax.lax.map``/``vmap``: 26 s, against 4 x 0.22 s called one by one). Such
-    products are applied one vector at a time from Python. Traced once per operator (no
-    compilation).
+    products are applied one vector at a time from Python. The operators built from an
+    objective record it when they are built (from the loss); others are traced once here
+    (no compilation).
     """
     if "slow_in_loops" not in op.meta:
         slow = False
         if jax.default_backend() == "cpu":
             try:
                 jaxpr = jax.make_jaxpr(op.matvec_fn)(_zeros(op.params_like))
-                slow = "conv_general_dilated" in _jaxpr_primitives(jaxpr)
+                slow = any(eqn.primitive.name == "conv_general_dilated"
+                           for eqn in _jaxpr_eqns(jaxpr))
             except Exception:  # noqa: BLE001  (cannot trace: keep the compiled loop)
                 slow = False
         op.meta["slow_in_loops"] = slow
@@ -723,36 +712,6 @@ def _trace_streamed(op, key, method, num_matvecs, probe):
     return low, dot(deflated, apply(deflated))
 
 
-def _trace_numpy(op, key, method, num_matvecs, probe):
-    """Hutchinson / Hutch++ on a single CPU device: the same probes as the compiled form
-    (``_probes_jit``), the products by ``_flat_rows`` (one compiled function per row count:
-    Hutch++'s three calls share one when ``num_matvecs`` is a multiple of 3), and the
-    orthonormalisation and quadratic forms in NumPy, in float64. A cold call compiles
-    about a third of what the single compiled Hutch++ function does."""
-    from hessian_tools.linalg.trace import orthonormalize_numpy
-    zeros, layout = _zeros(op.params_like), tree.FlatLayout(op.params_like)
-    apply = _flat_apply(op, None)
-
-    def products(x):
-        return np.asarray(apply(np.asarray(x, layout.dtype)), np.float64)
-
-    def draw(sub, num):
-        return layout.flat(_probes_jit(sub, zeros, num=num, kind=probe), num).astype(np.float64)
-
-    def quad(x):
-        return np.einsum("pn,pn->p", x, products(x))
-
-    with tree.single_threaded_blas():
-        if method == "hutchinson":
-            return 0.0, quad(draw(key, num_matvecs))
-        k, num = _hutchpp_split(num_matvecs)
-        k1, k2 = jax.random.split(key)
-        rtol = 100 * float(np.finfo(layout.dtype).eps)
-        q = orthonormalize_numpy(products(draw(k1, k)), rtol=rtol)
-        g = draw(k2, num)
-        return float(np.sum(quad(q))), quad(g - (g @ q.T) @ q)
-
-
 def _host_products(op, layout, batch_size):
     """``rows -> A rows`` on ``(k, dim)`` float64 NumPy arrays, for any operator, counting its
     products: batched compiled calls (``_flat_rows`` on a single CPU device), or one product
@@ -771,6 +730,33 @@ def _host_products(op, layout, batch_size):
         op.num_matvecs += len(x)
         return np.asarray(run(x), np.float64)
     return products
+
+
+def _trace_numpy(op, key, method, num_matvecs, probe):
+    """Hutchinson / Hutch++ on a single CPU device: the same probes as the compiled form
+    (``_probes_jit``), the products by ``_flat_rows`` (one compiled function per row count:
+    Hutch++'s three calls share one when ``num_matvecs`` is a multiple of 3), and the
+    orthonormalisation and quadratic forms in NumPy, in float64. A cold call compiles
+    about a third of what the single compiled Hutch++ function does."""
+    from hessian_tools.linalg.trace import orthonormalize_numpy
+    zeros, layout = _zeros(op.params_like), tree.FlatLayout(op.params_like)
+    products = _host_products(op, layout, None)           # counts its products
+
+    def draw(sub, num):
+        return layout.flat(_probes_jit(sub, zeros, num=num, kind=probe), num).astype(np.float64)
+
+    def quad(x):
+        return np.einsum("pn,pn->p", x, products(x))
+
+    with tree.single_threaded_blas():
+        if method == "hutchinson":
+            return 0.0, quad(draw(key, num_matvecs))
+        k, num = _hutchpp_split(num_matvecs)
+        k1, k2 = jax.random.split(key)
+        rtol = 100 * float(np.finfo(layout.dtype).eps)
+        q = orthonormalize_numpy(products(draw(k1, k)), rtol=rtol)
+        g = draw(k2, num)
+        return float(np.sum(quad(q))), quad(g - (g @ q.T) @ q)
 
 
 def _trace_xtrace(op, key, num_matvecs, probe, batch_size):
@@ -883,7 +869,6 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
         low, samples = _trace_streamed(op, key, method, num_matvecs, probe)
     elif _numpy_basis(op) and batch is None:
         low, samples = _trace_numpy(op, key, method, num_matvecs, probe)
-        op.num_matvecs += num_matvecs
     elif method == "hutchinson":
         low = 0.0
         samples = _hutchinson_compiled(op.matvec_fn, key, zeros, num=num_matvecs, kind=probe,

@@ -205,7 +205,7 @@ def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool) -> np
     if sphere:
         omega *= math.sqrt(n) / np.linalg.norm(omega, axis=1, keepdims=True)
     y = products(omega)                                   # (m, n): rows A omega_i
-    q, r = np.linalg.qr(y.T)                              # Y^T... columns of y.T are A omega_i
+    q, r = np.linalg.qr(y.T)                              # Y = QR, Y's columns A omega_i
     diag = np.abs(np.diag(r))
     if diag.min() <= 100 * np.finfo(np.float64).eps * max(diag.max(), 1e-300) * m:
         basis = orthonormalize_numpy(y, rtol=100 * float(np.finfo(np.float32).eps))
