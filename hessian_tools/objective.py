@@ -222,7 +222,8 @@ class Objective:
         check_finite(self.params)
         if not self.streaming:
             groups = self.groups  # validates the batches
-            self._check_scalar_loss(jax.tree.map(lambda s: s[0], groups.stacks[0]))
+            self._check_scalar_loss(jax.tree.map(     # shapes: s[0] compiles a slice per leaf
+                lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), groups.stacks[0]))
 
     # ---- data --------------------------------------------------------------------------
 
