@@ -174,7 +174,8 @@ def hutchpp(matvec: Callable, sketch, probes, *, batch_size: int | None = None):
     return jnp.sum(quad[:k]), quad[k:]
 
 
-def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool) -> np.ndarray:
+def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool,
+                   jackknife: bool = False):
     """XTrace's ``m`` leave-one-out estimates of ``tr(A)`` (Epperly, Tropp & Webber 2024).
 
     With ``Y = A Omega`` (test vectors as the rows of ``omega``) and ``Q`` an orthonormal basis
@@ -195,10 +196,17 @@ def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool) -> np
       omega: ``(m, n)`` float64 test vectors, ``m >= 2``.
       products: ``rows -> A rows`` on ``(k, n)`` float64 arrays (``A`` symmetric).
       sphere: the improved normalisation (see above).
+      jackknife: also return XTrace's estimate with each test vector left out of the whole
+        computation (sketch and probes), ``theta_(j)`` for ``j < m``, from the same products
+        (the left-out sketches span subspaces of ``range(Q)``): ``O(m^4)`` more flops. The
+        jackknife variance ``(m - 1)/m * sum_j (theta_(j) - mean)^2`` does not understate
+        the variance in expectation (Efron & Stein 1981; for the estimate on ``m - 1``
+        vectors, which varies at least as much as the one on ``m`` in our checks).
 
     Returns:
-      ``(m,)`` float64 estimates. When ``Y`` is rank-deficient (``A`` of rank below ``m``,
-      so the sketch captures all of it) every estimate is the exact ``tr(Q^T A Q)``.
+      ``(m,)`` float64 estimates, or ``(estimates, theta_minus_j)`` with ``jackknife``. When
+      ``Y`` is rank-deficient (``A`` of rank below ``m``, so the sketch captures all of it)
+      every estimate is the exact ``tr(Q^T A Q)``.
     """
     omega = np.array(omega, np.float64)
     m, n = omega.shape
@@ -209,24 +217,51 @@ def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool) -> np
     diag = np.abs(np.diag(r))
     if diag.min() <= 100 * np.finfo(np.float64).eps * max(diag.max(), 1e-300) * m:
         basis = orthonormalize_numpy(y, rtol=100 * float(np.finfo(np.float32).eps))
-        low = float(np.einsum("kn,kn->", basis, products(basis)))
-        return np.full(m, low)
+        low = np.full(m, float(np.einsum("kn,kn->", basis, products(basis))))
+        return (low, low.copy()) if jackknife else low
     z = products(q.T).T                                   # (n, m): A Q
     w = q.T @ omega.T                                     # Q^T Omega
     s = np.linalg.solve(r, np.eye(m)).T                   # columns: R^{-T} e_i
     s /= np.linalg.norm(s, axis=0, keepdims=True)
+    h = q.T @ z
+    h = (h + h.T) / 2                                     # Q^T A Q, symmetric
+    t = (z.T @ omega.T + r) / 2                           # Q^T A omega_i, two ways (Z, R)
+    quad0 = np.einsum("in,in->i", omega, y)               # omega_i^T A omega_i
+    jack = _xtrace_left_out(h, w, t, quad0, s, n, sphere) if jackknife else None
     c = np.einsum("ki,ki->i", s, w)                       # s_i^T w_i
     if sphere:
         scale = math.sqrt(n - m + 1) / np.sqrt(n - np.sum(w * w, axis=0) + c * c)
-        omega, y, r, w, c = (omega * scale[:, None], y * scale[:, None], r * scale,
-                             w * scale, c * scale)
-    h = q.T @ z
-    h = (h + h.T) / 2                                     # Q^T A Q, symmetric
-    t = z.T @ omega.T                                     # Z^T Omega: t_i = Q^T A omega_i
+        w, c, t, quad0 = w * scale, c * scale, t * scale, quad0 * scale ** 2
     hs, hw = h @ s, h @ w
-    quad = (np.einsum("in,in->i", omega, y) - np.einsum("ki,ki->i", t, w)
-            - np.einsum("ki,ki->i", w, r) + np.einsum("ki,ki->i", w, hw)
-            + c * (np.einsum("ki,ki->i", t, s) + np.einsum("ki,ki->i", s, r)
-                   - 2 * np.einsum("ki,ki->i", s, hw))
+    quad = (quad0 - 2 * np.einsum("ki,ki->i", t, w) + np.einsum("ki,ki->i", w, hw)
+            + 2 * c * (np.einsum("ki,ki->i", t, s) - np.einsum("ki,ki->i", s, hw))
             + c * c * np.einsum("ki,ki->i", s, hs))
-    return np.trace(h) - np.einsum("ki,ki->i", s, hs) + quad
+    est = np.trace(h) - np.einsum("ki,ki->i", s, hs) + quad
+    return (est, jack) if jackknife else est
+
+
+def _xtrace_left_out(h, w, t, quad0, s, n, sphere) -> np.ndarray:
+    """``theta_(j)``: XTrace on every test vector but ``j``, in the coordinates of ``Q``.
+
+    Without vector ``j``, estimate ``i`` sketches ``Y`` minus columns ``i`` and ``j``, whose
+    range is ``Q (I - B B^T)`` with ``B`` an orthonormal basis of ``{s_i, s_j}``. With
+    ``p = (I - B B^T) w_i`` the estimate is ``tr(H) - tr(B^T H B) + omega_i^T A omega_i
+    - 2 t_i^T p + p^T H p`` (``H = Q^T A Q``, ``t_i = Q^T A omega_i``), its quadratic part
+    scaled by ``(n - m + 2) / (n - |p|^2)`` in the sphere form.
+    """
+    m = h.shape[0]
+    out = np.empty(m)
+    trace_h, ww = np.trace(h), np.sum(w * w, axis=0)
+    for j in range(m):
+        keep = np.arange(m) != j
+        sj, g = s[:, j], s[:, keep].T @ s[:, j]
+        b2 = (s[:, keep] - np.outer(sj, g)) / np.sqrt(np.maximum(1.0 - g * g, 1e-300))
+        wi = w[:, keep]
+        c1, c2 = sj @ wi, np.einsum("ki,ki->i", b2, wi)
+        p = wi - np.outer(sj, c1) - b2 * c2
+        quad = (quad0[keep] - 2 * np.einsum("ki,ki->i", t[:, keep], p)
+                + np.einsum("ki,ki->i", p, h @ p))
+        if sphere:
+            quad = quad * (n - m + 2) / (n - (ww[keep] - c1 * c1 - c2 * c2))
+        out[j] = np.mean(trace_h - sj @ h @ sj - np.einsum("ki,ki->i", b2, h @ b2) + quad)
+    return out
