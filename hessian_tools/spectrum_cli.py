@@ -207,14 +207,17 @@ def _fmt(x, spec=".4g"):
 
 
 def _table(rows) -> str:
-    head = ["checkpoint", "step", "loss", "‖g‖", "λ_max", "λ_min", "trace", "matvecs", "status"]
+    negative = any(r["negative_fraction"] is not None for r in rows)     # with --density
+    head = ["checkpoint", "step", "loss", "‖g‖", "λ_max", "λ_min", "trace",
+            *(["negative fraction"] if negative else []), "matvecs", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([Path(str(r["checkpoint"])).name, _fmt(r["step"]),
-                                        _fmt(r["loss"]), _fmt(r["grad_norm"], ".2e"),
-                                        _fmt(r["lambda_max"]), _fmt(r["lambda_min"]),
-                                        _fmt(r["trace"]), _fmt(r["num_matvecs"]),
-                                        r["status"]]) + " |")
+        cells = [Path(str(r["checkpoint"])).name, _fmt(r["step"]), _fmt(r["loss"]),
+                 _fmt(r["grad_norm"], ".2e"), _fmt(r["lambda_max"]), _fmt(r["lambda_min"]),
+                 _fmt(r["trace"])]
+        if negative:
+            cells.append(_fmt(r["negative_fraction"], ".2%"))
+        lines.append("| " + " | ".join(cells + [_fmt(r["num_matvecs"]), r["status"]]) + " |")
     return "\n".join(lines)
 
 

@@ -132,6 +132,19 @@ def test_trajectory_with_a_corrupt_checkpoint_and_resume(obj, tmp_path, capsys):
         ["done"] * 3
 
 
+def test_density_adds_the_negative_fraction_to_the_report(obj, tmp_path, capsys):
+    C.save_npz(tmp_path / "a.npz", obj.params)
+    code, _ = _cli([str(tmp_path / "a.npz"), *MODEL, "--top", "1", "--bottom", "1",
+                    "--density", "--out", str(tmp_path / "out")], capsys)
+    row = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"][0]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert code == 0 and row["negative_fraction"] is not None
+    assert "negative fraction" in report and f"{row['negative_fraction']:.2%}" in report
+    code, _ = _cli([str(tmp_path / "a.npz"), *MODEL, "--top", "1", "--bottom", "0",
+                    "--out", str(tmp_path / "plain")], capsys)
+    assert code == 0 and "negative fraction" not in (tmp_path / "plain" / "report.md").read_text()
+
+
 def test_every_takes_every_nth_and_help_documents_defaults(obj, tmp_path, capsys):
     for step in (1, 2, 3, 4, 5):
         C.save_npz(tmp_path / "run" / f"ckpt_{step}.npz", obj.params)
