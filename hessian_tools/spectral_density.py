@@ -120,9 +120,9 @@ def _check_key(key, what: str):
 
 
 def _check_count(name: str, value, *, minimum: int = 1, maximum: int | None = None,
-                 hint: str = ""):
+                 hint: str = "", why: str = ""):
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.{why}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name}={value} exceeds {hint} {maximum}. Pass {name} <= {maximum}.")
 
@@ -822,8 +822,9 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
     Args:
       op: the operator.
       method: ``"hutch++"``, ``"xtrace"``, ``"hutchinson"``, ``"slq"`` or ``"dense"``.
-      num_matvecs: the budget (default 90; at least 4 for Hutch++ and XTrace, 2 otherwise;
-        XTrace spends an even number, ``2 * (num_matvecs // 2)``).
+      num_matvecs: the budget (default 90; at least 4 for Hutch++, 6 for XTrace, 2
+        otherwise). XTrace spends an even number, ``2 * (num_matvecs // 2)``; with only two
+        test vectors neither its jackknife nor the paper's estimate can see any error.
       key: a ``jax.random`` key (required except for ``"dense"``).
       probe: ``"rademacher"`` or ``"gaussian"``.
       num_steps: Lanczos steps per probe for ``"slq"``.
@@ -864,8 +865,10 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
                              op.dim, "", [], op.kind, time.perf_counter() - start)
     _check_key(key, "trace")
     num_matvecs = DEFAULT_TRACE_MATVECS if num_matvecs is None else num_matvecs
-    minimum = {"hutch++": 4, "xtrace": 4, "hutchinson": 2, "slq": 2 * num_steps}[method]
-    _check_count("num_matvecs", num_matvecs, minimum=minimum)
+    minimum = {"hutch++": 4, "xtrace": 6, "hutchinson": 2, "slq": 2 * num_steps}[method]
+    _check_count("num_matvecs", num_matvecs, minimum=minimum, why=(
+        " XTrace needs at least 3 test vectors (2 products each) for a standard error."
+        if method == "xtrace" else ""))
     if method == "slq":
         dens = density(op, key=key, num_probes=num_matvecs // num_steps, num_steps=num_steps,
                        probe=probe, batch_size=batch_size)

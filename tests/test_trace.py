@@ -244,6 +244,8 @@ def test_errors():
         ht.trace(op, method="hutch", key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_matvecs=3 must be an integer >= 4"):
         ht.trace(op, num_matvecs=3, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="num_matvecs=5 must be an integer >= 6. XTrace needs"):
+        ht.trace(op, method="xtrace", num_matvecs=5, key=jax.random.key(0))
     with pytest.raises(ValueError, match="probe='uniform' is not one of"):
         ht.trace(op, probe="uniform", key=jax.random.key(0))
     with pytest.raises(TypeError, match="expects a CurvatureOperator"):
