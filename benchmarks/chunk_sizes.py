@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,13 +24,9 @@ sys.path.insert(0, str(HERE))
 
 
 def _median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median of ``repeats`` timed calls after one untimed warm-up (no time budget)."""
+    from _jax_extras import timeit
+    return timeit(fn, repeats=repeats, budget_s=math.inf)["median_s"]
 
 
 def _ours(obj, size, repeats):
