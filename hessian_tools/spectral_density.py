@@ -733,6 +733,12 @@ def _host_products(op, layout, batch_size):
     return products
 
 
+def _flat_probes(key, op, layout, num, probe):
+    """``num`` probes as a ``(num, dim)`` float64 NumPy array: the compiled draw's probes."""
+    return layout.flat(_probes_jit(key, _zeros(op.params_like), num=num, kind=probe),
+                       num).astype(np.float64)
+
+
 def _trace_numpy(op, key, method, num_matvecs, probe):
     """Hutchinson / Hutch++ on a single CPU device: the same probes as the compiled form
     (``_probes_jit``), the products by ``_flat_rows`` (one compiled function per row count:
@@ -740,11 +746,11 @@ def _trace_numpy(op, key, method, num_matvecs, probe):
     orthonormalisation and quadratic forms in NumPy, in float64. A cold call compiles
     about a third of what the single compiled Hutch++ function does."""
     from hessian_tools.linalg.trace import orthonormalize_numpy
-    zeros, layout = _zeros(op.params_like), tree.FlatLayout(op.params_like)
+    layout = tree.FlatLayout(op.params_like)
     products = _host_products(op, layout, None)           # counts its products
 
     def draw(sub, num):
-        return layout.flat(_probes_jit(sub, zeros, num=num, kind=probe), num).astype(np.float64)
+        return _flat_probes(sub, op, layout, num, probe)
 
     def quad(x):
         return np.einsum("pn,pn->p", x, products(x))
@@ -767,10 +773,9 @@ def _trace_xtrace(op, key, num_matvecs, probe, batch_size):
     from hessian_tools.linalg.trace import xtrace_samples
     layout = tree.FlatLayout(op.params_like)
     num = num_matvecs // 2
-    omega = layout.flat(_probes_jit(key, _zeros(op.params_like), num=num, kind=probe), num)
+    omega = _flat_probes(key, op, layout, num, probe)
     with tree.single_threaded_blas():
-        samples, left_out = xtrace_samples(omega.astype(np.float64),
-                                           _host_products(op, layout, batch_size),
+        samples, left_out = xtrace_samples(omega, _host_products(op, layout, batch_size),
                                            sphere=probe == "gaussian", jackknife=True)
     stderr = math.sqrt((num - 1) / num * np.sum((left_out - np.mean(left_out)) ** 2))
     return samples, stderr
