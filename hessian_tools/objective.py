@@ -73,6 +73,13 @@ class BatchGroups:
     def num_batches(self) -> int:
         return int(sum(_num_batches(s) for s in self.stacks))
 
+    @property
+    def first_batch_spec(self):
+        """The first batch's leaves as ``jax.ShapeDtypeStruct`` (slicing ``s[0]`` would
+        compile an XLA slice per leaf)."""
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                            self.stacks[0])
+
     def split(self, max_size: int, *, unroll: bool | None = None) -> "BatchGroups":
         """The same examples in batches of at most ``max_size``, as equal as possible.
 
@@ -222,8 +229,7 @@ class Objective:
         check_finite(self.params)
         if not self.streaming:
             groups = self.groups  # validates the batches
-            self._check_scalar_loss(jax.tree.map(     # shapes: s[0] compiles a slice per leaf
-                lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), groups.stacks[0]))
+            self._check_scalar_loss(groups.first_batch_spec)
 
     # ---- data --------------------------------------------------------------------------
 

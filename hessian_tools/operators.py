@@ -178,7 +178,6 @@ _batch_products = {
     "fisher": _fisher_batch_jit,
     "ggn": jax.jit(lambda fns, p, v, b: _ggn_batch(fns[0], fns[1], p, v, b)),
 }
-_batch_value_and_grad = _value_and_grad_batch_jit
 
 
 # ---- the operator --------------------------------------------------------------------------
@@ -358,9 +357,8 @@ def _conv_on_cpu(obj: Objective) -> tuple[bool, float]:
     activation in bytes)``, traced once per architecture from one batch's shapes."""
     if jax.default_backend() != "cpu":
         return False, 0.0
-    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
-                         obj.groups.stacks[0])       # s[0] would compile a slice per leaf
-    return _spec_cached(_conv_activation_cached, obj.loss, obj.params, batch)
+    return _spec_cached(_conv_activation_cached, obj.loss, obj.params,
+                        obj.groups.first_batch_spec)
 
 
 def _check_chunk_size(chunk_size) -> None:
@@ -612,7 +610,7 @@ def value_and_grad(obj: Objective):
     if obj.streaming:
         loss_sum, grad_sum, count = 0.0, None, 0
         for batch, n in obj.batches():
-            value, grad = _batch_value_and_grad(obj.loss, obj.params, batch)
+            value, grad = _value_and_grad_batch_jit(obj.loss, obj.params, batch)
             loss_sum += n * float(value)
             grad = tree.scale(float(n), grad)
             grad_sum = grad if grad_sum is None else tree.add(grad_sum, grad)
