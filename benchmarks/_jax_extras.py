@@ -22,7 +22,19 @@ import numpy as np
 import hessian_tools as ht
 
 __all__ = ["noscan_hessian", "direct_grad_fn", "direct_hvp_fn", "FlatOperator", "timeit",
-           "oracle_steps", "block"]
+           "oracle_steps", "block", "cached_eig_reference"]
+
+
+def cached_eig_reference(out, model: str) -> np.ndarray:
+    """The float64 top eigenvalues ``bench_eigs.py`` caches in ``<out>/reference_<model>.json``
+    (exits with a hint when it has not run)."""
+    import json
+    from pathlib import Path
+    path = Path(out) / f"reference_{model}.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run benchmarks/bench_eigs.py --models {model} "
+                         "first (it computes and caches the float64 reference).")
+    return np.asarray(json.loads(path.read_text())["values"])
 
 
 def block(x):

@@ -47,15 +47,11 @@ def main(argv=None):
     import torch
     import hessian_tools as ht
     from hessian_tools.examples import digits
-    from _jax_extras import FlatOperator, block
+    from _jax_extras import FlatOperator, block, cached_eig_reference
     from _peers import run_pyhessian, run_pyhessian_matched
     from _torch_twins import build_twin, torch_data
 
-    ref_path = Path(args.out) / f"reference_{args.model}.json"
-    if not ref_path.exists():
-        raise SystemExit(f"{ref_path} is missing: run benchmarks/bench_eigs.py --models "
-                         f"{args.model} first (it computes and caches the float64 reference).")
-    ref = np.asarray(json.loads(ref_path.read_text())["values"])[:args.k]
+    ref = cached_eig_reference(args.out, args.model)[:args.k]
     obj = digits.digits_objective(args.model, dtype=jnp.float64)
     twin = build_twin(digits.CONFIGS[args.model], obj.params)
     twin.model.double()

@@ -32,12 +32,9 @@ def main(argv=None):
     import numpy as np
     import hessian_tools as ht
     from hessian_tools.examples import digits
+    from _jax_extras import cached_eig_reference
 
-    ref_path = Path(args.out) / f"reference_{args.model}.json"
-    if not ref_path.exists():
-        raise SystemExit(f"{ref_path} is missing: run benchmarks/bench_eigs.py --models "
-                         f"{args.model} first (it computes and caches the float64 reference).")
-    ref = np.asarray(json.loads(ref_path.read_text())["values"])
+    ref = cached_eig_reference(args.out, args.model)
     obj = digits.digits_objective(args.model)
     rows = []
     for token in args.chunk_sizes.split(","):
