@@ -52,16 +52,17 @@ def _pyhessian_module():
     return importlib.import_module("pyhessian.hessian")
 
 
-def pyhessian_hvp_fn(twin, tx, ty):
-    """One PyHessian HVP (retained graph) as a zero-argument callable, plus a cleanup."""
+def pyhessian_hvp_fn(twin, tx, ty, *, cuda=False):
+    """One PyHessian HVP (retained graph) as a zero-argument callable, plus a cleanup.
+    ``cuda``: the twin and the data are on the GPU."""
     ph = _pyhessian_module()
     twin.model.zero_grad(set_to_none=True)
-    hc = ph.hessian(twin.model, _CRITERION, data=(tx, ty), cuda=False)
+    hc = ph.hessian(twin.model, _CRITERION, data=(tx, ty), cuda=cuda)
     v = [torch.randn_like(p) for p in hc.params]
     return (lambda: ph.hessian_vector_product(hc.gradsH, hc.params, v)), hc
 
 
-def run_pyhessian(twin, tx, ty, flat_op, *, k, tol, seed=0, max_iter=100):
+def run_pyhessian(twin, tx, ty, flat_op, *, k, tol, seed=0, max_iter=100, cuda=False):
     """PyHessian's ``eigenvalues(top_n=k, tol=tol)``: timed from construction, HVPs counted."""
     ph = _pyhessian_module()
     counter = _Counter(ph.hessian_vector_product)
@@ -70,7 +71,7 @@ def run_pyhessian(twin, tx, ty, flat_op, *, k, tol, seed=0, max_iter=100):
     ph.hessian_vector_product = counter
     try:
         t0 = time.perf_counter()
-        hc = ph.hessian(twin.model, _CRITERION, data=(tx, ty), cuda=False)
+        hc = ph.hessian(twin.model, _CRITERION, data=(tx, ty), cuda=cuda)
         t_build = time.perf_counter() - t0
         values, vectors = hc.eigenvalues(maxIter=max_iter, tol=tol, top_n=k)
         seconds = time.perf_counter() - t0
@@ -86,7 +87,7 @@ def run_pyhessian(twin, tx, ty, flat_op, *, k, tol, seed=0, max_iter=100):
 
 
 def run_pyhessian_matched(twin, tx, ty, flat_op, scale, *, k, tol, seed=0,
-                          tols=(1e-4, 1e-5, 1e-6, 1e-7), max_iter=300):
+                          tols=(1e-4, 1e-5, 1e-6, 1e-7), max_iter=300, cuda=False):
     """PyHessian with its ``tol`` tightened until the explicit residual meets ``tol * scale``.
 
     PyHessian's own ``tol`` bounds the change of the eigenvalue estimate, not the residual;
@@ -94,7 +95,8 @@ def run_pyhessian_matched(twin, tx, ty, flat_op, scale, *, k, tol, seed=0,
     """
     tries = []
     for ph_tol in tols:
-        res = run_pyhessian(twin, tx, ty, flat_op, k=k, tol=ph_tol, seed=seed, max_iter=max_iter)
+        res = run_pyhessian(twin, tx, ty, flat_op, k=k, tol=ph_tol, seed=seed, max_iter=max_iter,
+                            cuda=cuda)
         rel = float(np.max(res["residuals"]) / scale)
         tries.append({"pyhessian_tol": ph_tol, "num_matvecs": res["num_matvecs"],
                       "time_s": res["time_s"], "max_rel_residual": rel})

@@ -245,7 +245,7 @@ def _pyhessian_module():
     return importlib.import_module("pyhessian.hessian")
 
 
-def _pyhessian_density(twin, tx, ty, args) -> dict:
+def _pyhessian_density(twin, tx, ty, args, *, cuda=False) -> dict:
     import numpy as np
     import torch
     ph = _pyhessian_module()
@@ -254,7 +254,7 @@ def _pyhessian_density(twin, tx, ty, args) -> dict:
     twin.model.zero_grad(set_to_none=True)
     with _CountingHVP(ph) as counter:
         t0 = time.perf_counter()
-        hc = ph.hessian(twin.model, torch.nn.CrossEntropyLoss(), data=(tx, ty), cuda=False)
+        hc = ph.hessian(twin.model, torch.nn.CrossEntropyLoss(), data=(tx, ty), cuda=cuda)
         nodes, weights = hc.density(iter=args.steps, n_v=args.probes)
         elapsed = time.perf_counter() - t0
     twin.model.zero_grad(set_to_none=True)
@@ -262,7 +262,7 @@ def _pyhessian_density(twin, tx, ty, args) -> dict:
             "nodes": np.asarray(nodes, np.float64), "weights": np.asarray(weights, np.float64)}
 
 
-def _pyhessian_trace(twin, tx, ty, *, max_iter, tol, seeds, reference) -> dict:
+def _pyhessian_trace(twin, tx, ty, *, max_iter, tol, seeds, reference, cuda=False) -> dict:
     """PyHessian's trace with torch seeds ``0 .. seeds-1``: the RMS error over them against
     the reference, and the median time (a sub-second call is at the mercy of the machine's
     noise). ``value``, ``stderr`` and ``num_matvecs`` are seed 0's."""
@@ -275,7 +275,7 @@ def _pyhessian_trace(twin, tx, ty, *, max_iter, tol, seeds, reference) -> dict:
         twin.model.zero_grad(set_to_none=True)
         with _CountingHVP(ph) as counter:
             t0 = time.perf_counter()
-            hc = ph.hessian(twin.model, torch.nn.CrossEntropyLoss(), data=(tx, ty), cuda=False)
+            hc = ph.hessian(twin.model, torch.nn.CrossEntropyLoss(), data=(tx, ty), cuda=cuda)
             samples = np.asarray(hc.trace(maxIter=max_iter, tol=tol), np.float64)
             times.append(time.perf_counter() - t0)
         values.append(float(np.mean(samples)))
