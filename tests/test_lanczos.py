@@ -105,6 +105,23 @@ def test_lanczos_tridiag_vmaps_over_start_vectors_and_handles_breakdown():
         assert np.all(np.isfinite(t))
 
 
+@pytest.mark.parametrize("size", [1e-15, 2e-15])
+def test_breakdown_is_judged_against_the_norm_of_the_matrix(size):
+    """A perturbation of rounding size (a GPU's float64 products left beta_3 = 6e-16 here)
+    must still read as breakdown when this step's alpha and beta are small next to
+    ||A|| = 2: else Lanczos goes on into the invariant subspace's complement and returns
+    second copies of 1 and 2 with weight (3 weighted nodes expected, 5 seen before)."""
+    a = np.diag(np.r_[2.0, 2.0, 1.0, 1.0, 0.0])
+    g = np.random.default_rng(0).normal(size=(5, 5))
+    e = a + size * (g + g.T) / np.linalg.norm(g + g.T, 2)
+    v0 = jax.random.normal(jax.random.key(0), (4, 5))
+    dec = jax.jit(jax.vmap(lambda v: lanczos_tridiag(lambda x: e @ x, v, num_iters=5)))(v0)
+    for i in range(4):
+        t = np.asarray(dec.tridiagonal.__func__(jax.tree.map(lambda x: x[i], dec)))
+        w, s = np.linalg.eigh(t)
+        np.testing.assert_allclose(np.sort(w[s[0] ** 2 > 1e-12]), [0.0, 1.0, 2.0], atol=1e-10)
+
+
 def test_power_iteration_matches_eigh():
     eigs = np.r_[9.0, 6.0, 3.0, np.linspace(-1, 1, 30)]
     a = spectrum_matrix(eigs, seed=3)

@@ -44,18 +44,22 @@ def _orthogonalize(w, *bases):
     return w
 
 
-def _lanczos_step(basis, locked, j, q, w, q_prev, beta_prev):
+def _lanczos_step(basis, locked, j, q, w, q_prev, beta_prev, scale=0.0):
     """Given ``w = A q_j``, orthogonalise it and append ``q_{j+1}`` as row ``j+1``.
 
     Returns ``(basis, q_next, alpha_j, beta_{j+1})``. ``q_next`` is zero on breakdown
     (``beta`` at rounding level), which leaves the rest of the tridiagonal matrix zero.
+    Rounding level is relative to ``max(|alpha_j| + beta_j, scale)``, ``scale`` an estimate
+    of ``||A||`` from the earlier steps: the remainder's rounding is of the size of ``||A||``
+    times machine epsilon, also when this step's own ``alpha`` and ``beta`` are small
+    (missed on a GPU at 6e-16, where ``alpha_j + beta_j`` was 0.24 and ``||A||`` 2).
     """
     alpha = tree.vdot(q, w)
     w = tree.sub(w, tree.add(tree.scale(alpha, q), tree.scale(beta_prev, q_prev)))
     w = _orthogonalize(w, basis, locked) if locked is not None else _orthogonalize(w, basis)
     beta = tree.norm(w)
     eps = jnp.finfo(beta.dtype).eps
-    tiny = beta <= 10 * eps * (jnp.abs(alpha) + beta_prev + eps)
+    tiny = beta <= 10 * eps * (jnp.maximum(jnp.abs(alpha) + beta_prev, scale) + eps)
     q_next = tree.scale(jnp.where(tiny, 0.0, 1.0 / jnp.where(tiny, 1.0, beta)), w)
     beta = jnp.where(tiny, 0.0, beta)
     basis = tree.basis_set(basis, jnp.minimum(j + 1, _rows(basis) - 1), q_next)
@@ -118,8 +122,9 @@ def lanczos_tridiag(matvec: Callable, v0, *, num_iters: int, keep_basis: bool = 
 
     def body(j, state):
         basis, q, q_prev, beta_prev, alphas, betas = state
+        scale = jnp.max(jnp.abs(alphas)) + 2 * jnp.max(betas)   # >= ||T_j|| (Gershgorin)
         basis, q_next, alpha, beta = _lanczos_step(basis, None, j, q, matvec(q), q_prev,
-                                                   beta_prev)
+                                                   beta_prev, scale)
         return basis, q_next, q, beta, alphas.at[j].set(alpha), betas.at[j].set(beta)
 
     init = (basis, q0, tree.zeros_like(q0), jnp.zeros((), real),
