@@ -70,7 +70,13 @@ def test_host_driven_form_matches_the_compiled_form():
     numpy_form = slq_quadrature_numpy(lambda q: q @ A.T, probes, num_steps=10, group_size=2)
     for rule in (host, numpy_form):
         np.testing.assert_allclose(rule.nodes, compiled.nodes, atol=1e-10)
-        np.testing.assert_allclose(rule.weights, compiled.weights, atol=1e-10)
+        # the same measures: the zero-weight nodes past breakdown are zeros, and may take the
+    # place of the true 0 in either order (seen on a GPU), so compare distribution functions
+    x = np.array([-0.5, 0.5, 1.5, 2.5])
+    for p in range(3):
+        np.testing.assert_allclose(gaussian_cdf(rule.nodes[p], rule.weights[p], x, 0.0),
+                                   gaussian_cdf(compiled.nodes[p], compiled.weights[p], x, 0.0),
+                                   atol=1e-10)
         np.testing.assert_allclose(rule.residuals, compiled.residuals, atol=1e-10)
 
 
@@ -113,7 +119,13 @@ def test_numpy_form_on_a_pytree_with_breakdown():
     for p in range(3):
         kept = rule.nodes[p][rule.weights[p] > 1e-12]
         np.testing.assert_allclose(np.sort(kept), [0.0, 1.0, 2.0], atol=1e-10)
-    np.testing.assert_allclose(rule.weights, compiled.weights, atol=1e-10)
+    # the same measures: the zero-weight nodes past breakdown are zeros, and may take the
+    # place of the true 0 in either order (seen on a GPU), so compare distribution functions
+    x = np.array([-0.5, 0.5, 1.5, 2.5])
+    for p in range(3):
+        np.testing.assert_allclose(gaussian_cdf(rule.nodes[p], rule.weights[p], x, 0.0),
+                                   gaussian_cdf(compiled.nodes[p], compiled.weights[p], x, 0.0),
+                                   atol=1e-10)
 
 
 def test_ritz_residuals_bound_the_distance_to_the_spectrum():

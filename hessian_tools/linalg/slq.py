@@ -293,11 +293,13 @@ def gaussian_cdf(nodes, weights, x, sigma: float) -> np.ndarray:
     nodes, w = _flat_measure(nodes, weights)
     x = np.asarray(x, np.float64)
     flat = x.reshape(-1, 1)
-    if sigma == 0:
-        vals = (nodes[None, :] <= flat).astype(np.float64) @ w
+    if sigma == 0:                   # cumulative sums: monotone in x, also in rounding
+        order = np.argsort(nodes, kind="stable")
+        cum = np.concatenate([[0.0], np.cumsum(w[order])])
+        vals = cum[np.searchsorted(nodes[order], flat[:, 0], side="right")]
     else:
         vals = ndtr((flat - nodes[None, :]) / sigma) @ w
-    return vals.reshape(x.shape)
+    return np.clip(vals, 0.0, 1.0).reshape(x.shape)
 
 
 def quadrature_count_bounds(nodes, weights, threshold: float, residuals=None):
