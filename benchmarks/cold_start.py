@@ -12,6 +12,7 @@ second process pays.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 
@@ -21,6 +22,8 @@ def main() -> None:
     parser.add_argument("--example", default="mlp-wide")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--cache", default=None, help="persistent compilation cache folder")
+    parser.add_argument("--precision", default="highest",
+                        help="the Objective's matmul precision ('none': JAX's global default)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     import jax
@@ -32,6 +35,7 @@ def main() -> None:
         ht.enable_compilation_cache(args.cache)
     t1 = time.perf_counter()
     obj = digits_objective(args.example)
+    obj = dataclasses.replace(obj, precision=None if args.precision == "none" else args.precision)
     t2 = time.perf_counter()
     compiles = []
     monitoring.register_event_duration_secs_listener(

@@ -14,9 +14,9 @@ float64 references that ``bench_eigs.py`` and ``bench_density.py`` cache in ``re
   later calls with other keys.
 * **Matmul precision.** On NVIDIA GPUs JAX computes float32 matrix products in TF32 by
   default (XLA's ``DEFAULT`` precision), while torch's float32 matmuls are full float32
-  (``allow_tf32`` off). Ours runs at each of ``--precisions`` (the environment variable
-  ``JAX_DEFAULT_MATMUL_PRECISION`` in the subprocess), so the table shows both the speed
-  and the accuracy each costs.
+  (``allow_tf32`` off). ``ht.Objective`` fixes ``precision="highest"`` unless told
+  otherwise; ours runs at each of ``--precisions`` (the objective's ``precision``), so the
+  table shows both the speed and the accuracy each costs.
 * **PyHessian** runs in this process, after an untimed warm-up HVP that pays CUDA's
   start-up. Its top-5 ``tol`` is tightened until its explicit residual meets ours (as in
   ``bench_eigs.py``); its density runs the same probes and steps; its trace runs its
@@ -29,6 +29,7 @@ finished) and prints one table with the ratios PyHessian / ours.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -54,13 +55,13 @@ def _worker(args) -> dict:
     import numpy as np
     import hessian_tools as ht
     from hessian_tools.examples import digits
-    obj = digits.digits_objective(args.model)
+    obj = dataclasses.replace(digits.digits_objective(args.model), precision=args.precision)
     jax.block_until_ready(obj.params)
     t0 = time.perf_counter()
     op = ht.hessian(obj)
     jax.block_until_ready(jax.tree.leaves(op.matvec_fn))
     build = time.perf_counter() - t0
-    out = {"build_s": build, "precision": jax.config.jax_default_matmul_precision,
+    out = {"build_s": build, "precision": obj.precision,
            "device": str(jax.devices()[0])}
     keys = range(1 + args.repeats)
     if args.task == "eigs":
@@ -91,9 +92,8 @@ def _ours(model, task, precision, args) -> dict:
            "--task", task, "--result-file", str(result), "--tol", str(args.tol),
            "--probes", str(args.probes), "--steps", str(args.steps),
            "--repeats", str(args.repeats), "--trace-seeds", str(args.trace_seeds)]
-    env = dict(os.environ, JAX_DEFAULT_MATMUL_PRECISION=precision)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
+    proc = subprocess.run(cmd + ["--precision", precision], stdout=sys.stderr, stderr=sys.stderr)
     if proc.returncode:
         return {"error": f"worker exited with {proc.returncode}"}
     res = json.loads(result.read_text())
@@ -330,6 +330,7 @@ def _parse(argv=None):
     p.add_argument("--quick", action="store_true", help="2 probes x 20 steps, 1 warm repeat, "
                    "2 trace seeds: a smoke run")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--precision", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--task", help=argparse.SUPPRESS)
     p.add_argument("--result-file", help=argparse.SUPPRESS)

@@ -66,7 +66,7 @@ def restrict_objective(obj: Objective, select) -> Objective:
     sub = {path: leaf for path, (_, leaf), c in zip(paths, flat, chosen) if c}
     predict = _RestrictedFn(obj.predict, embed) if obj.predict is not None else None
     return Objective(_RestrictedFn(obj.loss, embed), sub, obj.data, predict=predict,
-                     output_loss=obj.output_loss)
+                     output_loss=obj.output_loss, precision=obj.precision)
 
 
 del Static

@@ -348,4 +348,4 @@ def cast_objective(obj: Objective, dtype) -> Objective:
                       if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a)
     data = obj.data if obj.streaming else jax.tree.map(cast, obj.data)
     return Objective(obj.loss, jax.tree.map(cast, obj.params), data, predict=obj.predict,
-                     output_loss=obj.output_loss)
+                     output_loss=obj.output_loss, precision=obj.precision)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Objective", "Static", "BatchGroups"]
+__all__ = ["Objective", "Static", "BatchGroups", "WithPrecision"]
 
 
 @jax.tree_util.register_static
@@ -35,6 +35,35 @@ class Static:
 
     def __call__(self, *args, **kwargs):
         return self.fn(*args, **kwargs)
+
+
+_PRECISIONS = ("highest", "high", "default", "float32", "tensorfloat32", "bfloat16")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class WithPrecision:
+    """``fn`` traced under ``jax.default_matmul_precision(precision)``.
+
+    The precision is fixed on every matrix product and convolution as it is traced, and
+    their derivatives (JVPs and transposes) inherit it, so gradients, Hessian-vector
+    products and Gauss-Newton products of ``fn`` all compute at that precision. On CPUs
+    float32 products are float32 whatever the setting; on NVIDIA GPUs JAX's default
+    computes them in TF32 (about three decimal digits).
+    """
+
+    fn: Callable
+    precision: str = dataclasses.field(metadata=dict(static=True))
+
+    def __call__(self, *args, **kwargs):
+        with jax.default_matmul_precision(self.precision):
+            return self.fn(*args, **kwargs)
+
+
+def _with_precision(fn, precision):
+    if isinstance(fn, WithPrecision):
+        fn = fn.fn
+    return fn if fn is None or precision is None else WithPrecision(fn, precision)
 
 
 def _as_pytree_fn(fn):
@@ -202,10 +231,17 @@ class Objective:
       predict: optional ``predict(params, batch) -> outputs`` (e.g. logits).
       output_loss: optional ``output_loss(outputs, batch) -> scalar`` with
         ``loss(p, b) == output_loss(predict(p, b), b)``. Needed for the Gauss-Newton operator.
+      precision: the float32 matrix-product precision of everything computed from the loss
+        (gradients, curvature products), as in ``jax.default_matmul_precision``. The default
+        ``"highest"`` computes float32 products in float32. It changes nothing on CPUs; on
+        NVIDIA GPUs JAX would otherwise use TF32, whose rounding (about 1e-3 relative) puts
+        a floor under eigenvalue residuals near the default ``tol`` (measured on an H100:
+        top-5 errors of 1.3e-4 against 2.3e-5, see ``benchmarks/RESULTS_gpu.md``). Pass
+        ``"default"`` for TF32's speed, or ``None`` to follow JAX's global setting.
 
     Raises:
       ValueError: non-finite parameters (the leaf is named), empty data, inconsistent
-        batches, or a loss that does not return a scalar.
+        batches, a loss that does not return a scalar, or an unknown ``precision``.
       TypeError: a non-callable loss or integer parameters.
     """
 
@@ -214,13 +250,18 @@ class Objective:
     data: Any
     predict: Callable | None = None
     output_loss: Callable | None = None
+    precision: str | None = "highest"
 
     def __post_init__(self):
+        if self.precision is not None and self.precision not in _PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not a matmul precision; use one of "
+                             f"{_PRECISIONS} (or None for JAX's global default).")
         if self.loss is None and self.predict is not None and self.output_loss is not None:
             object.__setattr__(self, "loss", _ComposedLoss(_as_pytree_fn(self.predict),
                                                            _as_pytree_fn(self.output_loss)))
         for name in ("loss", "predict", "output_loss"):
-            object.__setattr__(self, name, _as_pytree_fn(getattr(self, name)))
+            object.__setattr__(self, name, _with_precision(_as_pytree_fn(getattr(self, name)),
+                                                           self.precision))
         if self.loss is None:
             raise TypeError("Objective needs a loss(params, batch) -> scalar, or both predict "
                             "and output_loss.")
@@ -316,7 +357,7 @@ class Objective:
 
     @classmethod
     def from_nnx(cls, model, loss_fn: Callable, data, *, inputs: Callable | None = None,
-                 wrt=None) -> "Objective":
+                 wrt=None, precision: str | None = "highest") -> "Objective":
         """An objective from a flax NNX model.
 
         Only ``nnx.Param`` variables (or the filter ``wrt``) are differentiated; other state
@@ -330,22 +371,26 @@ class Objective:
           data: see :class:`Objective`.
           inputs: picks the model input from a batch; default ``batch[0]`` for tuples and
             lists, ``batch["x"]`` (or ``"inputs"``, ``"image"``) for dicts, else the batch.
+          precision: see :class:`Objective`.
         """
         from flax import nnx
         model = nnx.clone(model)
         model.eval()
         graphdef, params, rest = nnx.split(model, wrt if wrt is not None else nnx.Param, ...)
         predict = _NNXPredict(graphdef, _as_pytree_fn(inputs or default_inputs), rest)
-        return cls(None, params, data, predict=predict, output_loss=loss_fn)
+        return cls(None, params, data, predict=predict, output_loss=loss_fn,
+                   precision=precision)
 
     @classmethod
     def from_linen(cls, module, variables, loss_fn: Callable, data, *,
-                   inputs: Callable | None = None, apply_kwargs: dict | None = None) -> "Objective":
+                   inputs: Callable | None = None, apply_kwargs: dict | None = None,
+                   precision: str | None = "highest") -> "Objective":
         """An objective from a flax linen module and its ``variables``.
 
         Only ``variables["params"]`` is differentiated; other collections (``batch_stats``)
         are held fixed. Pass ``apply_kwargs`` for eval-mode flags, e.g.
-        ``{"train": False}`` or ``{"deterministic": True}``.
+        ``{"train": False}`` or ``{"deterministic": True}``. ``precision``: see
+        :class:`Objective`.
         """
         if "params" not in variables:
             raise ValueError(f"variables has collections {list(variables)}; expected a "
@@ -353,7 +398,8 @@ class Objective:
         rest = {k: v for k, v in variables.items() if k != "params"}
         predict = _LinenPredict(Static(module.apply), _as_pytree_fn(inputs or default_inputs),
                                 tuple(sorted((apply_kwargs or {}).items())), rest)
-        return cls(None, variables["params"], data, predict=predict, output_loss=loss_fn)
+        return cls(None, variables["params"], data, predict=predict, output_loss=loss_fn,
+                   precision=precision)
 
 
 def default_inputs(batch):

@@ -1,5 +1,6 @@
 """Operators against exact dense references (float64)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -382,3 +383,39 @@ def test_the_linearisation_is_traced_once(monkeypatch):
     obj = _mlp_objective(n=37, widths=(5,))         # shapes no other test compiles
     ht.hessian(obj, linearize="auto")(_ones(obj.params))
     assert len(calls) == 1
+
+
+def _dot_precisions(fn, *args):
+    """The precision of every matrix product and convolution in ``fn``'s jaxpr."""
+    from hessian_tools.operators import _jaxpr_eqns
+    return [eqn.params["precision"] for eqn in _jaxpr_eqns(jax.make_jaxpr(fn)(*args))
+            if eqn.primitive.name in ("dot_general", "conv_general_dilated")]
+
+
+@pytest.mark.parametrize("build", ["hessian", "gauss_newton", "restricted", "cast"])
+def test_precision_reaches_every_product_of_the_curvature_operators(build):
+    """Objective(precision=...) fixes the precision of every dot in the traced products:
+    the forward pass, its JVP and the transposes of the backward pass. On GPUs the JAX
+    default would be TF32 (BENCHMARKS: RESULTS_gpu.md); on CPUs this is all one can test."""
+    from hessian_tools.batch import cast_objective
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    for precision, expected in (("highest", highest), (None, None)):
+        obj = dataclasses.replace(_mlp_objective(n=50), precision=precision)
+        if build == "restricted":
+            obj = obj.restrict("layers/1")
+        if build == "cast":
+            obj = cast_objective(obj, jnp.float32)
+        op = ht.gauss_newton(obj) if build == "gauss_newton" else ht.hessian(obj)
+        zeros = jax.tree.map(jnp.zeros_like, op.params_like)
+        seen = _dot_precisions(op.matvec_fn, zeros)
+        assert len(seen) >= (2 if build == "restricted" else 6), seen   # forward, JVP, transposes
+        assert all(p == expected for p in seen), (precision, seen)
+
+
+def test_precision_survives_with_params_and_rejects_unknown_values():
+    obj = dataclasses.replace(_mlp_objective(n=50), precision="default")
+    moved = obj.with_params(jax.tree.map(lambda a: a * 2, obj.params))
+    assert moved.precision == "default" and moved.loss == obj.loss
+    assert moved.loss.fn == _mlp_objective(n=50).loss.fn      # one wrapper level, not two
+    with pytest.raises(ValueError, match="not a matmul precision"):
+        dataclasses.replace(obj, precision="fp32")
