@@ -45,6 +45,7 @@ class AnalysisConfig:
     num_probes: int = 10
     num_steps: int = 80
     trace_matvecs: int = 60
+    precision: str | None = "highest"    # the objective's matmul precision (recorded)
 
 
 def _ends(config: AnalysisConfig) -> list:
@@ -137,7 +138,7 @@ def analyze(obj: Objective, config: AnalysisConfig, *, progress: bool = False,
     loss, grad = value_and_grad(obj)
     out = {"loss": float(loss), "grad_norm": float(tree.norm(grad)),
            "num_params": obj.num_params, "num_examples": obj.num_examples,
-           "dtype": str(H.dtype), "seed": config.seed}
+           "dtype": str(H.dtype), "precision": obj.precision, "seed": config.seed}
     for i, (which, k) in enumerate(_ends(config)):
         eig = eigenvalues(H, k=min(k, H.dim // (2 if which == "both" else 1)), which=which,
                           key=jax.random.fold_in(key, i), tol=config.tol, progress=progress)

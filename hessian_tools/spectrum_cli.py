@@ -51,6 +51,9 @@ def _common(p) -> None:
     p.add_argument("--trace", action="store_true", help="also estimate the trace (Hutch++)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="precision of the analysis")
+    p.add_argument("--precision", choices=["highest", "high", "default"], default=None,
+                   help="float32 matrix-product precision (default: the objective's own, "
+                   "'highest' unless --model set it; 'default' is JAX's, TF32 on NVIDIA GPUs)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the stochastic solvers")
     p.add_argument("--out", default="hessian_tools_out/spectrum", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="recompute and replace existing "
@@ -82,7 +85,17 @@ def _objective(args):
     else:
         raise UserError("say which model the checkpoints belong to: --model module:function, "
                         "or --example digits-mlp for the built-in one.")
+    if args.precision is not None:
+        obj = dataclasses.replace(obj, precision=args.precision)
     return cast_objective(obj, jnp.float64) if args.dtype == "float64" else obj
+
+
+def _config_and_objective(args):
+    """The analysis settings and the objective; the settings record its precision, so that a
+    result computed at another precision is not taken for this one's."""
+    config = _config(args)
+    obj = _objective(args)
+    return dataclasses.replace(config, precision=obj.precision), obj
 
 
 def _paths(args) -> list[Path]:
@@ -112,8 +125,7 @@ def _config(args):
 def run_spectrum(args) -> int:
     from hessian_tools.batch import BatchProgress, analyze, run_checkpoints, stored_result
     from hessian_tools.report import write_json
-    config = _config(args)
-    obj = _objective(args)
+    config, obj = _config_and_objective(args)
     out = Path(args.out)
     interactive = not (args.quiet or args.json) and sys.stderr.isatty()
     say = (lambda *a: None) if args.quiet or args.json else print
@@ -285,8 +297,7 @@ def run_compare(args) -> int:
     from hessian_tools.batch import run_checkpoints
     from hessian_tools.report import save_figure, write_json
     from hessian_tools.results import Eigenpairs
-    config = _config(args)
-    obj = _objective(args)
+    config, obj = _config_and_objective(args)
     out = Path(args.out)
     say = (lambda *a: None) if args.quiet or args.json else print
     paths = _paths(args)

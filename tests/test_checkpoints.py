@@ -225,6 +225,17 @@ def test_resume_refuses_a_result_computed_with_other_settings(obj, tmp_path, cap
     assert (out / "step_1.json").read_text() == before       # nothing overwritten
 
 
+def test_precision_is_applied_recorded_and_guards_resume(obj, tmp_path, capsys):
+    C.save_npz(tmp_path / "run" / "step_1.npz", obj.params)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "run"), *MODEL, "--top", "1", "--bottom", "0", "--out", str(out)]
+    assert _cli([*args, "--precision", "default"], capsys)[0] == 0
+    stored = json.loads((out / "step_1.json").read_text())
+    assert stored["config"]["precision"] == stored["result"]["precision"] == "default"
+    code, err = _cli(args, capsys)                     # the objective's own: highest
+    assert code == 1 and "precision: 'default' -> 'highest'" in err
+
+
 def test_reports_get_ordinary_file_permissions(tmp_path):
     from hessian_tools.report import write_json
     mask = os.umask(0o022)
