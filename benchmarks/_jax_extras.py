@@ -22,7 +22,8 @@ import numpy as np
 import hessian_tools as ht
 
 __all__ = ["noscan_hessian", "direct_grad_fn", "direct_hvp_fn", "FlatOperator", "timeit",
-           "oracle_steps", "block", "cached_eig_reference"]
+           "oracle_steps", "block", "cached_eig_reference", "weights_sha",
+           "package_fingerprint"]
 
 
 def cached_eig_reference(out, model: str) -> np.ndarray:
@@ -35,6 +36,27 @@ def cached_eig_reference(out, model: str) -> np.ndarray:
         raise SystemExit(f"{path} is missing: run benchmarks/bench_eigs.py --models {model} "
                          "first (it computes and caches the float64 reference).")
     return np.asarray(json.loads(path.read_text())["values"])
+
+
+def weights_sha(params) -> str:
+    """The first 16 hex digits of the SHA-256 of the float32 parameter leaves: the key under
+    which the float64 references in ``results/`` are cached."""
+    import hashlib
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def package_fingerprint() -> dict:
+    """Where hessian_tools was imported from and a hash of its sources (it is under edit)."""
+    import hashlib
+    from pathlib import Path
+    root = Path(ht.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.read_bytes())
+    return {"path": str(root), "sources_sha256": h.hexdigest()[:16]}
 
 
 def block(x):

@@ -42,7 +42,6 @@ by a hash of the weights).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -74,15 +73,6 @@ def _worker_reference(args) -> dict:
     return {"eigenvalues": eigs.tolist(), "time_s": time.perf_counter() - t0,
             "dtype": "float64", "method": "to_dense + eigvalsh",
             "weights_sha256": args.weights_sha256}
-
-
-def _weights_sha(params) -> str:
-    import jax
-    import numpy as np
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _reference(name, sha, out) -> dict:
@@ -298,12 +288,13 @@ def _w1_rel(nodes, weights, eigs):
 
 def bench_model(name, args) -> dict:
     import numpy as np
+    from _jax_extras import weights_sha
     from hessian_tools.linalg.slq import wasserstein1
     obj, twin, tx, ty, check = _setup(name)
     res = {"meta": _meta(name, obj, check, args)}
     exact = None
     if obj.num_params <= EXACT_MAX_PARAMS:
-        ref = _reference(name, _weights_sha(obj.params), args.out)
+        ref = _reference(name, weights_sha(obj.params), args.out)
         exact = np.asarray(ref["eigenvalues"])
         res["reference"] = {k: v for k, v in ref.items() if k != "eigenvalues"}
         res["reference"].update(trace=float(exact.sum()), lambda_max=float(exact[-1]),
@@ -339,7 +330,7 @@ def bench_model(name, args) -> dict:
     if exact is not None:
         reference = {"value": float(exact.sum()), "stderr": 0.0, "method": "exact"}
     else:
-        reference = _trace_reference(ours["op"], name, _weights_sha(obj.params), args.out)
+        reference = _trace_reference(ours["op"], name, weights_sha(obj.params), args.out)
     ref = reference["value"]
     ph_fixed = _pyhessian_trace(twin, tx, ty, max_iter=args.trace_probes, tol=0.0,
                                 seeds=args.trace_seeds, reference=ref)
@@ -400,11 +391,7 @@ def _meta(name, obj, check, args) -> dict:
     import jax
     import torch
     from importlib.metadata import version
-    import hessian_tools
-    root = Path(hessian_tools.__file__).parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.read_bytes())
+    from _jax_extras import package_fingerprint
     return {"model": name, "num_params": obj.num_params, "num_examples": obj.num_examples,
             "probes": args.probes, "steps": args.steps, "trace_probes": args.trace_probes,
             "warm_repeats": args.warm_repeats, "trace_seeds": args.trace_seeds,
@@ -416,7 +403,7 @@ def _meta(name, obj, check, args) -> dict:
                          "pyhessian": version("pyhessian")},
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "load_average_at_start": os.getloadavg(),
-            "hessian_tools_sources_sha256": h.hexdigest()[:16]}
+            "hessian_tools": package_fingerprint()}
 
 
 # ---- report -----------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -95,15 +94,6 @@ def _spawn(worker: str, **kwargs) -> dict:
 
 
 # ---- setup ------------------------------------------------------------------------------------
-
-def _weights_sha(params) -> str:
-    import jax
-    import numpy as np
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
-    return h.hexdigest()[:16]
-
 
 def _setup(name):
     import numpy as np
@@ -232,7 +222,7 @@ def _pyhessian_matched(name, k, twin, tx, ty, flat_op, scale, args):
 
 def _add_pyhessian_matched(name, args):
     """Add the matched-accuracy PyHessian rows to an existing result file."""
-    from _jax_extras import FlatOperator, noscan_hessian
+    from _jax_extras import FlatOperator, noscan_hessian, package_fingerprint
     path = Path(args.out) / f"bench_eigs_{name}.json"
     res = json.loads(path.read_text())
     obj, twin, tx, ty, _ = _setup(name)
@@ -244,7 +234,7 @@ def _add_pyhessian_matched(name, args):
         _add_accuracy(row["pyhessian_matched"], res["reference"], scale, k)
     res["targets"] = _targets(res)
     res["meta"]["pyhessian_matched_added"] = {"load_average": os.getloadavg(),
-                                              "hessian_tools": _package_fingerprint()}
+                                              "hessian_tools": package_fingerprint()}
     path.write_text(json.dumps(res, indent=1))
     return res
 
@@ -405,6 +395,7 @@ def _meta(name, obj, check, args):
     import jax
     import matfree
     import scipy
+    from _jax_extras import package_fingerprint
     import torch
     from importlib.metadata import version
     return {"model": name, "num_params": obj.num_params, "num_examples": obj.num_examples,
@@ -418,29 +409,19 @@ def _meta(name, obj, check, args):
                          "matfree": getattr(matfree, "__version__", version("matfree")),
                          "scipy": scipy.__version__},
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "load_average_at_start": os.getloadavg(), "hessian_tools": _package_fingerprint()}
-
-
-def _package_fingerprint() -> dict:
-    """Where hessian_tools was imported from and a hash of its sources (it is under edit)."""
-    import hessian_tools
-    root = Path(hessian_tools.__file__).parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.read_bytes())
-    return {"path": str(root), "sources_sha256": h.hexdigest()[:16]}
+            "load_average_at_start": os.getloadavg(), "hessian_tools": package_fingerprint()}
 
 
 def bench_model(name, args) -> dict:
     import hessian_tools as ht
-    from _jax_extras import FlatOperator, noscan_hessian
+    from _jax_extras import FlatOperator, noscan_hessian, weights_sha
     obj, twin, tx, ty, check = _setup(name)
     ops = {"library": ht.hessian(obj), "library_jvp": ht.hessian(obj, linearize=False),
            "noscan": noscan_hessian(obj)}
     res = {"meta": _meta(name, obj, check, args)}
     print(f"[{name}] gradient and HVP timings ...", file=sys.stderr)
     res["hvp"] = _hvp_section(obj, twin, tx, ty, ops, args)
-    res["reference"] = _reference(name, args, _weights_sha(obj.params))
+    res["reference"] = _reference(name, args, weights_sha(obj.params))
     flat_op = FlatOperator(ops["noscan"])
     res["eigs"] = _eig_section(name, obj, twin, tx, ty, flat_op, res["reference"], args)
     print(f"[{name}] loop form ...", file=sys.stderr)

@@ -104,16 +104,6 @@ def _ours(model, task, precision, args) -> dict:
 
 # ---- references (cached by bench_eigs.py and bench_density.py) -----------------------------------
 
-def _weights_sha(params) -> str:
-    import hashlib
-    import jax
-    import numpy as np
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
-    return h.hexdigest()[:16]
-
-
 def _cached(name: str, sha: str):
     path = HERE / "results" / name
     if not path.exists():
@@ -207,13 +197,15 @@ def run(args) -> dict:
     import jax
     import numpy as np
     import torch
+    from _jax_extras import package_fingerprint, weights_sha
     device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device == "cuda"
     res = {"meta": {"jax": jax.__version__, "torch": torch.__version__,
                     "jax_device": str(jax.devices()[0]),
                     "torch_device": torch.cuda.get_device_name() if cuda else "cpu",
                     "cpu_count": os.cpu_count(), "precisions": args.precisions,
-                    "date": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)},
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args),
+                    "hessian_tools": package_fingerprint()},
            "rows": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +223,7 @@ def run(args) -> dict:
                 continue
             print(f"[{task} {name}] ...", file=sys.stderr, flush=True)
             obj, twin, tx, ty = _setup(name, device)
-            sha = _weights_sha(obj.params)
+            sha = weights_sha(obj.params)
             _pyhessian_warmup(twin, tx, ty, cuda)
             row = {"task": task, "model": name, "weights_sha256": sha}
             if task == "eigs":
