@@ -128,6 +128,26 @@ def test_numpy_form_on_a_pytree_with_breakdown():
                                    atol=1e-10)
 
 
+@pytest.mark.parametrize("form", ["compiled", "host", "numpy"])
+def test_every_form_detects_breakdown_under_rounding_sized_noise(form):
+    """A perturbation of 2e-15 (rounding, as a GPU's float64 products give) must read as
+    breakdown in all three SLQ forms, judged against ||A|| = 2 and not this step's small
+    alpha + beta: else the later nodes are second copies of 1 and 2 that carry weight."""
+    a = np.diag(np.r_[2.0, 2.0, 1.0, 1.0, 0.0])
+    g = np.random.default_rng(0).normal(size=(5, 5))
+    e = jnp.asarray(a + 2e-15 * (g + g.T) / np.linalg.norm(g + g.T, 2))
+    probes = jax.random.normal(jax.random.key(0), (4, 5))
+    if form == "compiled":
+        rule = slq_quadrature(lambda x: e @ x, probes, num_steps=5)
+    elif form == "host":
+        rule = slq_quadrature_host(lambda rows: rows @ e, probes, num_steps=5)
+    else:
+        rule = slq_quadrature_numpy(lambda rows: rows @ e, probes, num_steps=5)
+    for p in range(4):
+        kept = np.asarray(rule.nodes[p])[np.asarray(rule.weights[p]) > 1e-12]
+        np.testing.assert_allclose(np.sort(kept), [0.0, 1.0, 2.0], atol=1e-10)
+
+
 def test_ritz_residuals_bound_the_distance_to_the_spectrum():
     probes = random_probes(jax.random.key(4), jnp.zeros(N), 2)
     rule = jax.jit(lambda p: slq_quadrature(MATVEC, p, num_steps=15))(probes)

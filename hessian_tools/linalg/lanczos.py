@@ -146,12 +146,14 @@ def lanczos_tridiag(matvec: Callable, v0, *, num_iters: int, keep_basis: bool = 
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _project_step(basis, locked, j, w):
+def _project_step(basis, locked, j, w, norm_est):
     """Orthogonalise ``w = A q_j`` against the basis (CGS2) and append it as row ``j + 1``.
 
     Returns ``(basis, q_next, h, beta)`` where ``h = V (A q_j)`` is column ``j`` of the
     projected matrix ``V A V^T`` (full reorthogonalisation gives it for free) and ``beta``
-    the norm of the remainder. On breakdown ``q_next`` is zero.
+    the norm of the remainder. On breakdown (``beta`` at rounding level relative to
+    ``max(max|h| + beta, norm_est)``, ``norm_est`` the solver's estimate of ``||A||``)
+    ``q_next`` is zero.
     """
     h = tree.basis_dot(basis, w)
     w = tree.sub(w, tree.basis_combine(h, basis))
@@ -159,7 +161,7 @@ def _project_step(basis, locked, j, w):
     h2 = tree.basis_dot(basis, w)
     w = _orthogonalize(tree.sub(w, tree.basis_combine(h2, basis)), locked)
     beta = tree.norm(w)
-    scale = jnp.max(jnp.abs(h)) + beta
+    scale = jnp.maximum(jnp.max(jnp.abs(h)) + beta, norm_est)
     tiny = beta <= 100 * jnp.finfo(beta.dtype).eps * scale
     q_next = tree.scale(jnp.where(tiny, 0.0, 1.0 / jnp.where(tiny, 1.0, beta)), w)
     basis = tree.basis_set(basis, j + 1, q_next)
@@ -235,8 +237,8 @@ class _DeviceBasis:
         v = tree.host_normal_like(rng, self.like)
         return _start_basis(v, hint, locked, rows)
 
-    def project(self, basis, locked, num_locked, j, w):
-        return _project_step(basis, locked, j, w)
+    def project(self, basis, locked, num_locked, j, w, norm_est=0.0):
+        return _project_step(basis, locked, j, w, float(norm_est))
 
     def restart(self, basis, coeffs, q_next):
         return _restart_basis(basis, jnp.asarray(coeffs), q_next)
@@ -298,14 +300,15 @@ class _HostBasis:
         basis[0] = q
         return basis, q
 
-    def project(self, basis, locked, num_locked, j, w):
+    def project(self, basis, locked, num_locked, j, w, norm_est=0.0):
         filled, locked = basis[:j + 1], locked[:num_locked]
         h = filled @ w
         w = self._orthogonalize(w - h @ filled, locked)
         h2 = filled @ w
         w = self._orthogonalize(w - h2 @ filled, locked)
         beta = self._norm(w)
-        tiny = beta <= 100 * np.finfo(self.dtype).eps * (float(np.max(np.abs(h))) + beta)
+        tiny = beta <= 100 * np.finfo(self.dtype).eps * max(float(np.max(np.abs(h))) + beta,
+                                                             norm_est)
         q_next = np.zeros_like(w) if tiny else (w / beta).astype(self.dtype)
         basis[j + 1] = q_next
         return basis, q_next, h + h2, 0.0 if tiny else beta
@@ -546,7 +549,8 @@ def _krylov_schur(matvec, rng, hint, lock, *, m_max, budget, want, tol, scale, c
         w = ops.from_product(matvec(ops.vector(run.q)))
         if run.prods is not None:
             run.prods = ops.set_row(run.prods, run.j, w)
-        run.basis, run.q, h, beta = ops.project(run.basis, lock.buffer, len(lock), run.j, w)
+        run.basis, run.q, h, beta = ops.project(run.basis, lock.buffer, len(lock), run.j, w,
+                                                scale)      # ||A|| as far as seen
         pending.append((run.j, h, beta))
         run.j += 1
         steps += 1

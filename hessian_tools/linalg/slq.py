@@ -101,9 +101,9 @@ def slq_quadrature(matvec: Callable, probes, *, num_steps: int,
 # ---- the host-driven form (streamed data, or a matvec that is slow inside a loop) -------
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _host_step(basis, j, q, w, q_prev, beta_prev):
-    step = jax.vmap(_lanczos_step, in_axes=(0, None, None, 0, 0, 0, 0))
-    return step(basis, None, j, q, w, q_prev, beta_prev)
+def _host_step(basis, j, q, w, q_prev, beta_prev, scale):
+    step = jax.vmap(_lanczos_step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
+    return step(basis, None, j, q, w, q_prev, beta_prev, scale)
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))
@@ -141,12 +141,15 @@ def slq_quadrature_host(apply_rows: Callable, probes, *, num_steps: int) -> SLQQ
     dtype = jnp.finfo(jnp.result_type(*jax.tree.leaves(probes))).dtype
     q_prev, beta = tree.zeros_like(q), jnp.zeros(num, dtype)
     alphas, betas = [], []
+    top_alpha, top_beta = jnp.zeros(num, dtype), jnp.zeros(num, dtype)
     for j in range(num_steps):
         w = apply_rows(q)
-        basis, q_next, alpha, beta = _host_step(basis, jnp.asarray(j), q, w, q_prev, beta)
+        basis, q_next, alpha, beta = _host_step(basis, jnp.asarray(j), q, w, q_prev, beta,
+                                                top_alpha + 2 * top_beta)   # >= ||T_j||
         q_prev, q = q, q_next
         alphas.append(alpha)
         betas.append(beta)
+        top_alpha, top_beta = jnp.maximum(top_alpha, jnp.abs(alpha)), jnp.maximum(top_beta, beta)
     return _host_rules(jnp.stack(alphas, axis=1), jnp.stack(betas, axis=1))
 
 
@@ -236,6 +239,10 @@ def _lanczos_rows(dtype, start, num_steps):
     q_prev, beta_prev = np.zeros_like(basis[:, 0]), np.zeros(num)
     alphas, betas = np.zeros((num, num_steps)), np.zeros((num, num_steps))
     for j in range(num_steps):
+        # breakdown is rounding level relative to ||A|| (>= ||T_j||, Gershgorin), as in
+        # _lanczos_step: this step's own alpha and beta can be far smaller
+        scale = np.max(np.abs(alphas[:, :j]), axis=1, initial=0.0) + 2 * np.max(
+            betas[:, :j], axis=1, initial=0.0)
         q = basis[:, j]
         w = np.array((yield q), dtype)
         alpha = np.einsum("pn,pn->p", q, w)
@@ -245,7 +252,7 @@ def _lanczos_rows(dtype, start, num_steps):
             h = np.matmul(filled, w[:, :, None])
             w -= np.matmul(h.transpose(0, 2, 1), filled)[:, 0]
         beta = np.sqrt(np.einsum("pn,pn->p", w.astype(np.float64), w.astype(np.float64)))
-        tiny = beta <= 10 * eps * (np.abs(alpha) + beta_prev + eps)
+        tiny = beta <= 10 * eps * (np.maximum(np.abs(alpha) + beta_prev, scale) + eps)
         beta = np.where(tiny, 0.0, beta)
         basis[:, j + 1] = w * np.where(tiny, 0.0, 1.0 / np.where(tiny, 1.0, beta))[:, None]
         alphas[:, j], betas[:, j] = alpha, beta
