@@ -88,7 +88,9 @@ def saddle_free_direction(hvp: Callable, g, v0, *, krylov_dim: int, damping: flo
     coeffs = tree.basis_dot(basis, g)                         # Q g, (k,)
     scaled = jnp.abs(theta) + damping
     inv = 1.0 / jnp.maximum(scaled, jnp.finfo(theta.dtype).tiny)
-    inside = tree.basis_combine(s @ (inv * (s.T @ coeffs)), basis)
+    hi = jax.lax.Precision.HIGHEST
+    inside = tree.basis_combine(jnp.matmul(s, inv * jnp.matmul(s.T, coeffs, precision=hi),
+                                           precision=hi), basis)
     outside = tree.sub(g, tree.basis_combine(coeffs, basis))  # g - Q^T Q g
     lr_c = (1.0 / jnp.maximum(jnp.max(scaled), jnp.finfo(theta.dtype).tiny)
             if complement_learning_rate is None else complement_learning_rate)
