@@ -28,5 +28,8 @@ bench: $(STAMP)  ## peers for side-by-side benchmarks: torch 2.13.0 (CPU), PyHes
 	$(PY) -m pip install -q -e '.[dev,compare]'
 	$(PY) benchmarks/bench_eigs.py
 
+lint: $(STAMP)  ## pyflakes-level checks (undefined and unused names)
+	$(VENV)/bin/ruff check --select F hessian_tools tests benchmarks
+
 clean:
 	rm -rf $(VENV) hessian_tools_out .pytest_cache
