@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -159,10 +158,6 @@ def _pyhessian_eigs(obj, twin, tx, ty, ref, args, cuda):
 
 # ---- tables -------------------------------------------------------------------------------------
 
-def _rms(values, reference):
-    return math.sqrt(statistics.fmean((v - reference) ** 2 for v in values))
-
-
 def _ours_row(res, *, accuracy):
     if "error" in res:
         return {"error": res["error"]}
@@ -246,7 +241,7 @@ def run(args) -> dict:
                                     "accuracy": accuracy([{"nodes": ph["nodes"],
                                                            "weights": ph["weights"]}])}
             else:
-                from bench_density import _pyhessian_trace
+                from bench_density import _pyhessian_trace, _rms_error
                 ref = _cached(f"reference_density_{name}.json", sha)
                 exact = None if ref is None else float(np.sum(ref["eigenvalues"]))
                 if exact is None:
@@ -267,7 +262,7 @@ def run(args) -> dict:
                     for i, (method, runs) in enumerate(ours.get("runs", {}).items()):
                         r = row[f"ours {method} {precision}"] = _ours_row(
                             {**ours, "runs": runs},
-                            accuracy=lambda rs: None if exact is None else _rms(
+                            accuracy=lambda rs: None if exact is None else _rms_error(
                                 [r["value"] for r in rs], exact))
                         if i:
                             r["cold_s"] = None
