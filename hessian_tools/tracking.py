@@ -53,6 +53,7 @@ import optax
 
 from hessian_tools import tree
 from hessian_tools.linalg import lanczos_tridiag
+from hessian_tools.linalg.lanczos import _combine, _orthogonalize, _project_step, _take_rows
 from hessian_tools.objective import Objective, _as_pytree_fn, group_batches
 from hessian_tools.operators import CurvatureOperator, _mean_grad, hessian, value_and_grad
 
@@ -434,35 +435,11 @@ class _ScaledMatvec:
         return mul(self.d, self.inner(mul(self.d, v)))
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _lanczos_step(basis, j, w):
-    """Given ``w = A q_j``: orthogonalise it against the whole basis (classical Gram-Schmidt
-    twice) and store the normalised remainder as row ``j + 1``.
-
-    Returns ``(basis, q_{j+1}, h, beta)`` with ``h = V (A q_j)`` (column ``j`` of the
-    projected matrix ``V A V^T``: tridiagonal in a plain run, an arrowhead after a thick
-    restart) and ``beta`` the remainder's norm; on breakdown (``beta`` at rounding level)
-    ``q_{j+1}`` is zero and ``beta`` is 0. Zero rows of the buffer contribute nothing.
-
-    The product is computed separately (one compiled call per operator): this step is
-    compiled once per basis size and the HVP once, not once per combination.
-    """
-    h = tree.basis_dot(basis, w)
-    w = tree.sub(w, tree.basis_combine(h, basis))
-    h2 = tree.basis_dot(basis, w)
-    w = tree.sub(w, tree.basis_combine(h2, basis))
-    beta = tree.norm(w)
-    tiny = beta <= 100 * jnp.finfo(beta.dtype).eps * (jnp.max(jnp.abs(h)) + beta)
-    q_next = tree.scale(jnp.where(tiny, 0.0, 1.0 / jnp.where(tiny, 1.0, beta)), w)
-    basis = tree.basis_set(basis, j + 1, q_next)
-    return basis, q_next, h + h2, jnp.where(tiny, 0.0, beta)
-
 
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _fill_row(basis, j, z):
     """Store ``z``, orthonormalised against the basis, as row ``j`` (after a breakdown)."""
-    for _ in range(2):
-        z = tree.sub(z, tree.basis_combine(tree.basis_dot(basis, z), basis))
+    z = _orthogonalize(z, basis)
     z = tree.scale(1.0 / tree.norm(z), z)
     return tree.basis_set(basis, j, z), z
 
@@ -511,10 +488,6 @@ def _warm_start(warm, weights):
     return tree.basis_combine(weights, warm)
 
 
-@jax.jit
-def _combine_rows(coeffs, basis):
-    return tree.basis_combine(coeffs, basis)
-
 
 def _wanted(m: int, k_top: int, k_bottom: int) -> list:
     top = list(range(m - 1, max(m - 1 - k_top, -1), -1))
@@ -557,7 +530,7 @@ def _krylov(apply, start, *, k_top, k_bottom, num_guard, tol, guard_tol, krylov_
         if j + 1 >= cap and cap < rows:
             cap = min(rows, 2 * cap)
             basis = _grow_basis(basis, cap)
-        basis, q, h, beta = _lanczos_step(basis, np.int32(j), apply(q))
+        basis, q, h, beta = _project_step(basis, None, np.int32(j), apply(q), scale)
         h, beta = np.asarray(h, np.float64), float(beta)
         proj[:j + 1, j] = proj[j, :j + 1] = h[:j + 1]
         j, used = j + 1, used + 1
@@ -575,7 +548,7 @@ def _krylov(apply, start, *, k_top, k_bottom, num_guard, tol, guard_tol, krylov_
             basis, q = _fill_row(basis, np.int32(j), fresh())
     coeffs = np.zeros((cap, len(idx)))
     coeffs[:j] = s[:, idx]
-    vectors = _combine_rows(jnp.asarray(coeffs, _real_dtype(basis)), basis)
+    vectors = _combine(jnp.asarray(coeffs, _real_dtype(basis)), basis)
     wanted = list(range(k_top)) + list(range(n_top, len(idx)))
     return _Krylov(theta[idx][wanted], res[idx][wanted],
                    _take_rows(vectors, jnp.asarray(wanted, jnp.int32)), vectors, used,
@@ -596,10 +569,6 @@ def _thick_restart(basis, q, proj, theta, s, beta, m, n_top, k_bottom):
     proj[n, :n] = proj[:n, n] = beta * s[m - 1, keep]
     return basis, n
 
-
-@jax.jit
-def _take_rows(basis, rows):
-    return jax.tree.map(lambda b: b[rows], basis)
 
 
 def _real_dtype(basis):

@@ -261,8 +261,8 @@ def test_tracker_compiles_once_and_never_retraces():
     tracker = ht.SharpnessTracker(
         loss, data, every=1, key=jax.random.key(0), k=2,
         quantities=("lambda_max", "top_k", "trace", "grad_overlap", "loss"))
-    funcs = [tracking._lanczos_step, tracking._apply, tracking._warm_start, tracking._random_start,
-             tracking._init_basis, tracking._combine_rows, tracking._overlap]
+    funcs = [tracking._project_step, tracking._apply, tracking._warm_start,
+             tracking._random_start, tracking._init_basis, tracking._combine, tracking._overlap]
     shifted = lambda i: jax.tree.map(lambda a: a * (1 + 1e-3 * i), params)
     for i in range(2):
         tracker.update(i, shifted(i))

@@ -36,15 +36,17 @@ __all__ = ["LanczosDecomposition", "lanczos_tridiag", "lanczos_eigs", "LanczosEi
 def _orthogonalize(w, *bases):
     """Classical Gram-Schmidt twice ("CGS2") of ``w`` against every row of every basis.
 
-    Zero rows contribute nothing, so partially filled buffers need no mask.
+    Zero rows contribute nothing, so partially filled buffers need no mask; a ``None`` basis
+    (no locked vectors) is skipped.
     """
     for _ in range(2):
         for basis in bases:
-            w = tree.sub(w, tree.basis_combine(tree.basis_dot(basis, w), basis))
+            if basis is not None:
+                w = tree.sub(w, tree.basis_combine(tree.basis_dot(basis, w), basis))
     return w
 
 
-def _lanczos_step(basis, locked, j, q, w, q_prev, beta_prev, scale=0.0):
+def _lanczos_step(basis, locked, j, q, w, q_prev, beta_prev, scale):
     """Given ``w = A q_j``, orthogonalise it and append ``q_{j+1}`` as row ``j+1``.
 
     Returns ``(basis, q_next, alpha_j, beta_{j+1})``. ``q_next`` is zero on breakdown
@@ -56,7 +58,7 @@ def _lanczos_step(basis, locked, j, q, w, q_prev, beta_prev, scale=0.0):
     """
     alpha = tree.vdot(q, w)
     w = tree.sub(w, tree.add(tree.scale(alpha, q), tree.scale(beta_prev, q_prev)))
-    w = _orthogonalize(w, basis, locked) if locked is not None else _orthogonalize(w, basis)
+    w = _orthogonalize(w, basis, locked)
     beta = tree.norm(w)
     eps = jnp.finfo(beta.dtype).eps
     tiny = beta <= 10 * eps * (jnp.maximum(jnp.abs(alpha) + beta_prev, scale) + eps)
@@ -237,7 +239,7 @@ class _DeviceBasis:
         v = tree.host_normal_like(rng, self.like)
         return _start_basis(v, hint, locked, rows)
 
-    def project(self, basis, locked, num_locked, j, w, norm_est=0.0):
+    def project(self, basis, locked, num_locked, j, w, norm_est):
         return _project_step(basis, locked, j, w, float(norm_est))
 
     def restart(self, basis, coeffs, q_next):
@@ -300,7 +302,7 @@ class _HostBasis:
         basis[0] = q
         return basis, q
 
-    def project(self, basis, locked, num_locked, j, w, norm_est=0.0):
+    def project(self, basis, locked, num_locked, j, w, norm_est):
         filled, locked = basis[:j + 1], locked[:num_locked]
         h = filled @ w
         w = self._orthogonalize(w - h @ filled, locked)

@@ -239,10 +239,10 @@ def _lanczos_rows(dtype, start, num_steps):
     q_prev, beta_prev = np.zeros_like(basis[:, 0]), np.zeros(num)
     alphas, betas = np.zeros((num, num_steps)), np.zeros((num, num_steps))
     for j in range(num_steps):
-        # breakdown is rounding level relative to ||A|| (>= ||T_j||, Gershgorin), as in
-        # _lanczos_step: this step's own alpha and beta can be far smaller
-        scale = np.max(np.abs(alphas[:, :j]), axis=1, initial=0.0) + 2 * np.max(
-            betas[:, :j], axis=1, initial=0.0)
+        # breakdown is rounding level relative to ||A|| (>= ||T_j||, Gershgorin; the rows
+        # not yet filled are zero), as in lanczos_tridiag: this step's alpha + beta can be
+        # far smaller
+        scale = np.max(np.abs(alphas), axis=1) + 2 * np.max(betas, axis=1)
         q = basis[:, j]
         w = np.array((yield q), dtype)
         alpha = np.einsum("pn,pn->p", q, w)
