@@ -94,17 +94,21 @@ def _reference(name, sha, out) -> dict:
 
 # ---- setup ------------------------------------------------------------------------------------
 
-def _setup(name):
+def _setup(name, *, device="cpu", loss_tol=1e-5):
+    """The objective, its torch twin on ``device`` with the data there, and the loss check
+    (the two losses must agree to ``loss_tol``)."""
     import torch
     from hessian_tools.examples import digits
     from _torch_twins import build_twin, torch_data
     obj = digits.digits_objective(name)
     twin = build_twin(digits.CONFIGS[name], obj.params)
+    twin.model.to(device)
     tx, ty = torch_data(*obj.data, image=digits.CONFIGS[name]["kind"] == "cnn")
+    tx, ty = tx.to(device), ty.to(device)
     with torch.no_grad():
         loss_t = float(torch.nn.functional.cross_entropy(twin.model(tx), ty))
     loss_j = float(obj.value_and_grad()[0])
-    if not abs(loss_j - loss_t) <= 1e-5:
+    if not abs(loss_j - loss_t) <= loss_tol:
         raise RuntimeError(f"The torch twin does not match: loss {loss_j} vs {loss_t}")
     return obj, twin, tx, ty, {"loss_jax": loss_j, "loss_torch": loss_t}
 

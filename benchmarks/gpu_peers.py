@@ -113,22 +113,6 @@ def _cached(name: str, sha: str):
 
 # ---- PyHessian, in this process -----------------------------------------------------------------
 
-def _setup(name, device):
-    import torch
-    from hessian_tools.examples import digits
-    from _torch_twins import build_twin, torch_data
-    obj = digits.digits_objective(name)
-    twin = build_twin(digits.CONFIGS[name], obj.params)
-    twin.model.to(device)
-    tx, ty = torch_data(*obj.data, image=digits.CONFIGS[name]["kind"] == "cnn")
-    tx, ty = tx.to(device), ty.to(device)
-    with torch.no_grad():
-        loss_t = float(torch.nn.functional.cross_entropy(twin.model(tx), ty))
-    loss_j = float(obj.value_and_grad()[0])
-    if not abs(loss_j - loss_t) <= 1e-4:
-        raise RuntimeError(f"The torch twin does not match: loss {loss_j} vs {loss_t}")
-    return obj, twin, tx, ty
-
 
 def _sync():
     import torch
@@ -146,14 +130,12 @@ def _pyhessian_warmup(twin, tx, ty, cuda):
 
 
 def _pyhessian_eigs(obj, twin, tx, ty, ref, args, cuda):
-    import jax
     import hessian_tools as ht
     from _jax_extras import FlatOperator
     from _peers import run_pyhessian_matched
-    with jax.default_matmul_precision("highest"):       # residuals in full float32
-        flat_op = FlatOperator(ht.hessian(obj))
-        return run_pyhessian_matched(twin, tx, ty, flat_op, float(ref[0]), k=5, tol=args.tol,
-                                     cuda=cuda)
+    flat_op = FlatOperator(ht.hessian(obj))        # the objective computes at "highest"
+    return run_pyhessian_matched(twin, tx, ty, flat_op, float(ref[0]), k=5, tol=args.tol,
+                                 cuda=cuda)
 
 
 # ---- tables -------------------------------------------------------------------------------------
@@ -193,6 +175,7 @@ def run(args) -> dict:
     import numpy as np
     import torch
     from _jax_extras import package_fingerprint, weights_sha
+    from bench_density import _setup
     device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device == "cuda"
     res = {"meta": {"jax": jax.__version__, "torch": torch.__version__,
@@ -217,7 +200,7 @@ def run(args) -> dict:
             if name not in args.models.split(","):
                 continue
             print(f"[{task} {name}] ...", file=sys.stderr, flush=True)
-            obj, twin, tx, ty = _setup(name, device)
+            obj, twin, tx, ty, _ = _setup(name, device=device, loss_tol=1e-4)
             sha = weights_sha(obj.params)
             _pyhessian_warmup(twin, tx, ty, cuda)
             row = {"task": task, "model": name, "weights_sha256": sha}
