@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import hessian_tools as ht
-from conftest import spectrum_matrix
+from conftest import rounding_perturbed_diag, spectrum_matrix
 from hessian_tools import spectrum
 from hessian_tools.linalg import lanczos_eigs, lanczos_tridiag, power_eigs
 
@@ -111,9 +111,7 @@ def test_breakdown_is_judged_against_the_norm_of_the_matrix(size):
     must still read as breakdown when this step's alpha and beta are small next to
     ||A|| = 2: else Lanczos goes on into the invariant subspace's complement and returns
     second copies of 1 and 2 with weight (3 weighted nodes expected, 5 seen before)."""
-    a = np.diag(np.r_[2.0, 2.0, 1.0, 1.0, 0.0])
-    g = np.random.default_rng(0).normal(size=(5, 5))
-    e = a + size * (g + g.T) / np.linalg.norm(g + g.T, 2)
+    e = rounding_perturbed_diag(size)
     v0 = jax.random.normal(jax.random.key(0), (4, 5))
     dec = jax.jit(jax.vmap(lambda v: lanczos_tridiag(lambda x: e @ x, v, num_iters=5)))(v0)
     for i in range(4):

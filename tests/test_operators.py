@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 import hessian_tools as ht
+from conftest import dot_precisions
 from hessian_tools.examples.digits import MLP, cross_entropy, load_digits_data
 
 
@@ -385,13 +386,6 @@ def test_the_linearisation_is_traced_once(monkeypatch):
     assert len(calls) == 1
 
 
-def _dot_precisions(fn, *args):
-    """The precision of every matrix product and convolution in ``fn``'s jaxpr."""
-    from hessian_tools.operators import _jaxpr_eqns
-    return [eqn.params["precision"] for eqn in _jaxpr_eqns(jax.make_jaxpr(fn)(*args))
-            if eqn.primitive.name in ("dot_general", "conv_general_dilated")]
-
-
 @pytest.mark.parametrize("build", ["hessian", "gauss_newton", "restricted", "cast"])
 def test_precision_reaches_every_product_of_the_curvature_operators(build):
     """Objective(precision=...) fixes the precision of every dot in the traced products:
@@ -407,7 +401,7 @@ def test_precision_reaches_every_product_of_the_curvature_operators(build):
             obj = cast_objective(obj, jnp.float32)
         op = ht.gauss_newton(obj) if build == "gauss_newton" else ht.hessian(obj)
         zeros = jax.tree.map(jnp.zeros_like, op.params_like)
-        seen = _dot_precisions(op.matvec_fn, zeros)
+        seen = dot_precisions(op.matvec_fn, zeros)
         assert len(seen) >= (2 if build == "restricted" else 6), seen   # forward, JVP, transposes
         assert all(p == expected for p in seen), (precision, seen)
 

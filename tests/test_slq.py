@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import spectrum_matrix
+from conftest import rounding_perturbed_diag, spectrum_matrix
 from hessian_tools.linalg import lanczos_tridiag
 from hessian_tools.linalg.slq import (gauss_quadrature, gaussian_cdf, gaussian_smoothing,
                                       quadrature_count_bounds, slq_quadrature,
@@ -133,9 +133,7 @@ def test_every_form_detects_breakdown_under_rounding_sized_noise(form):
     """A perturbation of 2e-15 (rounding, as a GPU's float64 products give) must read as
     breakdown in all three SLQ forms, judged against ||A|| = 2 and not this step's small
     alpha + beta: else the later nodes are second copies of 1 and 2 that carry weight."""
-    a = np.diag(np.r_[2.0, 2.0, 1.0, 1.0, 0.0])
-    g = np.random.default_rng(0).normal(size=(5, 5))
-    e = jnp.asarray(a + 2e-15 * (g + g.T) / np.linalg.norm(g + g.T, 2))
+    e = jnp.asarray(rounding_perturbed_diag(2e-15))
     probes = jax.random.normal(jax.random.key(0), (4, 5))
     if form == "compiled":
         rule = slq_quadrature(lambda x: e @ x, probes, num_steps=5)

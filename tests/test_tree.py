@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conftest import dot_precisions
 from hessian_tools import tree
 
 
@@ -46,13 +47,11 @@ def test_solver_algebra_and_dense_products_are_full_precision():
     would cap the basis's orthogonality near 1e-3 (benchmarks/RESULTS_gpu.md)."""
     import hessian_tools as ht
     from hessian_tools.linalg import lanczos_tridiag
-    from hessian_tools.operators import _jaxpr_eqns
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
     op = ht.from_dense(np.diag(np.arange(1.0, 7.0)).astype(np.float32))
     v0 = jnp.ones(6, jnp.float32)
     fns = [lambda v: lanczos_tridiag(op.matvec_fn, v, num_iters=3).alphas,
            lambda v: tree.basis_combine(jnp.ones((2, 3), v.dtype), jnp.stack([v, v]))]
     for fn in fns:
-        seen = [eqn.params["precision"] for eqn in _jaxpr_eqns(jax.make_jaxpr(fn)(v0))
-                if eqn.primitive.name == "dot_general"]
+        seen = dot_precisions(fn, v0)
         assert seen and all(p == highest for p in seen), seen
