@@ -22,7 +22,7 @@ import numpy as np
 import hessian_tools as ht
 
 __all__ = ["noscan_hessian", "direct_grad_fn", "direct_hvp_fn", "FlatOperator", "timeit",
-           "oracle_steps", "block", "cached_eig_reference", "weights_sha",
+           "oracle_steps", "block", "cached_eig_reference", "cached_trace_reference", "weights_sha",
            "package_fingerprint"]
 
 
@@ -36,6 +36,23 @@ def cached_eig_reference(out, model: str) -> np.ndarray:
         raise SystemExit(f"{path} is missing: run benchmarks/bench_eigs.py --models {model} "
                          "first (it computes and caches the float64 reference).")
     return np.asarray(json.loads(path.read_text())["values"])
+
+
+def cached_trace_reference(out, model: str, sha: str | None = None) -> float | None:
+    """The reference trace cached in ``<out>``: the exact one (the sum of the dense float64
+    spectrum in ``reference_density_<model>.json``) or else the Hutch++ reference in
+    ``reference_trace_<model>.json`` (both written by ``bench_density.py``). With ``sha``
+    only a file for those weights counts. None when there is none."""
+    import json
+    from pathlib import Path
+    for name, value in ((f"reference_density_{model}.json", lambda d: float(np.sum(d["eigenvalues"]))),
+                        (f"reference_trace_{model}.json", lambda d: float(d["value"]))):
+        path = Path(out) / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            if sha is None or data.get("weights_sha256") == sha:
+                return value(data)
+    return None
 
 
 def weights_sha(params) -> str:

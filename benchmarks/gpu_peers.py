@@ -225,11 +225,8 @@ def run(args) -> dict:
                                                            "weights": ph["weights"]}])}
             else:
                 from bench_density import _pyhessian_trace, _rms_error
-                ref = _cached(f"reference_density_{name}.json", sha)
-                exact = None if ref is None else float(np.sum(ref["eigenvalues"]))
-                if exact is None:
-                    tref = _cached(f"reference_trace_{name}.json", sha)
-                    exact = None if tref is None else tref["value"]
+                from _jax_extras import cached_trace_reference
+                exact = cached_trace_reference(HERE / "results", name, sha)
                 ph = _pyhessian_trace(twin, tx, ty, max_iter=100, tol=1e-3, seeds=args.trace_seeds,
                                       reference=exact if exact is not None else float("nan"),
                                       cuda=cuda)

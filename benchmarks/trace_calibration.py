@@ -26,13 +26,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def _reference(model: str, out: Path) -> float:
-    import numpy as np
-    dense = out / f"reference_density_{model}.json"
-    if dense.exists():
-        return float(np.sum(json.loads(dense.read_text())["eigenvalues"]))
-    cached = out / f"reference_trace_{model}.json"
-    if cached.exists():
-        return float(json.loads(cached.read_text())["value"])
+    from _jax_extras import cached_trace_reference
+    ref = cached_trace_reference(out, model)
+    if ref is not None:
+        return ref
     raise SystemExit(f"No reference trace for {model} in {out}: run benchmarks/bench_density.py "
                      f"--models {model} first.")
 
