@@ -19,11 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
-from hessian_tools.checkpoints import CheckpointError, load_checkpoint, match_params, step_of
+from hessian_tools.checkpoints import CheckpointError, restore, step_of
 from hessian_tools.objective import Objective
 from hessian_tools.operators import hessian, value_and_grad
 from hessian_tools.report import write_json
@@ -197,6 +196,9 @@ def import_target(spec: str, kwargs: dict | None = None, *, flag: str = "--model
             path = Path(module_name)
             if not path.is_file():
                 raise ModelTargetError(f"{flag}: file {path} does not exist.")
+            folder = str(path.resolve().parent)      # so that it can import its siblings
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
             mod_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[path.stem] = module
@@ -299,9 +301,12 @@ def _run_checkpoints(obj, paths, out, config, overwrite, bars, on_done, extra):
             rec.status = "skipped" if rec.error is None else "failed"
         else:
             try:
-                params = match_params(obj.params, load_checkpoint(path), source=str(path))
+                restored = restore(obj, path)
                 observer = bars.start(name) if bars is not None else None
-                rec.result = analyze(obj.with_params(params), config, on_matvec=observer)
+                rec.result = analyze(restored.objective, config, on_matvec=observer)
+                rec.result["restored"] = {"params_at": restored.params_at,
+                                          "state_at": restored.state_at,
+                                          "notes": list(restored.notes)}
                 write_json(target, {"checkpoint": str(path), "step": step_of(path),
                                     "config": dataclasses.asdict(config), "result": rec.result,
                                     **(extra or {})})
@@ -341,12 +346,3 @@ def _config_differences(stored: dict | None, config: AnalysisConfig) -> str:
     now = dataclasses.asdict(config)
     return ", ".join(f"{k}: {stored[k]!r} -> {v!r}" for k, v in now.items()
                      if k in stored and stored[k] != v)
-
-
-def cast_objective(obj: Objective, dtype) -> Objective:
-    """The objective with floating parameters and data cast to ``dtype``."""
-    cast = lambda a: (jnp.asarray(a).astype(dtype)
-                      if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a)
-    data = obj.data if obj.streaming else jax.tree.map(cast, obj.data)
-    return Objective(obj.loss, jax.tree.map(cast, obj.params), data, predict=obj.predict,
-                     output_loss=obj.output_loss, precision=obj.precision)

@@ -1,31 +1,51 @@
-"""Loading parameters safely: orbax, flax msgpack, ``.npz`` and safetensors. Never pickle.
+"""Loading checkpoints safely: orbax, flax msgpack, ``.npz`` and safetensors. Never pickle.
 
-Every reader returns a nested dict of numpy arrays; :func:`match_params` checks it against the
-model's parameter tree (naming the first mismatching leaf) and rebuilds the model's structure.
+:func:`load_checkpoint` reads a checkpoint as a nested dict of NumPy arrays, whatever wrote
+it: ``nnx.state(model)`` (whose leaves sit under a ``value`` key), ``nnx.to_pure_dict``,
+``nnx.split`` states, linen ``{"params", "batch_stats"}`` variables, orbax composite
+checkpoints holding the model next to the optimizer. :func:`restore` then finds the model's
+parameters *and* its state (BatchNorm statistics and other non-parameter variables) in it,
+checks them against the objective's trees (naming the first mismatching leaf), and returns
+the objective at that point. State the function depends on is never silently taken from
+the model instead of the checkpoint: missing state is an error that names it.
 Checkpoints are only ever opened for reading.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import io
 import re
-import struct
+import stat
 from pathlib import Path
 
+import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+import safetensors.numpy
 
-from hessian_tools.objective import _path_str, check_finite
+from hessian_tools import tree
+from hessian_tools.objective import Objective, check_finite
+from hessian_tools.report import atomic_write_bytes
 
-__all__ = ["CheckpointError", "load_checkpoint", "match_params", "find_checkpoints",
-           "checkpoint_format", "save_npz", "save_safetensors"]
+__all__ = ["CheckpointError", "Restored", "load_checkpoint", "restore", "match_params",
+           "find_checkpoints", "checkpoint_format", "step_of", "save_npz", "save_safetensors",
+           "save_msgpack", "save_orbax"]
 
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".bin", ".joblib"}
 FILE_FORMATS = {".npz": "npz", ".msgpack": "msgpack", ".safetensors": "safetensors"}
+_VALUE_KEYS = ("value", "raw_value")          # how nnx.Variable leaves are serialised
+_OPTIMIZER_WORDS = ("opt", "mu", "nu", "moment", "trace", "ema", "momentum", "inner_state")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model (message says why)."""
+
+
+def _is_orbax_dir(path: Path) -> bool:
+    return (path / "_METADATA").exists() or (path / "_CHECKPOINT_METADATA").exists()
 
 
 def checkpoint_format(path) -> str:
@@ -34,7 +54,7 @@ def checkpoint_format(path) -> str:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory.")
     if path.is_dir():
-        if (path / "_METADATA").exists() or (path / "_CHECKPOINT_METADATA").exists():
+        if _is_orbax_dir(path):
             return "orbax"
         raise CheckpointError(f"{path} is a directory but not an orbax checkpoint (no _METADATA).")
     suffix = path.suffix.lower()
@@ -47,7 +67,15 @@ def checkpoint_format(path) -> str:
     if suffix not in FILE_FORMATS:
         raise CheckpointError(f"{path}: unknown checkpoint format '{suffix}'. Supported: an orbax "
                               "directory, .msgpack (flax.serialization), .npz, .safetensors.")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise CheckpointError(f"{path} is not a regular file (a FIFO, socket or device); "
+                              "refusing to read it.")
     return FILE_FORMATS[suffix]
+
+
+def _orbax_items(path: Path) -> list[Path]:
+    """The item folders of a composite orbax checkpoint (``<step>/<item>/_METADATA``)."""
+    return sorted(p for p in path.iterdir() if p.is_dir() and _is_orbax_dir(p))
 
 
 def _nest(flat: dict, sep: str) -> dict:
@@ -69,45 +97,23 @@ def _read_npz(path: Path) -> dict:
 
 
 def _read_msgpack(path: Path) -> dict:
-    import flax.serialization
     return flax.serialization.msgpack_restore(path.read_bytes())
 
 
-_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
-                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-                       "U8": np.uint8, "BOOL": np.bool_}
-
-
 def _read_safetensors(path: Path) -> dict:
-    """The safetensors layout: u64 header size, a JSON header, then raw little-endian data."""
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise CheckpointError("file shorter than the 8-byte safetensors header.")
-    (size,) = struct.unpack("<Q", data[:8])
-    if 8 + size > len(data):
-        raise CheckpointError("header runs past the end of the file (truncated?).")
-    header = json.loads(data[8:8 + size])
-    header.pop("__metadata__", None)
-    body = memoryview(data)[8 + size:]
-    flat = {}
-    for name, info in header.items():
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise CheckpointError(f"tensor '{name}' has unsupported dtype {info['dtype']}.")
-        start, end = info["data_offsets"]
-        if end > len(body):
-            raise CheckpointError(f"tensor '{name}' runs past the end of the file (truncated?).")
-        arr = np.frombuffer(body[start:end], dtype=np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
-                            .newbyteorder("<"))
-        flat[name] = arr.reshape(info["shape"]).copy()
-    return _nest(flat, r"[/.]")
+    return _nest(safetensors.numpy.load_file(path), r"[/.]")
 
 
 def _read_orbax(path: Path) -> dict:
-    import orbax.checkpoint as ocp
-    if not (path / "_METADATA").exists():   # a CheckpointManager step: <step>/<item>/_METADATA
-        items = [p for p in path.iterdir() if p.is_dir() and (p / "_METADATA").exists()]
-        if len(items) == 1:
-            path = items[0]
+    if _is_orbax_dir(path) and (path / "_METADATA").exists():
+        return _restore_orbax(path)
+    items = _orbax_items(path)
+    if not items:
+        raise CheckpointError("no orbax item (no _METADATA) in this directory.")
+    return {item.name: _restore_orbax(item) for item in items}
+
+
+def _restore_orbax(path: Path) -> dict:
     restored = ocp.StandardCheckpointer().restore(path.resolve())
     return jax.tree.map(np.asarray, restored)
 
@@ -117,69 +123,189 @@ _READERS = {"npz": _read_npz, "msgpack": _read_msgpack, "safetensors": _read_saf
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint's parameters as a nested dict of numpy arrays (read-only access).
+    """Read a checkpoint as a nested dict of NumPy arrays (read-only access).
 
     Raises:
-      CheckpointError: missing path, pickle-based or unknown format, corrupt or truncated file.
+      CheckpointError: missing path, pickle-based or unknown format, a file that is not a
+        regular file, a corrupt or truncated file.
     """
     path = Path(path)
     fmt = checkpoint_format(path)
     try:
-        tree = _READERS[fmt](path)
+        loaded = _READERS[fmt](path)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     except Exception as err:  # noqa: BLE001  (every reader's own errors mean "corrupt")
         raise CheckpointError(f"{path}: cannot read it as {fmt} ({type(err).__name__}: "
                               f"{str(err)[:200]}). Is the file corrupt or truncated?") from None
-    if not isinstance(tree, dict) or not jax.tree.leaves(tree):
+    if not isinstance(loaded, dict) or not jax.tree.leaves(loaded):
         raise CheckpointError(f"{path}: the {fmt} checkpoint holds no arrays.")
-    return tree
+    return loaded
 
 
-def _flat_paths(tree) -> dict:
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+# ---- finding the model's parameters and state in a checkpoint -------------------------------
+
+def _flat(loaded) -> dict:
+    """``{"a/b/c": array}``, with the ``value`` key of serialised NNX variables dropped."""
+    out = {}
+    for path, leaf in tree.flat_paths(loaded).items():
+        parts = path.split("/")
+        if len(parts) > 1 and parts[-1] in _VALUE_KEYS:
+            path = "/".join(parts[:-1])
+        out[path] = leaf
+    return out
+
+
+def _rank(prefix: str) -> tuple:
+    """Prefer the model's own part over optimizer moments (which repeat the parameter tree),
+    then the shortest prefix."""
+    words = [w.lower() for w in prefix.split("/") if w]
+    optimizer = any(any(o in w for o in _OPTIMIZER_WORDS) for w in words)
+    return optimizer, len(words), prefix
+
+
+def _locate(flat: dict, want: dict, what: str, source: str) -> tuple[str, list[str]]:
+    """The prefix under which every path of ``want`` is found in ``flat`` (the best one), and
+    the other prefixes that would also have matched."""
+    first = next(iter(want))
+    prefixes = {k[:len(k) - len(first)] for k in flat
+                if k == first or k.endswith("/" + first)}
+    full = sorted((p for p in prefixes if all(p + w in flat for w in want)), key=_rank)
+    if full:
+        return full[0], full[1:]
+    best = max(prefixes, key=lambda p: sum(p + w in flat for w in want), default="")
+    missing = [w for w in want if best + w not in flat]
+    tops = sorted({k.split("/")[0] for k in flat})
+    raise CheckpointError(
+        f"{source}: {what} '{missing[0]}' (shape {np.shape(want[missing[0]])}) is missing from "
+        f"the checkpoint ({len(missing)} of {len(want)} missing). The checkpoint's top-level "
+        f"keys are {tops[:8]}{' ...' if len(tops) > 8 else ''}, with leaves such as "
+        f"{sorted(flat)[:4]}. Expected the {what}s of the model, e.g. {list(want)[:3]}: is "
+        "--model the right architecture, and was the whole model state saved?")
+
+
+def _take(flat: dict, want: dict, prefix: str, source: str, notes: list, what: str) -> dict:
+    """The arrays of ``want``'s paths (under ``prefix``), cast to the model's dtypes."""
+    out = {}
+    for path, leaf in want.items():
+        got = np.asarray(flat[prefix + path])
+        want_dtype = jnp.result_type(leaf)
+        if np.shape(got) != np.shape(leaf):
+            raise CheckpointError(f"{source}: {what} '{path}' has shape {np.shape(got)} in the checkpoint "
+                                  f"but {np.shape(leaf)} in the model.")
+        if jnp.issubdtype(want_dtype, jnp.floating) and not jnp.issubdtype(got.dtype, jnp.floating):
+            raise CheckpointError(f"{source}: {what} '{path}' has dtype {got.dtype} in the checkpoint; "
+                                  "the model's is floating point. Integer, boolean or complex "
+                                  "values are not parameters of this model.")
+        if jnp.issubdtype(got.dtype, jnp.floating) and \
+                jnp.finfo(got.dtype).bits < jnp.finfo(want_dtype).bits and not notes:
+            notes.append(f"{got.dtype} values upcast to {jnp.dtype(want_dtype)} for the analysis")
+        out[path] = jnp.asarray(got.astype(want_dtype))
+    return out
+
+
+def _rebuild(template, values: dict):
+    leaves_paths = jax.tree_util.tree_flatten_with_path(template)
+    paths = [tree.path_str(p) for p, _ in leaves_paths[0]]
+    return leaves_paths[1].unflatten([values[p] for p in paths])
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """Where :func:`restore` found the model in a checkpoint.
+
+    Attributes:
+      objective: the objective at the checkpoint's parameters (and state).
+      params_at: the checkpoint path prefix of the parameters (``""``: the top level).
+      state_at: the prefix of the model state (``None``: the model has no state to load).
+      notes: what was ignored or converted (optimizer moments, dtypes), for the user.
+    """
+
+    objective: Objective
+    params_at: str
+    state_at: str | None
+    notes: tuple = ()
+
+
+def restore(obj: Objective, path_or_tree, *, source: str | None = None) -> Restored:
+    """The objective at a checkpoint's parameters and model state.
+
+    The parameters are located in the checkpoint by their paths (``a/b/c``), at the top
+    level or under any prefix (``params/``, ``model/``, an orbax item); when the optimizer's
+    moments repeat the tree, the model's part is taken and the others are named in
+    ``notes``. The model state the loss depends on (:attr:`Objective.required_state`:
+    BatchNorm statistics, other non-parameter variables) is located the same way and must
+    be present.
+
+    Args:
+      obj: the objective of the model the checkpoint belongs to.
+      path_or_tree: a checkpoint path (any format :func:`load_checkpoint` reads) or an
+        already loaded nested dict.
+      source: the name used in messages (default: the path).
+
+    Returns:
+      A :class:`Restored` (``.objective`` is the objective at the checkpoint).
+
+    Raises:
+      CheckpointError: a missing parameter or state leaf (named, with what was found), a
+        shape mismatch, integer or complex values, or non-finite values.
+    """
+    if isinstance(path_or_tree, dict):
+        loaded, source = path_or_tree, source or "checkpoint"
+    else:
+        loaded, source = load_checkpoint(path_or_tree), source or str(path_or_tree)
+    flat, notes = _flat(loaded), []
+    want = tree.flat_paths(obj.params)
+    prefix, others = _locate(flat, want, "parameter", source)
+    if others:
+        notes.append(f"parameters read from '{prefix or '/'}'; the same tree under "
+                     f"{[o.rstrip('/') for o in others[:3]]} (optimizer moments) was ignored")
+    params = _rebuild(obj.params, _take(flat, want, prefix, source, notes, "parameter"))
+    _check_finite(params, source)
+    required = tree.flat_paths(obj.required_state) if obj.required_state is not None else {}
+    if not required:
+        return Restored(obj.with_params(params), prefix, None, tuple(notes))
+    state_prefix = _locate_state(flat, required, source)
+    values = {**tree.flat_paths(obj.state), **_take(flat, required, state_prefix, source, notes,
+                                                    "model state")}
+    state = _rebuild(obj.state, values)
+    _check_finite(state, source)
+    return Restored(obj.with_params(params, state=state), prefix, state_prefix, tuple(notes))
+
+
+def _locate_state(flat, required, source) -> str:
+    try:
+        return _locate(flat, required, "model state", source)[0]
+    except CheckpointError:
+        names = sorted(required)
+        raise CheckpointError(
+            f"{source}: the checkpoint holds the parameters but not the model state "
+            f"{names[:4]}{' ...' if len(names) > 4 else ''} (BatchNorm statistics or other "
+            "non-parameter variables). Analysing the model's own initial state instead would "
+            "analyse a different function. Save the whole state (nnx.state(model), or all of "
+            "linen's variables), or use bn_mode='batch' (--bn-mode batch) if the missing "
+            "state is BatchNorm statistics and batch statistics are what you want.") from None
+
+
+def _check_finite(x, source) -> None:
+    try:
+        check_finite(x)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{source}: {err}") from None
 
 
 def match_params(template, loaded: dict, *, source: str = "checkpoint"):
-    """The loaded arrays arranged like ``template`` (the model's parameter tree).
-
-    A checkpoint holding a full model state (a ``params`` collection, or extra entries such as
-    optimizer state) is accepted when the parameters are found under ``params`` or at the top.
-
-    Raises:
-      CheckpointError: a missing or extra leaf or a shape mismatch (the first one is named
-        with both shapes), or non-finite values (the leaf is named).
-    """
-    want = _flat_paths(template)
-    if isinstance(loaded, dict) and "params" in loaded and not any(k.startswith("params/")
-                                                                   for k in want):
-        candidate = _flat_paths(loaded["params"])
-        if set(want) <= set(candidate):
-            loaded = loaded["params"]
-    got = _flat_paths(loaded)
-    missing = [p for p in want if p not in got]
-    if missing:
-        raise CheckpointError(
-            f"{source}: parameter '{missing[0]}' (shape {np.shape(want[missing[0]])}) is missing "
-            f"from the checkpoint ({len(missing)} missing in all). The checkpoint has "
-            f"{sorted(got)[:6]}{' ...' if len(got) > 6 else ''}: is --model the right "
-            "architecture?")
-    for path, leaf in want.items():
-        if np.shape(got[path]) != np.shape(leaf):
-            raise CheckpointError(f"{source}: parameter '{path}' has shape "
-                                  f"{np.shape(got[path])} in the checkpoint but "
-                                  f"{np.shape(leaf)} in the model.")
-    extra = sorted(set(got) - set(want))
-    leaves = [np.asarray(got[p]).astype(np.asarray(want[p]).dtype) for p in want]
-    treedef = jax.tree.structure(template)
-    params = treedef.unflatten([jax.numpy.asarray(a) for a in leaves])
-    try:
-        check_finite(params)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{source}: {err}") from None
-    del extra  # extra entries (optimizer state, step counters) are ignored by design
+    """The parameters of ``template``'s tree found in a loaded checkpoint (see :func:`restore`,
+    which also loads the model state)."""
+    flat, notes = _flat(loaded), []
+    want = tree.flat_paths(template)
+    prefix, _ = _locate(flat, want, "parameter", source)
+    params = _rebuild(template, _take(flat, want, prefix, source, notes, "parameter"))
+    _check_finite(params, source)
     return params
 
+
+# ---- run directories ------------------------------------------------------------------------
 
 _STEP = re.compile(r"(\d+)(?!.*\d)")
 
@@ -207,9 +333,7 @@ def find_checkpoints(path) -> list[Path]:
             continue
         if entry.is_file() and entry.suffix.lower() in set(FILE_FORMATS) | PICKLE_SUFFIXES:
             found.append(entry)
-        elif entry.is_dir() and ((entry / "_METADATA").exists()
-                                 or (entry / "_CHECKPOINT_METADATA").exists()
-                                 or _STEP.search(entry.name)):
+        elif entry.is_dir() and (_is_orbax_dir(entry) or _STEP.search(entry.name)):
             found.append(entry)
     if not found:
         raise CheckpointError(f"{path}: no checkpoints found in this directory (looked for "
@@ -231,46 +355,30 @@ def step_of(path) -> int | None:
 # ---- writers (for tests, examples and users converting their checkpoints) -----------------
 
 def _flat_for_save(params) -> dict:
-    return {p: np.asarray(a) for p, a in _flat_paths(params).items()}
+    return {p: np.asarray(a) for p, a in tree.flat_paths(params).items()}
 
 
 def save_npz(path, params) -> Path:
     """Save a parameter pytree as ``.npz`` with ``a/b/c`` keys (no pickle)."""
-    from hessian_tools.report import atomic_write_bytes
-    import io
     buf = io.BytesIO()
     np.savez(buf, **_flat_for_save(params))
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def save_safetensors(path, params) -> Path:
-    """Save a parameter pytree in the safetensors layout (``a/b/c`` names)."""
-    from hessian_tools.report import atomic_write_bytes
-    names = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
-    header, chunks, offset = {}, [], 0
-    for name, arr in _flat_for_save(params).items():
-        arr = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"))
-        raw = arr.tobytes()
-        header[name] = {"dtype": names[arr.dtype.newbyteorder("=")], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    return atomic_write_bytes(path, struct.pack("<Q", len(head)) + head + b"".join(chunks))
+    """Save a parameter pytree as safetensors (``a/b/c`` names)."""
+    return atomic_write_bytes(path, safetensors.numpy.save(
+        {k: np.ascontiguousarray(v) for k, v in _flat_for_save(params).items()}))
 
 
 def save_msgpack(path, params) -> Path:
     """Save a parameter pytree with ``flax.serialization`` (msgpack)."""
-    import flax.serialization
-    from hessian_tools.report import atomic_write_bytes
     return atomic_write_bytes(path, flax.serialization.msgpack_serialize(
         _nest(_flat_for_save(params), "/")))
 
 
 def save_orbax(path, params) -> Path:
     """Save a parameter pytree as an orbax checkpoint directory."""
-    import orbax.checkpoint as ocp
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(Path(path).resolve(), _nest(_flat_for_save(params), "/"))
     ckpt.wait_until_finished()

@@ -36,14 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
-from hessian_tools.objective import Objective, _check_same_structure
-from hessian_tools.operators import (_dataset_mean, _product_groups, _value_and_grad, hessian,
+from hessian_tools.data import dataset_mean
+from hessian_tools.objective import Objective
+from hessian_tools.operators import (_product_groups, _value_and_grad, hessian,
                                      to_dense, value_and_grad)
 from hessian_tools.results import _jsonable
+from hessian_tools.spectral_density import default_threshold, negative_count
 from hessian_tools.spectrum import default_tol, eigenvalues
 
 __all__ = ["CriticalPointReport", "CriticalPointSearch", "FoundPoint", "MinresResult",
-           "VERDICTS", "classify", "default_flat_tol", "default_grad_tol",
+           "VERDICTS", "classify", "default_grad_tol",
            "find_critical_points", "minres", "plot_index_vs_loss", "verdict_summary"]
 
 VERDICTS = ("minimum", "degenerate minimum", "saddle", "maximum", "not critical")
@@ -63,16 +65,6 @@ def default_grad_tol(dtype, loss: float = 0.0) -> float:
     ``O(eps)`` within ``O(sqrt(eps))`` of it).
     """
     return 10.0 * float(np.sqrt(_eps(dtype))) * max(1.0, abs(float(loss)))
-
-
-def default_flat_tol(dtype) -> float:
-    """``1e-6`` in float64, ``1e-3`` in float32: eigenvalues below this times the spectral
-    scale ``max |lambda|`` are treated as zero (flat directions).
-
-    It sits two orders of magnitude above the default eigensolver tolerance
-    (:func:`hessian_tools.default_tol`), so solver error cannot move an eigenvalue across it.
-    """
-    return 1e-6 if jnp.dtype(dtype) == jnp.float64 else 1e-3
 
 
 def _default_decrease_tol(dtype, loss: float) -> float:
@@ -244,7 +236,7 @@ class CriticalPointReport:
       probe: the higher-order probe along flat directions (empty if none was run): numbers
         of directions, radii, whether a decrease (ascent, for a maximum) was found, the best
         change and where.
-      thresholds: every threshold used (``grad_tol``, ``flat_tol``, ``zero_threshold``,
+      thresholds: every threshold used (``grad_tol``, ``tau`` with ``tau_rule``, ``scale``,
         ``eig_tol``, ``decrease_tol``, ``probe_radii``, ``dense_max_params``,
         ``max_lanczos_index``); :meth:`explain` says what each one means.
       notes: further remarks (unconverged eigenvalues, estimates, sign undetermined).
@@ -307,12 +299,14 @@ class CriticalPointReport:
         lines = [
             f"grad_tol = {t['grad_tol']:.3g}: the point is critical when the full-data gradient "
             "norm is at most this (default 10 sqrt(eps) max(1, |loss|); classify(grad_tol=...)).",
-            f"zero_threshold = {t['zero_threshold']:.3g} = flat_tol {t['flat_tol']:.3g} x spectral "
-            f"scale {t['scale']:.4g}: an eigenvalue counts as negative (index) or positive only "
-            "beyond this and beyond its own error bar; otherwise it is flat (classify(flat_tol=...)).",
+            f"tau = {t['tau']:.3g} ({t['tau_rule']}; spectral scale max|lambda| = "
+            f"{t['scale']:.4g}): an eigenvalue counts as negative (index) only below -tau, and as "
+            "positive only above tau, each also beyond its own error bar; otherwise it is flat. "
+            "The same tau as ht.negative_count and the CLI's negative fraction "
+            "(classify(tau=...)).",
             f"eig_tol = {t['eig_tol']:.3g}: relative residual tolerance of the eigensolver.",
             f"decrease_tol = {t['decrease_tol']:.3g}: along a flat direction, a loss change below "
-            "-(decrease_tol + r |g.d| + r^2 zero_threshold / 2) at radius r counts as descent "
+            "-(decrease_tol + r |g.d| + r^2 |d.Hd| / 2) at radius r counts as descent "
             "(the slack covers the residual gradient and curvature within the threshold).",
             f"probe_radii = {_fmt_list(t['probe_radii'])}: radii of the flat-direction probe "
             "(probe_scale x max(1, ||params||)).",
@@ -332,7 +326,7 @@ class CriticalPointReport:
             f"  lambda_min         {self.lambda_min:.6g}   (+- {self.lambda_min_error:.1e})",
             f"  index              {self._index_str()}",
             f"  flat directions    {self._flat_str()}   (|lambda| <= "
-            f"{self.thresholds['zero_threshold']:.2e})",
+            f"{self.thresholds['tau']:.2e} = tau)",
         ]
         if self.probe:
             p = self.probe
@@ -379,7 +373,7 @@ _batch_loss = jax.jit(lambda loss, p, b: loss(p, b))
 
 @jax.jit
 def _mean_loss(loss, params, groups):
-    return _dataset_mean(lambda b: _batch_loss(loss, params, b), groups)
+    return dataset_mean(lambda b: _batch_loss(loss, params, b), groups)
 
 
 def _loss_at(obj: Objective, params) -> float:
@@ -413,11 +407,7 @@ class _Spectrum:
     flat_basis: Any = None           # dense (dim, m) basis of all flat eigenvectors, or None
     num_positive_known: int = 0      # confirmed positive eigenvalues seen
     notes: list = dataclasses.field(default_factory=list)
-    flat_tol: float = 0.0
-
-    @property
-    def zero_threshold(self) -> float:
-        return self.flat_tol * self.scale
+    tau: float = 0.0
 
 
 def _count(values, errors, threshold):
@@ -428,14 +418,20 @@ def _count(values, errors, threshold):
     return neg, ~(neg | pos), pos
 
 
-def _dense_spectrum(H, flat_tol, max_probe):
+def _tau(scale, tau, dtype) -> float:
+    """The zero threshold: ``tau`` if given, else :func:`default_threshold` of the scale."""
+    return default_threshold(scale, dtype) if tau is None else float(tau)
+
+
+def _dense_spectrum(H, tau, max_probe):
     """All eigenvalues from the dense Hessian (``dim`` HVPs, ``dim^2`` memory, ``O(dim^3)``)."""
     matrix = to_dense(H)
     asym = float(np.linalg.norm(matrix - matrix.T)) / 2
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     scale = float(np.max(np.abs(values)))
     errors = np.linalg.norm(matrix @ vectors - vectors * values, axis=0) + asym
-    neg, flat, pos = _count(values, errors, flat_tol * scale)
+    tau = _tau(scale, tau, H.dtype)
+    neg, flat, pos = _count(values, errors, tau)
     _, unravel = jax.flatten_util.ravel_pytree(
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), H.params_like))
     flat_idx = np.flatnonzero(flat)                  # ascending: most negative first
@@ -443,10 +439,10 @@ def _dense_spectrum(H, flat_tol, max_probe):
     index = int(neg.sum())
     return _Spectrum(values[-1], errors[-1], values[0], errors[0], scale, index, (index, index),
                      "dense", int(flat.sum()), False, flat_vectors, vectors[:, flat_idx],
-                     int(pos.sum()))
+                     int(pos.sum()), tau=tau)
 
 
-def _lanczos_spectrum(H, key, *, flat_tol, eig_tol, max_index, max_probe):
+def _lanczos_spectrum(H, key, *, tau, eig_tol, max_index, max_probe):
     """The ``k = min(8, max_index, dim // 2)`` largest and smallest eigenpairs by Lanczos.
 
     The index is exact when the largest of the ``k`` smallest is not confirmed negative;
@@ -459,7 +455,8 @@ def _lanczos_spectrum(H, key, *, flat_tol, eig_tol, max_index, max_probe):
     rows = np.flatnonzero(keep)[::-1]                         # ascending eigenvalue order
     values, errors = both.values[rows], both.residuals[rows]
     scale = max(float(np.max(np.abs(values))), both.scale)
-    neg, flat, pos = _count(values, errors, flat_tol * scale)
+    tau = _tau(scale, tau, H.dtype)
+    neg, flat, pos = _count(values, errors, tau)
     bottom = rows >= len(both.values) - k                       # rows of the k smallest
     everything = len(values) == H.dim
     index_exact = keep.all() and (everything or not neg[bottom][-1])
@@ -470,7 +467,7 @@ def _lanczos_spectrum(H, key, *, flat_tol, eig_tol, max_index, max_probe):
                      int(flat.sum()), not flat_exact,
                      [tree.basis_get(both.vectors, int(rows[i]))
                       for i in np.flatnonzero(flat)[:max_probe]],
-                     num_positive_known=int(pos.sum()))
+                     num_positive_known=int(pos.sum()), tau=tau)
     if not keep.all():
         spec.notes.append(f"Lanczos returned {int((~keep).sum())} pair(s) without a unit "
                           "eigenvector (a breakdown artefact); they were ignored")
@@ -492,17 +489,10 @@ def _unit_rows(stacked) -> np.ndarray:
 
 
 def _count_index(H, key, spec, max_index):
-    """A large index: ``ht.negative_count`` below ``-zero_threshold`` (exact by Lanczos up to
-    ``max_index``, else SLQ with a confidence interval), when it is available."""
-    import hessian_tools as ht
-    counter = getattr(ht, "negative_count", None)
+    """A large index: :func:`negative_count` below ``-tau`` (exact by Lanczos up to
+    ``max_index``, else SLQ with a confidence interval)."""
     known = spec.index_interval[0]
-    if counter is None:        # the SLQ negative count is not part of this installation
-        spec.notes.append(f"index estimate unavailable: at least {known} negative eigenvalues, "
-                          "and no SLQ negative_count to estimate more")
-        spec.index, spec.index_method = None, "unavailable"
-        return
-    est = counter(H, key=key, tau=spec.zero_threshold, method="auto", max_exact=max_index)
+    est = negative_count(H, key=key, tau=spec.tau, method="auto", max_exact=max_index)
     if est.exact:
         spec.index, spec.index_interval = int(round(est.count)), (int(round(est.count)),) * 2
         spec.index_method = "lanczos"
@@ -535,14 +525,19 @@ def _probe_directions(spec, key, num_random, like):
     return directions
 
 
-def _probe(obj, loss0, grad, directions, radii, slack_curv, decrease_tol, sign):
+def _probe(obj, H, loss0, grad, directions, radii, decrease_tol, sign):
     """Loss changes at ``x +- r d``; a change of sign ``-sign`` beyond the slack is found.
 
-    ``sign=+1`` looks for descent (a minimum candidate), ``-1`` for ascent (a maximum).
+    The slack is what first and second order explain along ``d``: the residual gradient
+    ``r |g.d|`` and the direction's own curvature ``r^2 |d.Hd| / 2`` (one HVP per direction),
+    plus ``decrease_tol``. ``sign=+1`` looks for descent (a minimum candidate), ``-1`` for
+    ascent (a maximum).
     """
     best = (np.inf, 0.0, 0.0)
+    rounding = 100 * _eps(H.dtype) * max(1.0, abs(float(loss0)))
     for d in directions:
         gd = abs(float(tree.vdot(grad, d)))
+        slack_curv = abs(float(tree.vdot(d, H.apply_unchecked(d)))) + rounding
         for r in radii:
             for s in (1.0, -1.0):
                 change = sign * (_loss_at(obj, tree.axpy(s * r, d, obj.params)) - loss0)
@@ -556,11 +551,11 @@ def _probe(obj, loss0, grad, directions, radii, slack_curv, decrease_tol, sign):
 
 # ---- classify -------------------------------------------------------------------------------
 
-def _check_options(key, grad_tol, flat_tol, probe_scales, dense_max_params, max_lanczos_index):
+def _check_options(key, grad_tol, tau, probe_scales, dense_max_params, max_lanczos_index):
     if key is None:
         raise ValueError("classify needs an explicit PRNG key (Lanczos start vectors, random "
                          "probe directions): pass key=jax.random.key(0).")
-    for name, value in (("grad_tol", grad_tol), ("flat_tol", flat_tol)):
+    for name, value in (("grad_tol", grad_tol), ("tau", tau)):
         if value is not None and not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name}={value!r} must be a finite number >= 0.")
     if not probe_scales or any(not (np.isfinite(r) and r > 0) for r in probe_scales):
@@ -574,7 +569,7 @@ def _check_options(key, grad_tol, flat_tol, probe_scales, dense_max_params, max_
 
 
 def classify(obj: Objective, *, key, grad_tol: float | None = None,
-             flat_tol: float | None = None, eig_tol: float | None = None,
+             tau: float | None = None, eig_tol: float | None = None,
              dense_max_params: int = 4000, max_lanczos_index: int = 32,
              probe_scales: Sequence[float] = (1e-3, 1e-2, 1e-1), max_probe_eigvecs: int = 16,
              num_random_probes: int = 8, decrease_tol: float | None = None,
@@ -587,12 +582,12 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
        and all its eigenvalues, so the index and the number of flat directions are exact.
        Above: ``lambda_max`` and the 8 smallest eigenvalues by Lanczos; if one of those is
        not negative the index is exact; otherwise ``hessian_tools.negative_count`` counts
-       the eigenvalues below ``-zero_threshold``: exactly by Lanczos up to
+       the eigenvalues below ``-tau``: exactly by Lanczos up to
        ``max_lanczos_index``, above that as a stochastic Lanczos quadrature estimate with a
        confidence interval.
-    3. Signs, honestly: with ``zero_threshold = flat_tol * max|lambda|``, an eigenvalue is
-       negative only if ``lambda < -max(zero_threshold, error)``, positive only if
-       ``lambda > max(zero_threshold, error)``, and flat otherwise; ``error`` is its residual
+    3. Signs, honestly: an eigenvalue is negative only if ``lambda < -max(tau, error)``,
+       positive only if ``lambda > max(tau, error)``, and flat otherwise; ``error`` is its
+       residual
        bound. A ``lambda_min`` negative only within its error bar does not make a saddle.
     4. Verdict: confirmed negative and positive eigenvalues: ``"saddle"``. No negative, no
        flat: ``"minimum"``. No negative but flat directions: second order cannot decide, so
@@ -613,9 +608,15 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
       obj: the objective at the point to classify.
       key: a ``jax.random`` key (Lanczos start vectors, random probe combinations).
       grad_tol: absolute gradient-norm threshold (default :func:`default_grad_tol`).
-      flat_tol: relative zero threshold for eigenvalues (default :func:`default_flat_tol`).
-      eig_tol: eigensolver relative residual tolerance (default ``flat_tol / 10``, at least
-        ``ht.default_tol``: tight enough to certify signs beyond the zero threshold).
+      tau: the zero threshold for eigenvalues (absolute). Default
+        :func:`~hessian_tools.default_threshold` of the spectral scale, ``1%`` of
+        ``max|lambda|``: the one definition of "negative eigenvalue" that
+        :func:`~hessian_tools.negative_count` and the CLI use too, so every count of a point
+        agrees, in float32 and float64 alike. Pass a smaller ``tau`` to count eigenvalues
+        closer to zero (the dense and Lanczos counts stay exact down to rounding).
+      eig_tol: eigensolver relative residual tolerance (default ``1e-3``, a tenth of the
+        default ``tau``, at least ``ht.default_tol``; with an explicit ``tau``,
+        ``ht.default_tol``: tight enough to certify signs beyond the threshold).
       dense_max_params: largest model handled by the dense Hessian (0: always Lanczos).
       max_lanczos_index: largest index counted exactly by Lanczos.
       probe_scales: probe radii relative to ``max(1, ||params||)``.
@@ -639,32 +640,38 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
       >>> rep.verdict, rep.index
       ('saddle', 1)
     """
-    _check_options(key, grad_tol, flat_tol, probe_scales, dense_max_params, max_lanczos_index)
+    _check_options(key, grad_tol, tau, probe_scales, dense_max_params, max_lanczos_index)
     start, dtype = time.perf_counter(), _param_dtype(obj)
     loss, grad = value_and_grad(obj)
     loss, grad_norm = float(loss), float(tree.norm(grad))
     grad_tol = default_grad_tol(dtype, loss) if grad_tol is None else float(grad_tol)
-    flat_tol = default_flat_tol(dtype) if flat_tol is None else float(flat_tol)
-    eig_tol = max(default_tol(dtype), flat_tol / 10) if eig_tol is None else float(eig_tol)
+    if eig_tol is None:
+        eig_tol = max(default_tol(dtype), 1e-3) if tau is None else default_tol(dtype)
     decrease_tol = _default_decrease_tol(dtype, loss) if decrease_tol is None else decrease_tol
     k_spec, k_slq, k_probe = jax.random.split(key, 3)
     H = hessian(obj)
     if obj.num_params <= dense_max_params:
-        spec = _dense_spectrum(H, flat_tol, max_probe_eigvecs)
+        spec = _dense_spectrum(H, tau, max_probe_eigvecs)
     else:
-        spec = _lanczos_spectrum(H, k_spec, flat_tol=flat_tol, eig_tol=eig_tol,
+        spec = _lanczos_spectrum(H, k_spec, tau=tau, eig_tol=eig_tol,
                                  max_index=max_lanczos_index, max_probe=max_probe_eigvecs)
-        spec.flat_tol = flat_tol
         if spec.index_interval[1] is None:
             _count_index(H, k_slq, spec, max_lanczos_index)
     radii = [float(s) * max(1.0, float(tree.norm(obj.params))) for s in probe_scales]
-    thresholds = dict(grad_tol=grad_tol, flat_tol=flat_tol, scale=spec.scale,
-                      zero_threshold=flat_tol * spec.scale, eig_tol=eig_tol,
+    thresholds = dict(grad_tol=grad_tol, tau=spec.tau, scale=spec.scale,
+                      tau_rule=("given" if tau is not None else
+                                "default: ht.default_threshold, 1% of max|lambda|"),
+                      eig_tol=eig_tol,
                       decrease_tol=decrease_tol, probe_radii=radii,
                       dense_max_params=int(dense_max_params),
                       max_lanczos_index=int(max_lanczos_index))
     _note_small_loss(spec.notes, loss, grad_norm, grad_tol, float(tree.norm(obj.params)), dtype)
-    verdict, detail, probe_info = _verdict(obj, loss, grad, grad_norm, spec, thresholds,
+    if -spec.tau <= spec.lam_min < -spec.err_min:
+        spec.notes.append(f"lambda_min = {spec.lam_min:.3g} +- {spec.err_min:.1e} is negative "
+                          f"beyond its error bar but within tau = {spec.tau:.3g} of zero, so it "
+                          "counts as flat, not in the index: pass a smaller tau "
+                          "(classify(tau=...)) to count it")
+    verdict, detail, probe_info = _verdict(obj, H, loss, grad, grad_norm, spec, thresholds,
                                            probe=probe, key=k_probe,
                                            num_random=num_random_probes)
     return CriticalPointReport(
@@ -693,7 +700,7 @@ def _param_dtype(obj: Objective):
     return jnp.result_type(*[jnp.result_type(a) for a in jax.tree.leaves(obj.params)])
 
 
-def _verdict(obj, loss, grad, grad_norm, spec, t, *, probe, key, num_random):
+def _verdict(obj, H, loss, grad, grad_norm, spec, t, *, probe, key, num_random):
     """``(verdict, detail, probe_info)`` from the gradient, the signs and the probe."""
     negative = spec.index is None or spec.index > 0
     positive = spec.num_positive_known > 0
@@ -717,7 +724,7 @@ def _verdict(obj, loss, grad, grad_norm, spec, t, *, probe, key, num_random):
         return base, (f"{base}: {spec.num_flat} flat directions, not probed (second order "
                       "cannot decide)"), {}
     directions = _probe_directions(spec, key, num_random, obj.params)
-    info = _probe(obj, loss, grad, directions, t["probe_radii"], t["zero_threshold"],
+    info = _probe(obj, H, loss, grad, directions, t["probe_radii"],
                   t["decrease_tol"], sign)
     return _probe_verdict(info, sign, spec)
 
@@ -1026,7 +1033,7 @@ def _check_starts(obj, starts, key):
     if len(starts) == 0:
         raise ValueError("starts is empty: pass at least one parameter pytree.")
     for i, x0 in enumerate(starts):
-        _check_same_structure(obj.params, x0, what=f"starts[{i}]")
+        tree.check_same_structure(obj.params, x0, what=f"starts[{i}]")
 
 
 def _search_one(obj, x0, i, key, *, grad_tol, max_iters, krylov_iters, patience,

@@ -43,8 +43,9 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="initialisation and PRNG seed")
     p.add_argument("--grad-tol", type=float, default=None, help="gradient norm counted as zero "
                    "(default 10 sqrt(eps) max(1, |loss|))")
-    p.add_argument("--flat-tol", type=float, default=None, help="eigenvalues below flat_tol x "
-                   "max|lambda| are flat (default 1e-6 in float64, 1e-3 in float32)")
+    p.add_argument("--tau", type=float, default=None, help="the zero threshold: eigenvalues "
+                   "below -tau are negative, within [-tau, tau] flat (default 1%% of max|lambda|, "
+                   "as in every count of the library)")
     p.add_argument("--dense-max-params", type=int, default=4000, help="exact index from the "
                    "dense Hessian up to this many parameters; Lanczos/SLQ above")
     p.add_argument("--max-lanczos-index", type=int, default=32, help="largest index counted "
@@ -98,7 +99,7 @@ def run_classify(args) -> int:
     start = time.perf_counter()
     obj, name = _objective(args)
     say(f"model: {name}, {obj.num_params:,} parameters, {obj.num_examples} examples")
-    options = dict(grad_tol=args.grad_tol, flat_tol=args.flat_tol,
+    options = dict(grad_tol=args.grad_tol, tau=args.tau,
                    dense_max_params=args.dense_max_params,
                    max_lanczos_index=args.max_lanczos_index, probe=not args.no_probe)
     key = jax.random.key(args.seed)

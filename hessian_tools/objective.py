@@ -8,214 +8,82 @@ sizes, so a ragged last batch is handled exactly.
 
 Optionally it also holds ``predict(params, batch) -> outputs`` and
 ``output_loss(outputs, batch) -> scalar``: with both, the Gauss-Newton operator exists.
+Objectives built from flax models (:meth:`Objective.from_nnx`, :meth:`Objective.from_linen`)
+also carry the model's non-differentiated *state* (BatchNorm statistics and other
+variables), which :meth:`Objective.with_params` can replace together with the parameters.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Callable, Sequence
+import functools
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-__all__ = ["Objective", "Static", "BatchGroups", "WithPrecision"]
+from hessian_tools import tree
+from hessian_tools._callables import (PRECISIONS, ComposedLoss, Embed, LinenPredict,
+                                      ModelPredict, NNXPredict, Restricted, Static, WithPrecision,
+                                      as_pytree_fn, default_inputs, jaxpr_eqns, unwrap,
+                                      with_precision)
+from hessian_tools.data import BatchGroups, couples_examples, group_batches, leading_size
 
+__all__ = ["Objective", "BN_MODES", "check_finite"]
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class Static:
-    """Wraps a plain function so it travels through ``jit`` as static data.
-
-    Two wrappers of the same function compare equal, so compiled code is reused.
-    """
-
-    fn: Callable
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
+BN_MODES = ("eval", "batch")
 
 
-_PRECISIONS = ("highest", "high", "default", "float32", "tensorfloat32", "bfloat16")
+def check_finite(params, *, what: str = "Parameter") -> None:
+    """Raise naming the first leaf with a NaN or infinity (``ValueError``) or a dtype that
+    cannot be differentiated (``TypeError``: integer, boolean or complex)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        arr = np.asarray(leaf)
+        if not np.issubdtype(arr.dtype, np.floating) and arr.dtype != jnp.bfloat16:
+            raise TypeError(f"{what} leaf '{tree.path_str(path)}' has dtype {arr.dtype}; only "
+                            "real floating-point parameters can be differentiated. Move integer "
+                            "state out of the params pytree.")
+        if not np.all(np.isfinite(arr.astype(np.float64) if arr.dtype == jnp.bfloat16 else arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr.astype(np.float64))))
+            raise ValueError(f"{what} leaf '{tree.path_str(path)}' (shape {arr.shape}) has {bad} "
+                             "non-finite entries (NaN or inf). The curvature at such a point is "
+                             "undefined: load an earlier checkpoint or fix the training run.")
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class WithPrecision:
-    """``fn`` traced under ``jax.default_matmul_precision(precision)``.
-
-    The precision is fixed on every matrix product and convolution as it is traced, and
-    their derivatives (JVPs and transposes) inherit it, so gradients, Hessian-vector
-    products and Gauss-Newton products of ``fn`` all compute at that precision. On CPUs
-    float32 products are float32 whatever the setting; on NVIDIA GPUs JAX's default
-    computes them in TF32 (about three decimal digits).
-    """
-
-    fn: Callable
-    precision: str = dataclasses.field(metadata=dict(static=True))
-
-    def __call__(self, *args, **kwargs):
-        with jax.default_matmul_precision(self.precision):
-            return self.fn(*args, **kwargs)
+def _model_of(fn) -> ModelPredict | None:
+    """The flax model adapter inside a (wrapped, restricted, composed) function, if any."""
+    fn = unwrap(fn)
+    if isinstance(fn, ModelPredict):
+        return fn
+    if isinstance(fn, Restricted):
+        return _model_of(fn.fn)
+    if isinstance(fn, ComposedLoss):
+        return _model_of(fn.predict)
+    return None
 
 
-def _with_precision(fn, precision):
-    if isinstance(fn, WithPrecision):
-        fn = fn.fn
-    return fn if fn is None or precision is None else WithPrecision(fn, precision)
-
-
-def _as_pytree_fn(fn):
-    """Return ``fn`` if it is a registered pytree callable, else wrap it as :class:`Static`."""
-    if fn is None:
-        return None
-    if not callable(fn):
-        raise TypeError(f"Expected a callable, got {type(fn).__name__}: {fn!r}.")
-    leaves = jax.tree.leaves(fn)
-    if len(leaves) == 1 and leaves[0] is fn:
-        return Static(fn)
+def _map_model(fn, f, params=None):
+    """``fn`` with its model adapter replaced by ``f(adapter, adapter_params)``, the wrappers
+    rebuilt around it. ``params`` are ``fn``'s parameters (a restriction embeds them into the
+    adapter's full tree); ``None`` passes ``None`` down."""
+    if isinstance(fn, (WithPrecision, Restricted)):
+        inner = params if params is None or isinstance(fn, WithPrecision) else fn.embed(params)
+        return dataclasses.replace(fn, fn=_map_model(fn.fn, f, inner))
+    if isinstance(fn, ComposedLoss):
+        return dataclasses.replace(fn, predict=_map_model(fn.predict, f, params))
+    if isinstance(fn, ModelPredict):
+        return f(fn, params)
     return fn
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class BatchGroups:
-    """The dataset materialised as groups of equal-sized batches.
-
-    ``stacks[g]`` is a batch pytree whose leaves have shape ``(num_batches_g, batch_size_g,
-    ...)``; ``weights[g]`` is ``batch_size_g / num_examples``. The mean over the dataset of a
-    per-batch mean quantity ``f`` is ``sum_g weights[g] * sum_b f(stacks[g][b])``.
-    ``unroll`` (static) asks compiled code to sum the batches with a loop unrolled at trace
-    time instead of a ``lax.scan`` (see ``operators._dataset_mean``).
-    """
-
-    stacks: tuple
-    weights: tuple
-    unroll: bool = dataclasses.field(default=False, metadata=dict(static=True))
-
-    @property
-    def num_examples(self) -> int:
-        return int(sum(_batch_size(s) * _num_batches(s) for s in self.stacks))
-
-    @property
-    def num_batches(self) -> int:
-        return int(sum(_num_batches(s) for s in self.stacks))
-
-    @property
-    def first_batch_spec(self):
-        """The first batch's leaves as ``jax.ShapeDtypeStruct`` (slicing ``s[0]`` would
-        compile an XLA slice per leaf)."""
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
-                            self.stacks[0])
-
-    def split(self, max_size: int, *, unroll: bool | None = None) -> "BatchGroups":
-        """The same examples in batches of at most ``max_size``, as equal as possible.
-
-        A batch of ``n > max_size`` examples becomes ``ceil(n / max_size)`` consecutive
-        chunks whose sizes differ by at most one; smaller batches are kept. Exact for a loss
-        that is a per-example mean (the contract of :class:`Objective`): the chunks are
-        weighted by their sizes. Runs in NumPy on the host (nothing is compiled).
-        """
-        if int(max_size) < 1:
-            raise ValueError(f"max_size must be a positive number of examples, got {max_size}.")
-        total = self.num_examples
-        by_size: dict[int, list] = {}
-        for stack in self.stacks:
-            num, size = _num_batches(stack), _batch_size(stack)
-            parts = -(-size // int(max_size))
-            q, r = divmod(size, parts)
-            start = 0
-            for chunk, count in ((q + 1, r), (q, parts - r)):
-                if count == 0:
-                    continue
-                stop = start + chunk * count
-                by_size.setdefault(chunk, []).append(jax.tree.map(
-                    lambda s, a=start, b=stop, c=chunk, k=count: np.asarray(s)[:, a:b].reshape(
-                        (num * k, c) + np.shape(s)[2:]), stack))
-                start = stop
-        stacks = tuple(jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *pieces)
-                       for pieces in by_size.values())
-        weights = tuple(size / total for size in by_size)
-        return BatchGroups(stacks, weights, self.unroll if unroll is None else bool(unroll))
-
-
-def _batch_size(stack) -> int:
-    return int(jax.tree.leaves(stack)[0].shape[1])
-
-
-def _num_batches(stack) -> int:
-    return int(jax.tree.leaves(stack)[0].shape[0])
-
-
-def _leading_size(batch, index: int) -> int:
-    leaves = jax.tree.leaves(batch)
-    if not leaves:
-        raise ValueError(f"Batch {index} has no array leaves. A batch is a pytree of arrays "
-                         "whose leading axis indexes examples, e.g. (x, y).")
-    sizes = {int(np.shape(a)[0]) if np.ndim(a) else None for a in leaves}
-    if None in sizes:
-        raise ValueError(f"Batch {index} has a scalar leaf; every leaf needs a leading "
-                         "example axis. Wrap scalars per example or close over them in the loss.")
-    if len(sizes) != 1:
-        raise ValueError(f"Batch {index} mixes leading sizes {sorted(sizes)}: every leaf of a "
-                         "batch must have the same number of examples along axis 0.")
-    size = sizes.pop()
-    if size == 0:
-        raise ValueError(f"Batch {index} is empty (0 examples). Drop it from the data.")
-    return size
-
-
-def _check_batches(batches: Sequence) -> None:
-    first = batches[0]
-    treedef = jax.tree.structure(first)
-    sig = [(np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(first)]
-    for i, batch in enumerate(batches):
-        _leading_size(batch, i)
-        if jax.tree.structure(batch) != treedef:
-            raise ValueError(f"Batch {i} has structure {jax.tree.structure(batch)}, but batch 0 "
-                             f"has {treedef}. All batches must share one structure.")
-        got = [(np.shape(a)[1:], jnp.result_type(a)) for a in jax.tree.leaves(batch)]
-        if got != sig:
-            raise ValueError(f"Batch {i} has per-example shapes/dtypes {got}, but batch 0 has "
-                             f"{sig}. All batches must agree except in their batch size.")
-
-
-def group_batches(batches: Sequence) -> BatchGroups:
-    """Stack a list of batches into groups of equal batch size (validated)."""
-    if len(batches) == 0:
-        raise ValueError("The data is empty: got a list of 0 batches. Pass at least one batch.")
-    _check_batches(batches)
-    by_size: dict[int, list] = {}
-    for i, batch in enumerate(batches):
-        by_size.setdefault(_leading_size(batch, i), []).append(batch)
-    total = sum(size * len(group) for size, group in by_size.items())
-    stacks = tuple(jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *group)
-                   for group in by_size.values())
-    weights = tuple(size / total for size in by_size)
-    return BatchGroups(stacks, weights)
-
-
-def _path_str(path) -> str:
-    """``a/b/c`` for a pytree key path (an NNX variable's trailing ``.value`` is dropped)."""
-    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-        path = path[:-1]
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
-def check_finite(params) -> None:
-    """Raise ``ValueError`` naming the first parameter leaf with a NaN or infinity."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        arr = np.asarray(leaf)
-        if not np.issubdtype(arr.dtype, np.inexact):
-            raise TypeError(f"Parameter leaf '{_path_str(path)}' has dtype {arr.dtype}; only "
-                            "floating-point parameters can be differentiated. Move integer "
-                            "state out of the params pytree.")
-        if not np.all(np.isfinite(arr)):
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise ValueError(f"Parameter leaf '{_path_str(path)}' (shape {arr.shape}) has {bad} "
-                             "non-finite entries (NaN or inf). The curvature at such a point is "
-                             "undefined: load an earlier checkpoint or fix the training run.")
+def _cast_floating(x, dtype):
+    return jax.tree.map(lambda a: jnp.asarray(a).astype(dtype)
+                        if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,9 +103,13 @@ class Objective:
         (gradients, curvature products), as in ``jax.default_matmul_precision``. The default
         ``"highest"`` computes float32 products in float32. It changes nothing on CPUs; on
         NVIDIA GPUs JAX would otherwise use TF32, whose rounding (about 1e-3 relative) puts
-        a floor under eigenvalue residuals near the default ``tol`` (measured on an H100:
-        top-5 errors of 1.3e-4 against 2.3e-5, see ``benchmarks/RESULTS_gpu.md``). Pass
-        ``"default"`` for TF32's speed, or ``None`` to follow JAX's global setting.
+        a floor under eigenvalue residuals near the default ``tol``. Pass ``"default"`` for
+        TF32's speed, or ``None`` to follow JAX's global setting.
+      couples_examples: whether the loss couples the examples of a batch (batch
+        statistics, in-batch negatives): then a batch is the unit of the loss and is never
+        split into chunks, and per-example quantities (the empirical Fisher) are refused.
+        ``None`` (default): detected when it matters (see
+        :func:`hessian_tools.data.couples_examples`).
 
     Raises:
       ValueError: non-finite parameters (the leaf is named), empty data, inconsistent
@@ -251,23 +123,26 @@ class Objective:
     predict: Callable | None = None
     output_loss: Callable | None = None
     precision: str | None = "highest"
+    couples_examples: bool | None = None
 
     def __post_init__(self):
-        if self.precision is not None and self.precision not in _PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not a matmul precision; use one of "
-                             f"{_PRECISIONS} (or None for JAX's global default).")
+                             f"{PRECISIONS} (or None for JAX's global default).")
         if self.loss is None and self.predict is not None and self.output_loss is not None:
-            object.__setattr__(self, "loss", _ComposedLoss(_as_pytree_fn(self.predict),
-                                                           _as_pytree_fn(self.output_loss)))
+            object.__setattr__(self, "loss", ComposedLoss(as_pytree_fn(unwrap(self.predict)),
+                                                          as_pytree_fn(unwrap(self.output_loss))))
         for name in ("loss", "predict", "output_loss"):
-            object.__setattr__(self, name, _with_precision(_as_pytree_fn(getattr(self, name)),
-                                                           self.precision))
+            object.__setattr__(self, name, with_precision(as_pytree_fn(getattr(self, name)),
+                                                          self.precision))
         if self.loss is None:
             raise TypeError("Objective needs a loss(params, batch) -> scalar, or both predict "
                             "and output_loss.")
         if not jax.tree.leaves(self.params):
             raise ValueError("params has no array leaves: there is nothing to differentiate.")
         check_finite(self.params)
+        if self.state is not None:
+            check_finite(self.state, what="Model state")
         if not self.streaming:
             groups = self.groups  # validates the batches
             self._check_scalar_loss(groups.first_batch_spec)
@@ -295,11 +170,13 @@ class Objective:
         """Iterate over ``(batch, weight_numerator)`` pairs: each batch with its size."""
         if self.streaming:
             for i, batch in enumerate(self.data()):
-                yield batch, _leading_size(batch, i)
+                yield batch, leading_size(batch, i)
         else:
             for stack in self.groups.stacks:
-                for b in range(_num_batches(stack)):
-                    yield jax.tree.map(lambda s: s[b], stack), _batch_size(stack)
+                num = int(jax.tree.leaves(stack)[0].shape[0])
+                for b in range(num):
+                    batch = jax.tree.map(lambda s: s[b], stack)
+                    yield batch, leading_size(batch, b)
 
     @property
     def num_examples(self) -> int:
@@ -312,24 +189,91 @@ class Objective:
         return int(sum(np.size(a) for a in jax.tree.leaves(self.params)))
 
     @property
+    def dtype(self):
+        """The floating dtype of the parameters (the widest among the leaves)."""
+        return jnp.result_type(*[jnp.result_type(a) for a in jax.tree.leaves(self.params)])
+
+    @property
     def has_outputs(self) -> bool:
         """True when ``predict`` and ``output_loss`` are both given (GGN available)."""
         return self.predict is not None and self.output_loss is not None
 
     def _check_scalar_loss(self, batch) -> None:
-        out = jax.eval_shape(self.loss, self.params, batch)
-        if not (hasattr(out, "shape") and out.shape == ()):
+        try:
+            out = jax.eval_shape(self.loss, self.params, batch)
+        except Exception as err:
+            if type(err).__name__ == "ModifyScopeVariableError":      # linen, train mode
+                raise ValueError(
+                    "The model tried to update its batch statistics while being analysed: it "
+                    f"runs in training mode ({err}). Pass apply_kwargs that switch it to "
+                    "evaluation (e.g. {'train': False}) for bn_mode='eval', or bn_mode='batch' "
+                    "to analyse it with the statistics of each batch.") from None
+            raise
+        if not (isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()):
             shape = getattr(out, "shape", type(out).__name__)
             raise ValueError(f"loss(params, batch) must return a scalar, got {shape}. Return the "
                              "mean over the batch, e.g. jnp.mean(per_example_losses).")
 
+    def examples_coupled(self) -> bool:
+        """Whether the loss couples the examples of a batch (declared, else detected once on
+        the first batch: see :func:`hessian_tools.data.couples_examples`)."""
+        if self.couples_examples is not None:
+            return self.couples_examples
+        cached = self.__dict__.get("_coupled")
+        if cached is None:
+            batch = next(iter(self.batches()))[0]
+            cached = couples_examples(self.loss, self.params, batch)
+            object.__setattr__(self, "_coupled", cached)
+        return cached
+
+    # ---- the model's state ---------------------------------------------------------------
+
+    @property
+    def state(self):
+        """The model's non-differentiated variables (BatchNorm statistics, ...) for objectives
+        built from flax models (``None`` otherwise)."""
+        model = _model_of(self.predict) or _model_of(self.loss)
+        return None if model is None else model.state
+
+    @property
+    def required_state(self):
+        """The part of :attr:`state` the loss depends on: what a checkpoint must provide
+        (BatchNorm statistics are not needed with ``bn_mode="batch"``)."""
+        model = _model_of(self.predict) or _model_of(self.loss)
+        return None if model is None else model.required_state
+
+    @property
+    def bn_mode(self) -> str | None:
+        """``"eval"`` or ``"batch"`` for objectives built from flax models, else ``None``."""
+        model = _model_of(self.predict) or _model_of(self.loss)
+        return None if model is None else model.bn_mode
+
+    def with_state(self, state) -> "Objective":
+        """The same objective with the model's state replaced (same structure and shapes)."""
+        if self.state is None:
+            raise ValueError("This objective has no model state (it was not built from a flax "
+                             "model with non-parameter variables).")
+        tree.check_same_structure(self.state, state, what="The new model state's leaves")
+        replace = lambda model, _: model.with_state(state)
+        new = dataclasses.replace(self, loss=_map_model(self.loss, replace),
+                                  predict=_map_model(self.predict, replace))
+        return self._keep_caches(new)
+
     # ---- derived objectives ------------------------------------------------------------
 
-    def with_params(self, params) -> "Objective":
-        """The same loss and data at another point (compiled functions are reused)."""
-        _check_same_structure(self.params, params, what="new params")
-        new = dataclasses.replace(self, params=params)
-        for cached in ("_groups", "_product_groups"):       # same data: keep what was built
+    def with_params(self, params, *, state=None) -> "Objective":
+        """The same loss and data at another point (compiled functions are reused).
+
+        Args:
+          params: a pytree like ``self.params``.
+          state: optionally, the model state at that point (like :attr:`state`).
+        """
+        tree.check_same_structure(self.params, params, what="new params")
+        new = self if state is None else self.with_state(state)
+        return self._keep_caches(dataclasses.replace(new, params=params))
+
+    def _keep_caches(self, new: "Objective") -> "Objective":
+        for cached in ("_groups", "_coupled"):       # same data and function: keep them
             if cached in self.__dict__:
                 object.__setattr__(new, cached, self.__dict__[cached])
         return new
@@ -345,24 +289,68 @@ class Objective:
         Returns:
           An Objective whose params are a dict ``{path: leaf}`` of the selected leaves.
         """
-        from hessian_tools._restrict import restrict_objective
-        return restrict_objective(self, select)
+        match = _selector(select)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(self.params)
+        paths = [tree.path_str(p) for p, _ in flat]
+        chosen = [bool(match(path, leaf)) for path, (_, leaf) in zip(paths, flat)]
+        if not any(chosen):
+            raise ValueError(f"select={select!r} matched none of the parameter leaves. "
+                             f"Available paths: {paths[:20]}{' ...' if len(paths) > 20 else ''}.")
+        embed = Embed(treedef, tuple(zip(paths, chosen)),
+                      tuple(leaf for (_, leaf), c in zip(flat, chosen) if not c))
+        sub = {path: leaf for path, (_, leaf), c in zip(paths, flat, chosen) if c}
+        predict = Restricted(unwrap(self.predict), embed) if self.predict is not None else None
+        return Objective(Restricted(unwrap(self.loss), embed), sub, self.data, predict=predict,
+                         output_loss=self.output_loss, precision=self.precision,
+                         couples_examples=self.couples_examples)
 
-    def value_and_grad(self):
-        """The dataset-mean loss and its gradient at ``params`` (one pass over the data)."""
-        from hessian_tools.operators import value_and_grad
-        return value_and_grad(self)
+    def astype(self, dtype) -> "Objective":
+        """The objective computed in ``dtype``: parameters, data, model state and, for flax
+        NNX models, every module's ``dtype``/``param_dtype`` are cast.
+
+        ``jnp.float64`` needs ``jax.config.update("jax_enable_x64", True)``. Operations the
+        model pins to another dtype (a module or function with an explicit float32 dtype)
+        stay there; a ``RuntimeWarning`` lists them, since they cap the accuracy of the
+        analysis at their precision.
+        """
+        dtype = jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(f"dtype={dtype} is not a floating dtype; use jnp.float32 or "
+                             "jnp.float64.")
+        if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("float64 needs x64: call jax.config.update('jax_enable_x64', True) "
+                             "at start-up (or set JAX_ENABLE_X64=1).")
+        cast = lambda x: _cast_floating(x, dtype)
+        recast = lambda fn: cast(_map_model(fn, functools.partial(_recast, dtype=dtype),
+                                            self.params))
+        data = _CastStream(self.data, dtype) if self.streaming else cast(self.data)
+        new = Objective(recast(self.loss), cast(self.params), data,
+                        predict=recast(self.predict),
+                        output_loss=self.output_loss, precision=self.precision,
+                        couples_examples=self.couples_examples)
+        if not new.streaming:
+            _warn_other_dtypes(new, dtype)
+        return new
+
+    def describe(self) -> dict:
+        """What is analysed, for reports: dtype, precision, BatchNorm mode, sizes."""
+        return {"dtype": str(jnp.dtype(self.dtype)), "precision": self.precision,
+                "bn_mode": self.bn_mode, "num_params": self.num_params,
+                "num_examples": None if self.streaming else self.num_examples}
 
     # ---- adapters ----------------------------------------------------------------------
 
     @classmethod
     def from_nnx(cls, model, loss_fn: Callable, data, *, inputs: Callable | None = None,
-                 wrt=None, precision: str | None = "highest") -> "Objective":
+                 wrt=None, precision: str | None = "highest", bn_mode: str = "eval",
+                 dtype=None) -> "Objective":
         """An objective from a flax NNX model.
 
-        Only ``nnx.Param`` variables (or the filter ``wrt``) are differentiated; other state
-        (BatchNorm statistics, RNG counters) is held fixed, with the model in eval mode
-        (a copy is switched with ``model.eval()``; your model is not modified).
+        Only ``nnx.Param`` variables (or the filter ``wrt``) are differentiated. The other
+        variables are the model's *state* (:attr:`Objective.state`): BatchNorm statistics
+        and any other ``nnx.Variable`` are held fixed at their values in ``model``; RNG
+        state is carried but unused, since the analysed copy runs deterministically (dropout
+        off; your model is not modified).
 
         Args:
           model: an ``nnx.Module``.
@@ -371,96 +359,154 @@ class Objective:
           data: see :class:`Objective`.
           inputs: picks the model input from a batch; default ``batch[0]`` for tuples and
             lists, ``batch["x"]`` (or ``"inputs"``, ``"image"``) for dicts, else the batch.
+          wrt: the variables to differentiate (an NNX filter; default ``nnx.Param``).
           precision: see :class:`Objective`.
+          bn_mode: ``"eval"`` (default): BatchNorm normalises with the running statistics in
+            the model's state, the function the trained model computes at test time.
+            ``"batch"``: with the statistics of each batch, as in training (the Hessian of
+            the training loss that Ghorbani et al. 2019 study, in which BatchNorm suppresses
+            the outlier eigenvalues). A batch is then the unit of the loss: it is never split
+            into chunks, and the dataset mean weights whole batches by their sizes.
+          dtype: cast the analysis to this dtype (see :meth:`astype`), e.g. ``jnp.float64``.
+
+        Raises:
+          ValueError: an unknown ``bn_mode``, or ``bn_mode="batch"`` for a model without
+            ``nnx.BatchNorm`` layers.
         """
-        from flax import nnx
+        _check_bn_mode(bn_mode)
         model = nnx.clone(model)
         model.eval()
-        graphdef, params, rest = nnx.split(model, wrt if wrt is not None else nnx.Param, ...)
-        predict = _NNXPredict(graphdef, _as_pytree_fn(inputs or default_inputs), rest)
-        return cls(None, params, data, predict=predict, output_loss=loss_fn,
-                   precision=precision)
+        if bn_mode == "batch":
+            if not any(isinstance(m, nnx.BatchNorm) for _, m in nnx.iter_modules(model)):
+                raise ValueError("bn_mode='batch' asks for batch statistics, but the model has "
+                                 "no nnx.BatchNorm layer. Use bn_mode='eval'.")
+            model.set_attributes(nnx.BatchNorm, use_running_average=False)
+        predict = _split_nnx(model, wrt, as_pytree_fn(inputs or default_inputs), bn_mode)
+        obj = cls(None, predict.params, data, predict=predict.predict, output_loss=loss_fn,
+                  precision=precision, couples_examples=True if bn_mode == "batch" else None)
+        return obj if dtype is None else obj.astype(dtype)
 
     @classmethod
     def from_linen(cls, module, variables, loss_fn: Callable, data, *,
                    inputs: Callable | None = None, apply_kwargs: dict | None = None,
-                   precision: str | None = "highest") -> "Objective":
+                   precision: str | None = "highest", bn_mode: str = "eval",
+                   dtype=None) -> "Objective":
         """An objective from a flax linen module and its ``variables``.
 
-        Only ``variables["params"]`` is differentiated; other collections (``batch_stats``)
-        are held fixed. Pass ``apply_kwargs`` for eval-mode flags, e.g.
-        ``{"train": False}`` or ``{"deterministic": True}``. ``precision``: see
-        :class:`Objective`.
+        Only ``variables["params"]`` is differentiated; the other collections are the
+        model's *state* (``batch_stats``, ...), held fixed. Linen modules switch BatchNorm
+        with their own flags: pass them in ``apply_kwargs``, e.g. ``{"train": False}`` for
+        ``bn_mode="eval"`` and ``{"train": True}`` for ``bn_mode="batch"`` (then the
+        statistics collections are mutable and their updates discarded). ``precision``,
+        ``bn_mode`` and ``dtype``: see :meth:`from_nnx`.
+
+        Raises:
+          ValueError: no ``params`` collection; a model that updates its statistics in
+            ``"eval"`` mode, or does not compute batch statistics in ``"batch"`` mode.
         """
+        _check_bn_mode(bn_mode)
         if "params" not in variables:
             raise ValueError(f"variables has collections {list(variables)}; expected a "
                              "'params' collection (the output of module.init).")
         rest = {k: v for k, v in variables.items() if k != "params"}
-        predict = _LinenPredict(Static(module.apply), _as_pytree_fn(inputs or default_inputs),
-                                tuple(sorted((apply_kwargs or {}).items())), rest)
-        return cls(None, variables["params"], data, predict=predict, output_loss=loss_fn,
-                   precision=precision)
+        predict = LinenPredict(apply=Static(module.apply),
+                               inputs=as_pytree_fn(inputs or default_inputs),
+                               kwargs=tuple(sorted((apply_kwargs or {}).items())), state=rest,
+                               bn_mode=bn_mode)
+        obj = cls(None, variables["params"], data, predict=predict, output_loss=loss_fn,
+                  precision=precision, couples_examples=True if bn_mode == "batch" else None)
+        if bn_mode == "batch":
+            _check_linen_batch_mode(obj, module, predict)
+        return obj if dtype is None else obj.astype(dtype)
 
 
-def default_inputs(batch):
-    """The model input of a batch: ``batch[0]``, or ``batch['x'|'inputs'|'image']``."""
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    if isinstance(batch, dict):
-        for key in ("x", "inputs", "input", "image", "images"):
-            if key in batch:
-                return batch[key]
-        raise ValueError(f"Cannot tell the model input in a batch with keys {sorted(batch)}; "
-                         "pass inputs=lambda batch: batch['your_key'].")
-    return batch
+def _check_bn_mode(bn_mode) -> None:
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode={bn_mode!r} is not one of {BN_MODES}: 'eval' uses the "
+                         "running statistics, 'batch' the statistics of each batch.")
 
 
-def _check_same_structure(ref, new, *, what: str) -> None:
-    ref_flat, ref_def = jax.tree_util.tree_flatten_with_path(ref)
-    new_flat, new_def = jax.tree_util.tree_flatten_with_path(new)
-    if ref_def != new_def:
-        ref_paths = [_path_str(p) for p, _ in ref_flat]
-        new_paths = [_path_str(p) for p, _ in new_flat]
-        missing = sorted(set(ref_paths) - set(new_paths))[:3]
-        extra = sorted(set(new_paths) - set(ref_paths))[:3]
-        raise ValueError(f"{what} do not match the parameter tree: missing leaves {missing}, "
-                         f"unexpected leaves {extra}.")
-    for (path, a), (_, b) in zip(ref_flat, new_flat):
-        if np.shape(a) != np.shape(b):
-            raise ValueError(f"{what}: leaf '{_path_str(path)}' has shape {np.shape(b)}, "
-                             f"expected {np.shape(a)}.")
-
-
-@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class _ComposedLoss:
-    predict: Any
-    output_loss: Any
-
-    def __call__(self, params, batch):
-        return self.output_loss(self.predict(params, batch), batch)
+class _SplitNNX:
+    params: Any
+    predict: NNXPredict
 
 
-@jax.tree_util.register_dataclass
+def _split_nnx(model, wrt, inputs, bn_mode) -> _SplitNNX:
+    graphdef, params, rngs, state = nnx.split(model, wrt if wrt is not None else nnx.Param,
+                                              nnx.RngState, ...)
+    return _SplitNNX(params, NNXPredict(graphdef=graphdef, inputs=inputs, rngs=rngs,
+                                        state=state, bn_mode=bn_mode))
+
+
+def _recast(model: ModelPredict, params, *, dtype) -> ModelPredict:
+    """The adapter with its state cast and, for NNX, every module's ``dtype`` and
+    ``param_dtype`` attributes set to ``dtype`` (``params``: the model's parameters)."""
+    if isinstance(model, NNXPredict):
+        full = nnx.merge(model.graphdef, params, model.rngs, model.state)
+        full.set_attributes(dtype=dtype, param_dtype=dtype, raise_if_not_found=False)
+        model = dataclasses.replace(model, graphdef=nnx.graphdef(full))
+    return model.with_state(_cast_floating(model.state, dtype))
+
+
+@jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
-class _NNXPredict:
-    graphdef: Any = dataclasses.field(metadata=dict(static=True))
-    inputs: Any = dataclasses.field(metadata=dict(static=True))
-    rest: Any = None
+class _CastStream:
+    """A data stream whose batches are cast to ``dtype`` (floating leaves only)."""
 
-    def __call__(self, params, batch):
-        from flax import nnx
-        model = nnx.merge(self.graphdef, params, self.rest)
-        return model(self.inputs(batch))
+    stream: Callable
+    dtype: Any
+
+    def __call__(self):
+        for batch in self.stream():
+            yield _cast_floating(batch, self.dtype)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class _LinenPredict:
-    apply: Any = dataclasses.field(metadata=dict(static=True))
-    inputs: Any = dataclasses.field(metadata=dict(static=True))
-    kwargs: tuple = dataclasses.field(metadata=dict(static=True))
-    rest: Any = None
+def _warn_other_dtypes(obj: Objective, dtype) -> None:
+    """Warn when the loss still computes floating operations in another dtype."""
+    jaxpr = jax.make_jaxpr(obj.loss)(obj.params, obj.groups.first_batch_spec)
+    other = collections.Counter()
+    for eqn in jaxpr_eqns(jaxpr):
+        for var in eqn.outvars:
+            dt = getattr(var.aval, "dtype", None)
+            if dt is not None and jnp.issubdtype(dt, jnp.floating) and jnp.dtype(dt) != dtype:
+                other[f"{eqn.primitive.name} ({jnp.dtype(dt)})"] += 1
+    if other:
+        listed = ", ".join(f"{name} x{n}" for name, n in other.most_common(6))
+        warnings.warn(f"The loss cast to {dtype} still computes {sum(other.values())} "
+                      f"operations in another floating dtype: {listed}. The model fixes their "
+                      f"dtype (e.g. a layer with an explicit dtype, or a float32 softmax), so "
+                      f"results are only as accurate as that dtype there.", RuntimeWarning,
+                      stacklevel=3)
 
-    def __call__(self, params, batch):
-        return self.apply({**self.rest, "params": params}, self.inputs(batch), **dict(self.kwargs))
+
+def _check_linen_batch_mode(obj: Objective, module, predict: LinenPredict) -> None:
+    """``bn_mode="batch"`` must make the model compute batch statistics: one forward pass on
+    the first batch has to change the statistics collections."""
+    if not predict.state:
+        raise ValueError("bn_mode='batch' asks for batch statistics, but the variables hold no "
+                         "collection besides 'params'. Use bn_mode='eval'.")
+    batch = next(iter(obj.batches()))[0]
+    _, updated = module.apply({**predict.state, "params": obj.params}, predict.inputs(batch),
+                              mutable=list(predict.state), **dict(predict.kwargs))
+    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                        {k: updated[k] for k in updated}, {k: predict.state[k] for k in updated})
+    if all(jax.tree.leaves(same)):
+        raise ValueError(f"bn_mode='batch', but with apply_kwargs={dict(predict.kwargs)} the model "
+                         "did not compute batch statistics (its statistics did not change). Pass "
+                         "the flag that puts BatchNorm in training mode, e.g. "
+                         "apply_kwargs={'train': True}.")
+
+
+def _selector(select):
+    if callable(select):
+        return select
+    patterns = [select] if isinstance(select, str) else list(select)
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"select must be a string, a list of strings or a predicate "
+                        f"(path, leaf) -> bool; got {select!r}.")
+
+    def match(path: str, leaf) -> bool:
+        parts = path.split("/")
+        return any(path.startswith(p) or p in parts or f"/{p}/" in f"/{path}/" for p in patterns)
+    return match

@@ -13,51 +13,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+import weakref
 from typing import Any
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
-from hessian_tools.objective import BatchGroups, Objective, _as_pytree_fn, _check_same_structure
+from hessian_tools._callables import jaxpr_eqns
+from hessian_tools.data import MAX_UNROLLED_BATCHES, BatchGroups, dataset_mean, stream_mean
+from hessian_tools.objective import Objective
 
 __all__ = ["CurvatureOperator", "hessian", "gauss_newton", "empirical_fisher", "from_dense",
            "dense_hessian", "to_dense", "value_and_grad", "gradient"]
-
-
-# ---- the dataset mean of a per-batch quantity, inside jit ---------------------------------
-
-_MAX_UNROLLED_BATCHES = 4
-
-
-def _dataset_mean(fn, groups: BatchGroups):
-    """``sum_g w_g sum_b fn(batch_{g,b})``, weighted by batch size.
-
-    A group of up to ``_MAX_UNROLLED_BATCHES`` batches (any number when ``groups.unroll``)
-    is summed with a Python loop at trace time, more with a ``lax.scan``. Any JAX loop body
-    puts XLA:CPU's conv weight-gradient convolutions on a slow path (measured: ~36x per HVP
-    of the digits CNN, even with a trip count of 1), so the common one-batch case must not
-    be wrapped in a scan, and convolutional products on the CPU unroll (see
-    :func:`_product_groups`). ``fn`` should be a jitted per-batch function, so that an
-    unrolled loop traces it once per batch shape, not once per batch.
-    """
-    total = None
-    for stack, weight in zip(groups.stacks, groups.weights):
-        num = jax.tree.leaves(stack)[0].shape[0]
-        if num <= _MAX_UNROLLED_BATCHES or groups.unroll:
-            acc = None
-            for b in range(num):
-                part = fn(jax.tree.map(lambda s: s[b], stack))
-                acc = part if acc is None else tree.add(acc, part)
-        else:
-            first = jax.tree.map(lambda s: s[0], stack)
-            acc0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first))
-            acc, _ = jax.lax.scan(lambda acc, batch: (tree.add(acc, fn(batch)), None), acc0,
-                                  stack)
-        part = tree.scale(weight, acc)
-        total = part if total is None else tree.add(total, part)
-    return total
 
 
 def _grad_batch(loss, params, batch):
@@ -104,7 +74,7 @@ class _HessianMatvec:
     groups: BatchGroups
 
     def __call__(self, v):
-        return _dataset_mean(lambda b: _hvp_batch_jit(self.loss, self.params, v, b),
+        return dataset_mean(lambda b: _hvp_batch_jit(self.loss, self.params, v, b),
                              self.groups)
 
 
@@ -128,7 +98,7 @@ class _GGNMatvec:
     groups: BatchGroups
 
     def __call__(self, v):
-        return _dataset_mean(
+        return dataset_mean(
             lambda b: _ggn_batch_jit(self.predict, self.output_loss, self.params, v, b),
             self.groups)
 
@@ -141,7 +111,7 @@ class _FisherMatvec:
     groups: BatchGroups
 
     def __call__(self, v):
-        return _dataset_mean(lambda b: _fisher_batch_jit(self.loss, self.params, v, b),
+        return dataset_mean(lambda b: _fisher_batch_jit(self.loss, self.params, v, b),
                              self.groups)
 
 
@@ -160,7 +130,7 @@ def _apply(matvec, v):
 
 
 def _mean_grad(loss, params, groups):
-    return _dataset_mean(lambda b: _grad_batch_jit(loss, params, b), groups)
+    return dataset_mean(lambda b: _grad_batch_jit(loss, params, b), groups)
 
 
 @jax.jit
@@ -170,7 +140,7 @@ def _linearize(loss, params, groups):
 
 @jax.jit
 def _value_and_grad(loss, params, groups):
-    return _dataset_mean(lambda b: _value_and_grad_batch_jit(loss, params, b), groups)
+    return dataset_mean(lambda b: _value_and_grad_batch_jit(loss, params, b), groups)
 
 
 _batch_products = {
@@ -252,7 +222,7 @@ class CurvatureOperator:
 
     def check_vector(self, v) -> None:
         """Raise ``ValueError`` if ``v`` is not shaped like the parameters (naming the leaf)."""
-        _check_same_structure(self.params_like, v, what="The vector's leaves")
+        tree.check_same_structure(self.params_like, v, what="The vector's leaves")
 
     def random_vector(self, key):
         """A standard normal vector shaped like the parameters."""
@@ -326,23 +296,13 @@ chunk of the digits CNN); more fall back to a ``lax.scan`` (with a warning for c
 _MIN_CHUNK = 16
 
 
-def _jaxpr_eqns(jaxpr):
-    """Every equation of a (closed) jaxpr, those of sub-jaxprs (jit, scan, cond) included."""
-    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
-        yield eqn
-        for value in eqn.params.values():
-            for sub in (value if isinstance(value, (list, tuple)) else [value]):
-                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    yield from _jaxpr_eqns(sub)
-
-
 @functools.lru_cache(maxsize=64)
 def _conv_activation_cached(loss, treedef, leaves):
     """``(has_convolution, largest per-example activation in bytes)`` of one batch's loss."""
     params, batch = jax.tree.unflatten(treedef, leaves)
     size = int(jax.tree.leaves(batch)[0].shape[0])
     conv, largest = False, 0
-    for eqn in _jaxpr_eqns(jax.make_jaxpr(loss)(params, batch)):
+    for eqn in jaxpr_eqns(jax.make_jaxpr(loss)(params, batch)):
         conv |= eqn.primitive.name == "conv_general_dilated"
         for var in eqn.outvars:
             shape = getattr(var.aval, "shape", ())
@@ -379,11 +339,20 @@ def _product_groups(obj: Objective, chunk_size) -> BatchGroups:
     on a ~36x slower path), up to ``MAX_CHUNKS`` of them. Built once per objective.
     """
     _check_chunk_size(chunk_size)
-    cache = obj.__dict__.setdefault("_product_groups", {})
+    groups = obj.groups
+    cache = _CHUNKED.get(id(groups))
+    if cache is None:                       # one cache per dataset, dropped with it
+        cache = _CHUNKED[id(groups)] = {}
+        weakref.finalize(groups, _CHUNKED.pop, id(groups), None)
     key = chunk_size if chunk_size is None or isinstance(chunk_size, str) else int(chunk_size)
     if key not in cache:
         cache[key] = _split_groups(obj, key)
     return cache[key]
+
+
+_CHUNKED: dict = {}
+"""``id(BatchGroups) -> {chunk_size: BatchGroups}``: the chunked data of each dataset, built
+once (``Objective.with_params`` keeps the dataset, so a new point reuses its chunks)."""
 
 
 def _split_groups(obj: Objective, chunk_size) -> BatchGroups:
@@ -392,7 +361,7 @@ def _split_groups(obj: Objective, chunk_size) -> BatchGroups:
     sharded = any(isinstance(a, jax.Array) and len(a.sharding.device_set) > 1
                   for a in jax.tree.leaves(groups.stacks))
     if chunk_size == "auto":
-        if not conv or sharded:          # splitting on the host would drop the sharding
+        if not conv or sharded or obj.examples_coupled():   # never split a coupled batch
             return groups
         chunk = max(_MIN_CHUNK, int(CHUNK_BYTES // max(per_example, 1.0)))
         if -(-groups.num_examples // chunk) > MAX_CHUNKS:
@@ -404,8 +373,14 @@ def _split_groups(obj: Objective, chunk_size) -> BatchGroups:
                 f"chunk_size={chunk_size} would re-stack data sharded over several devices on "
                 "the host and lose its sharding. Pass chunk_size=None (or 'auto') and split "
                 "the data into batches yourself before sharding them.")
+        if obj.examples_coupled() and groups.num_examples > 0 and any(
+                int(jax.tree.leaves(st)[0].shape[1]) > chunk_size for st in groups.stacks):
+            raise ValueError(
+                f"chunk_size={chunk_size} would split batches of a loss that couples the examples "
+                "of a batch (batch statistics, in-batch negatives), which changes the loss. "
+                "Pass chunk_size=None, or make the batches themselves smaller.")
         groups = groups.split(chunk_size)
-    if not conv or groups.num_batches <= _MAX_UNROLLED_BATCHES:
+    if not conv or groups.num_batches <= MAX_UNROLLED_BATCHES:
         return groups
     if groups.num_batches > MAX_CHUNKS:
         warnings.warn(
@@ -419,17 +394,8 @@ def _split_groups(obj: Objective, chunk_size) -> BatchGroups:
 
 def _stream_product(obj: Objective, kind: str, fn_arg):
     product = _batch_products[kind]
-
-    def apply(v):
-        total, count = None, 0
-        for batch, n in obj.batches():
-            part = tree.scale(float(n), product(fn_arg, obj.params, v, batch))
-            total = part if total is None else tree.add(total, part)
-            count += n
-        if total is None:
-            raise ValueError("The data stream yielded no batches.")
-        return tree.scale(1.0 / count, total)
-    return apply
+    return lambda v: stream_mean(lambda batch: product(fn_arg, obj.params, v, batch),
+                                 obj.batches())
 
 
 def hessian(obj: Objective, *, linearize: bool | str = "auto",
@@ -517,8 +483,17 @@ def empirical_fisher(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
     Args:
       obj: the objective.
       chunk_size: the batch size the compiled product works in, as in :func:`hessian`.
+
+    Raises:
+      ValueError: a loss that couples the examples of a batch (BatchNorm with batch
+        statistics, in-batch negatives): it has no per-example losses.
     """
     _check_chunk_size(chunk_size)         # streamed data is never chunked
+    if obj.examples_coupled():
+        raise ValueError("The empirical Fisher needs per-example losses, but this loss couples "
+                         "the examples of a batch (e.g. BatchNorm with batch statistics): a "
+                         "single example is not a batch of it. Use ht.hessian or "
+                         "ht.gauss_newton, or bn_mode='eval'.")
     if obj.streaming:
         return CurvatureOperator("fisher", obj.params,
                                  stream_fn=_stream_product(obj, "fisher", obj.loss),
@@ -581,8 +556,9 @@ def dense_hessian(obj: Objective, *, chunk_size: int = 128) -> np.ndarray:
     The parameters are raveled in ``jax.tree.leaves`` order (``jax.flatten_util.ravel_pytree``).
     Batches are split into chunks of ``chunk_size`` examples (the loss is a per-example mean,
     so chunks are combined weighted by their sizes) to bound the memory of forward-mode
-    differentiation at about ``P x chunk_size x`` activations. Result memory ``O(P^2)``: for
-    models up to a few thousand parameters. Use x64 for references.
+    differentiation at about ``P x chunk_size x`` activations; a loss that couples the
+    examples of a batch is never split. Result memory ``O(P^2)``: for models up to a few
+    thousand parameters. Use x64 for references.
     """
     flat, unravel = jax.flatten_util.ravel_pytree(obj.params)
     if flat.size > 20000:
@@ -591,6 +567,8 @@ def dense_hessian(obj: Objective, *, chunk_size: int = 128) -> np.ndarray:
                          "ht.eigenvalues on ht.hessian(obj) instead.")
     total = np.zeros((flat.size, flat.size), dtype=np.asarray(flat).dtype)
     count = 0
+    if obj.examples_coupled():
+        chunk_size = max(n for _, n in obj.batches())
     for batch, n in obj.batches():
         for start in range(0, n, chunk_size):
             chunk = jax.tree.map(lambda a: a[start:start + chunk_size], batch)
@@ -608,14 +586,8 @@ def _dense_hessian_jit(flat, batch, loss, unravel):
 def value_and_grad(obj: Objective):
     """The dataset-mean loss and its gradient (a pytree like params); one pass over the data."""
     if obj.streaming:
-        loss_sum, grad_sum, count = 0.0, None, 0
-        for batch, n in obj.batches():
-            value, grad = _value_and_grad_batch_jit(obj.loss, obj.params, batch)
-            loss_sum += n * float(value)
-            grad = tree.scale(float(n), grad)
-            grad_sum = grad if grad_sum is None else tree.add(grad_sum, grad)
-            count += n
-        return loss_sum / count, tree.scale(1.0 / count, grad_sum)
+        return stream_mean(lambda batch: _value_and_grad_batch_jit(obj.loss, obj.params, batch),
+                           obj.batches())
     value, grad = _value_and_grad(obj.loss, obj.params, _product_groups(obj, "auto"))
     return value, grad
 
@@ -625,9 +597,3 @@ def gradient(obj: Objective):
     return value_and_grad(obj)[1]
 
 
-def _import_flatten_util():  # jax.flatten_util is a submodule that must be imported explicitly
-    import jax.flatten_util  # noqa: F401
-
-
-_import_flatten_util()
-del _as_pytree_fn

@@ -35,7 +35,8 @@ from hessian_tools.linalg.slq import (gaussian_cdf, gaussian_smoothing, quadratu
                                       slq_quadrature_numpy, wasserstein1)
 from hessian_tools.linalg.trace import (PROBES, batched_matvec, hutchinson_samples, hutchpp,
                                         random_probes)
-from hessian_tools.operators import CurvatureOperator, _jaxpr_eqns, to_dense
+from hessian_tools._callables import jaxpr_eqns
+from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import Eigenpairs, _jsonable
 
 __all__ = ["SpectralDensity", "TraceEstimate", "EigenvalueCount", "OutlierSplit", "density",
@@ -551,7 +552,7 @@ def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
             try:
                 jaxpr = jax.make_jaxpr(op.matvec_fn)(_zeros(op.params_like))
                 slow = any(eqn.primitive.name == "conv_general_dilated"
-                           for eqn in _jaxpr_eqns(jaxpr))
+                           for eqn in jaxpr_eqns(jaxpr))
             except Exception:  # noqa: BLE001  (cannot trace: keep the compiled loop)
                 slow = False
         op.meta["slow_in_loops"] = slow

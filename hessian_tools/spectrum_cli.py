@@ -68,7 +68,7 @@ def _objective(args):
     import jax
     import jax.numpy as jnp
 
-    from hessian_tools.batch import (ModelTargetError, cast_objective, load_model_target,
+    from hessian_tools.batch import (ModelTargetError, load_model_target,
                                      parse_model_kwargs)
     if args.model and args.example:
         raise UserError("pass either --model or --example, not both.")
@@ -87,7 +87,7 @@ def _objective(args):
                         "or --example digits-mlp for the built-in one.")
     if args.precision is not None:
         obj = dataclasses.replace(obj, precision=args.precision)
-    return cast_objective(obj, jnp.float64) if args.dtype == "float64" else obj
+    return obj.astype(jnp.float64) if args.dtype == "float64" else obj
 
 
 def _config_and_objective(args):

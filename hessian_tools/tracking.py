@@ -54,7 +54,9 @@ import optax
 from hessian_tools import tree
 from hessian_tools.linalg import lanczos_tridiag
 from hessian_tools.linalg.lanczos import _combine, _orthogonalize, _project_step, _take_rows
-from hessian_tools.objective import Objective, _as_pytree_fn, group_batches
+from hessian_tools._callables import as_pytree_fn, default_inputs
+from hessian_tools.data import group_batches
+from hessian_tools.objective import Objective
 from hessian_tools.operators import CurvatureOperator, _mean_grad, hessian, value_and_grad
 
 __all__ = [
@@ -837,7 +839,7 @@ def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_i
     if not isinstance(num_iters, int) or num_iters < 1:
         raise ValueError(f"num_iters={num_iters!r} must be a positive integer.")
     groups = group_batches(measure_data if isinstance(measure_data, list) else [measure_data])
-    pytree_loss = _as_pytree_fn(loss_fn)
+    pytree_loss = as_pytree_fn(loss_fn)
     key = jax.random.key(0) if key is None else key
     inner = None if optimizer is None else optax.with_extra_args_support(optimizer)
     info = None if optimizer is None else optimizer_info(optimizer)
@@ -1461,8 +1463,6 @@ class _NNXApply:
 
     def __call__(self, params, batch):
         from flax import nnx
-
-        from hessian_tools.objective import default_inputs
         model = nnx.merge(self.graphdef, params, *([self.rest] if self.rest is not None else []))
         return model(default_inputs(batch))
 

@@ -16,7 +16,8 @@ __all__ = [
     "FlatLayout", "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set",
     "host_algebra", "host_is_device", "host_normal_flat", "host_normal_like", "key_bits",
     "norm", "normal_like", "rademacher_like", "ravel", "scale", "single_threaded_blas",
-    "size", "sub", "vdot", "zeros_basis", "zeros_like",
+    "size", "sub", "vdot", "zeros_basis", "zeros_like", "path_str", "flat_paths",
+    "check_same_structure",
 ]
 
 
@@ -186,6 +187,38 @@ class FlatLayout:
         parts = np.split(flat, self.splits, axis=-1)
         return self.treedef.unflatten([jnp.asarray(p.reshape(lead + s), d) for p, s, d in
                                        zip(parts, self.shapes, self.dtypes)])
+
+
+# ---- paths ---------------------------------------------------------------------------------
+
+def path_str(path) -> str:
+    """``a/b/c`` for a pytree key path (an NNX variable's trailing ``.value`` is dropped)."""
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def flat_paths(x) -> dict:
+    """``{"a/b/c": leaf}`` for every leaf of a pytree, in tree order."""
+    return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(x)[0]}
+
+
+def check_same_structure(ref, new, *, what: str) -> None:
+    """Raise ``ValueError`` unless ``new`` has the leaves and shapes of ``ref`` (the first
+    difference is named, with both shapes)."""
+    ref_flat, ref_def = jax.tree_util.tree_flatten_with_path(ref)
+    new_flat, new_def = jax.tree_util.tree_flatten_with_path(new)
+    if ref_def != new_def:
+        ref_paths = [path_str(p) for p, _ in ref_flat]
+        new_paths = [path_str(p) for p, _ in new_flat]
+        missing = sorted(set(ref_paths) - set(new_paths))[:3]
+        extra = sorted(set(new_paths) - set(ref_paths))[:3]
+        raise ValueError(f"{what} do not match the parameter tree: missing leaves {missing}, "
+                         f"unexpected leaves {extra}.")
+    for (path, a), (_, b) in zip(ref_flat, new_flat):
+        if np.shape(a) != np.shape(b):
+            raise ValueError(f"{what}: leaf '{path_str(path)}' has shape {np.shape(b)}, "
+                             f"expected {np.shape(a)}.")
 
 
 # ---- stacked bases: leaves with a leading axis of length m ------------------------------

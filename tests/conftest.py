@@ -29,8 +29,8 @@ def rounding_perturbed_diag(size, seed=0):
 
 def dot_precisions(fn, *args):
     """The precision of every matrix product and convolution in ``fn``'s traced jaxpr."""
-    from hessian_tools.operators import _jaxpr_eqns
-    return [eqn.params["precision"] for eqn in _jaxpr_eqns(jax.make_jaxpr(fn)(*args))
+    from hessian_tools._callables import jaxpr_eqns
+    return [eqn.params["precision"] for eqn in jaxpr_eqns(jax.make_jaxpr(fn)(*args))
             if eqn.primitive.name in ("dot_general", "conv_general_dilated")]
 
 

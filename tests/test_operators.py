@@ -108,7 +108,7 @@ def test_restrict_to_a_layer_is_the_hessian_block():
     # the block of the full Hessian for the selected leaves (ravel order: bias, kernel)
     sizes = [np.size(a) for a in jax.tree.leaves(obj.params)]
     offsets = np.cumsum([0] + sizes)
-    paths = [ht.objective._path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+    paths = [ht.tree.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(
         obj.params)[0]]
     idx = np.concatenate([np.arange(offsets[i], offsets[i + 1])
                           for i, p in enumerate(paths) if p.startswith("layers/1")])
@@ -251,7 +251,7 @@ def _cnn_objective(n=300, seed=0):
 
 
 def test_split_keeps_every_example_once_in_near_equal_chunks():
-    from hessian_tools.objective import group_batches
+    from hessian_tools.data import group_batches
     idx = np.arange(200.0)
     bounds = [0, 13, 50, 51, 90, 128, 170, 200]
     groups = group_batches([(idx[a:b], idx[a:b] * 2) for a, b in zip(bounds[:-1], bounds[1:])])
@@ -369,7 +369,8 @@ def test_with_params_keeps_the_built_batches():
     ht.hessian(obj)
     other = obj.with_params(jax.tree.map(lambda a: a + 1.0, obj.params))
     assert other.groups is obj.groups
-    assert other.__dict__["_product_groups"] is obj.__dict__["_product_groups"]
+    from hessian_tools.operators import _product_groups
+    assert _product_groups(other, "auto") is _product_groups(obj, "auto")
 
 
 def test_the_linearisation_is_traced_once(monkeypatch):
@@ -391,14 +392,13 @@ def test_precision_reaches_every_product_of_the_curvature_operators(build):
     """Objective(precision=...) fixes the precision of every dot in the traced products:
     the forward pass, its JVP and the transposes of the backward pass. On GPUs the JAX
     default would be TF32 (BENCHMARKS: RESULTS_gpu.md); on CPUs this is all one can test."""
-    from hessian_tools.batch import cast_objective
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
     for precision, expected in (("highest", highest), (None, None)):
         obj = dataclasses.replace(_mlp_objective(n=50), precision=precision)
         if build == "restricted":
             obj = obj.restrict("layers/1")
         if build == "cast":
-            obj = cast_objective(obj, jnp.float32)
+            obj = obj.astype(jnp.float32)
         op = ht.gauss_newton(obj) if build == "gauss_newton" else ht.hessian(obj)
         zeros = jax.tree.map(jnp.zeros_like, op.params_like)
         seen = dot_precisions(op.matvec_fn, zeros)
