@@ -5,7 +5,7 @@ Writes N checkpoints of a digits model (perturbed copies of the trained weights)
 fresh process with the persistent compilation cache off, so each pays its own compile, and
 (c) separate invocations with the persistent cache on and warm (a user's second command).
 
-    .venv/bin/python benchmarks/bench_batch.py --example digits-mlp-wide --num 20
+    .venv/bin/python benchmarks/bench_batch.py --example mlp-wide --num 20
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import jax
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--example", default="digits-mlp-wide")
+    parser.add_argument("--example", default="mlp-wide")
     parser.add_argument("--num", type=int, default=20, help="number of checkpoints")
     parser.add_argument("--singles", type=int, default=None,
                         help="time only this many separate runs and extrapolate (default: all)")
@@ -36,8 +36,7 @@ def main() -> None:
 
     from hessian_tools.checkpoints import save_npz
     from hessian_tools.examples import digits
-    from hessian_tools.spectrum_cli import EXAMPLES
-    obj = digits.digits_objective(EXAMPLES[args.example])
+    obj = digits.digits_objective(args.example)
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     for i in range(args.num):
         scale = 1.0 + 0.01 * i

@@ -47,7 +47,7 @@ import optax  # noqa: E402
 
 import hessian_tools as ht  # noqa: E402
 from hessian_tools.examples.digits import load_digits_data  # noqa: E402
-from hessian_tools.report import save_figure, write_json  # noqa: E402
+from hessian_tools.files import save_figure, write_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WEIGHT_DECAY = 1e-3

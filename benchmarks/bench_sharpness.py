@@ -41,10 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 import hessian_tools as ht
 from hessian_tools.examples import digits
-from hessian_tools.report import atomic_write_text, save_figure, write_json
+from hessian_tools.files import atomic_write_text, save_figure, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -67,12 +68,10 @@ def _mse(outputs, batch):
 def _eos_setup():
     x, y = digits.load_digits_data()
     data = (x, jax.nn.one_hot(y, 10))
-    predict, params = ht.nnx_model_fn(lambda rngs: digits.MLP((32, 32), rngs=rngs))(
-        jax.random.key(0))
-    last = max(params["layers"])
-    params["layers"][last]["kernel"] = jax.tree.map(lambda a: 0.2 * a,
-                                                    params["layers"][last]["kernel"])
-    return (lambda p, b: _mse(predict(p, b), b)), params, data
+    model = digits.MLP((32, 32), rngs=nnx.Rngs(0))
+    model.layers[-1].kernel[...] = 0.2 * model.layers[-1].kernel[...]
+    obj = ht.Objective.from_nnx(model, _mse, data)
+    return obj.loss, obj.params, data
 
 
 def eos_run(lr: float, steps: int, every: int) -> dict:
@@ -139,10 +138,9 @@ def eos_figure(runs: list, path: Path) -> None:
 
 def _wide_setup():
     x, y = digits.load_digits_data()
-    predict, params = ht.nnx_model_fn(lambda rngs: digits.MLP((512, 512), rngs=rngs))(
-        jax.random.key(0))
-    loss_fn = lambda p, b: digits.cross_entropy(predict(p, b), b)  # noqa: E731
-    return loss_fn, params, (x, y)
+    obj = ht.Objective.from_nnx(digits.MLP((512, 512), rngs=nnx.Rngs(0)),
+                                digits.cross_entropy, (x, y))
+    return obj.loss, obj.params, (x, y)
 
 
 def _timed_training(loss_fn, params, data, steps, every, tracker_kwargs):

@@ -25,13 +25,11 @@ __all__ = [
 
 # ---- critical points and saddle-free Newton (issue 4) ----------------------------------------
 from hessian_tools.critical import (CriticalPointReport, CriticalPointSearch, FoundPoint,  # noqa: E402
-                                    classify, find_critical_points, plot_index_vs_loss,
-                                    verdict_summary)
+                                    classify, find_critical_points, plot_index_vs_loss)
 from hessian_tools.saddle_free import SaddleFreeNewtonState, saddle_free_newton  # noqa: E402
 
 __all__ += ["CriticalPointReport", "CriticalPointSearch", "FoundPoint", "SaddleFreeNewtonState",
-            "classify", "find_critical_points", "plot_index_vs_loss", "saddle_free_newton",
-            "verdict_summary"]
+            "classify", "find_critical_points", "plot_index_vs_loss", "saddle_free_newton"]
 
 # ---- the whole spectrum: SLQ density, traces, negative counts, outliers (issue 3) -------------
 from hessian_tools.spectral_density import (EigenvalueCount, OutlierSplit, SpectralDensity,  # noqa: E402
@@ -47,7 +45,7 @@ __all__ += ["EigenvalueCount", "OutlierSplit", "SpectralDensity", "TraceEstimate
 from hessian_tools.tracking import (OptimizerComparison, OptimizerInfo, OptimizerRun,  # noqa: E402
                                     SharpnessLog, SharpnessMonitorState, SharpnessResult,
                                     SharpnessTracker, adaptive_preconditioner,
-                                    compare_optimizers, measurement_subset, nnx_model_fn,
+                                    compare_optimizers, measurement_subset,
                                     optimizer_info, plot_comparison, plot_sharpness,
                                     read_sharpness_log, sharpness, sharpness_monitor,
                                     stability_threshold)
@@ -55,5 +53,5 @@ from hessian_tools.tracking import (OptimizerComparison, OptimizerInfo, Optimize
 __all__ += ["OptimizerComparison", "OptimizerInfo", "OptimizerRun", "SharpnessLog",
             "SharpnessMonitorState", "SharpnessResult", "SharpnessTracker",
             "adaptive_preconditioner", "compare_optimizers", "measurement_subset",
-            "nnx_model_fn", "optimizer_info", "plot_comparison", "plot_sharpness",
+            "optimizer_info", "plot_comparison", "plot_sharpness",
             "read_sharpness_log", "sharpness", "sharpness_monitor", "stability_threshold"]

@@ -28,7 +28,7 @@ import safetensors.numpy
 
 from hessian_tools import tree
 from hessian_tools.objective import Objective, check_finite
-from hessian_tools.report import atomic_write_bytes
+from hessian_tools.files import atomic_write_bytes
 
 __all__ = ["CheckpointError", "Restored", "load_checkpoint", "restore", "match_params",
            "find_checkpoints", "checkpoint_format", "step_of", "save_npz", "save_safetensors",

@@ -46,7 +46,7 @@ from hessian_tools.spectrum import default_tol, eigenvalues
 
 __all__ = ["CriticalPointReport", "CriticalPointSearch", "FoundPoint", "MinresResult",
            "VERDICTS", "classify", "default_grad_tol",
-           "find_critical_points", "minres", "plot_index_vs_loss", "verdict_summary"]
+           "find_critical_points", "minres", "plot_index_vs_loss"]
 
 VERDICTS = ("minimum", "degenerate minimum", "saddle", "maximum", "not critical")
 
@@ -756,16 +756,6 @@ def _describe_index(spec) -> str:
     if spec.index is None:
         return f"index >= {spec.index_interval[0]}, {spec.num_flat} flat"
     return f"index {spec.index}, {spec.num_flat}{'+' if spec.flat_lower_bound else ''} flat"
-
-
-def verdict_summary(obj: Objective, key, **kwargs) -> dict:
-    """The verdict for a report (e.g. the demo's trained model): a JSON-ready dict.
-
-    Returns ``{"verdict", "summary", "report"}``: the verdict string, a one-line summary and
-    the full :class:`CriticalPointReport` as a dict. ``kwargs`` go to :func:`classify`.
-    """
-    rep = classify(obj, key=key, **kwargs)
-    return {"verdict": rep.verdict, "summary": rep.summary, "report": rep.to_dict()}
 
 
 # ---- finding critical points: Newton-MR on 1/2 ||grad L||^2 --------------------------------

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
+from hessian_tools._progress import progress_bar
 from hessian_tools.linalg import lanczos_eigs, power_eigs
 from hessian_tools.linalg.lanczos import buffer_rows
 from hessian_tools.operators import CurvatureOperator, to_dense
@@ -99,8 +100,7 @@ def _host_residuals(v, w, values):
 def _progress(total, enabled, desc):
     if not enabled:
         return None, lambda: None
-    from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc=desc, unit="matvec", leave=False)
+    bar = progress_bar(total, desc, leave=False)
 
     def update(n):
         bar.n = min(n, total)

@@ -54,7 +54,7 @@ import optax
 from hessian_tools import tree
 from hessian_tools.linalg import lanczos_tridiag
 from hessian_tools.linalg.lanczos import _combine, _orthogonalize, _project_step, _take_rows
-from hessian_tools._callables import as_pytree_fn, default_inputs
+from hessian_tools._callables import as_pytree_fn
 from hessian_tools.data import group_batches
 from hessian_tools.objective import Objective
 from hessian_tools.operators import CurvatureOperator, _mean_grad, hessian, value_and_grad
@@ -62,7 +62,7 @@ from hessian_tools.operators import CurvatureOperator, _mean_grad, hessian, valu
 __all__ = [
     "QUANTITIES", "OptimizerComparison", "OptimizerInfo", "OptimizerRun", "SharpnessLog",
     "SharpnessMonitorState", "SharpnessResult", "SharpnessTracker", "adaptive_preconditioner",
-    "compare_optimizers", "measurement_subset", "nnx_model_fn", "optimizer_info",
+    "compare_optimizers", "measurement_subset", "optimizer_info",
     "plot_comparison", "plot_sharpness", "read_sharpness_log", "sharpness", "sharpness_monitor",
     "stability_threshold",
 ]
@@ -1455,34 +1455,6 @@ class _LeafLoss:
         return self.loss(jax.tree.unflatten(self.treedef, leaves), batch)
 
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class _NNXApply:
-    graphdef: Any
-    rest: Any = None
-
-    def __call__(self, params, batch):
-        from flax import nnx
-        model = nnx.merge(self.graphdef, params, *([self.rest] if self.rest is not None else []))
-        return model(default_inputs(batch))
-
-
-def nnx_model_fn(factory: Callable) -> Callable:
-    """Turn ``factory(rngs) -> nnx.Module`` into a ``model_fn(key) -> (predict, params)``.
-
-    ``predict(params, batch)`` merges the parameters into the module and applies it to the
-    batch's inputs (``batch[0]``); only ``nnx.Param`` variables are trained. Non-parameter
-    state (batch statistics) is held fixed at its initial value.
-    """
-    def model_fn(key):
-        from flax import nnx
-        model = factory(nnx.Rngs(key))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        rest = rest if jax.tree.leaves(rest) else None
-        return _NNXApply(graphdef, rest), params
-    return model_fn
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerRun:
     """One optimizer's training run in :func:`compare_optimizers`.
@@ -1609,7 +1581,7 @@ def _batch_order(key, n, batch_size, num_steps):
     return np.concatenate(perms).reshape(-1, batch_size)[:num_steps]
 
 
-def compare_optimizers(model_fn: Callable, loss_fn: Callable, data, optimizers: Mapping, *,
+def compare_optimizers(obj: Objective, optimizers: Mapping, *,
                        num_steps: int, every: int = 10, key, batch_size: int | None = None,
                        measure_data=None, measure_size: int | None = 512,
                        quantities=("lambda_max",), tol: float = 1e-3,
@@ -1618,8 +1590,9 @@ def compare_optimizers(model_fn: Callable, loss_fn: Callable, data, optimizers: 
                        overwrite: bool = False, verbose: bool = False) -> OptimizerComparison:
     """Train one model with several optimizers and track their sharpness side by side.
 
-    Every optimizer starts from the same initialisation (``model_fn(key_init)``) and sees
-    the same minibatches in the same order (full batch when ``batch_size`` is None). Every
+    Every optimizer starts from the same initialisation (``obj.params``) and sees the same
+    minibatches of ``obj.data`` in the same order (full batch when ``batch_size`` is None),
+    minimising ``obj.loss``. Every
     ``every`` steps (and at the last step) a :class:`SharpnessTracker` measures
     ``lambda_max`` of the training loss on a fixed measurement set (and, for adaptive
     optimizers, the preconditioned sharpness with ``P`` from the optimizer state), and the
@@ -1631,14 +1604,14 @@ def compare_optimizers(model_fn: Callable, loss_fn: Callable, data, optimizers: 
     :class:`SharpnessTracker`). Memory: one model and optimizer state at a time.
 
     Args:
-      model_fn: ``model_fn(key) -> (predict, params)`` with ``predict(params, batch) ->
-        outputs`` (e.g. :func:`nnx_model_fn`).
-      loss_fn: ``loss_fn(outputs, batch) -> scalar`` mean loss (e.g. cross-entropy).
-      data: the training data as one in-memory batch, e.g. ``(x, y)``.
+      obj: the model and its training data: ``obj.params`` is the initialisation, the data
+        (in memory: one batch or a list of batches, concatenated) is trained on, and with
+        ``obj.predict`` the accuracy is recorded too (e.g.
+        ``Objective.from_nnx(MyNet(rngs=nnx.Rngs(0)), loss_fn, (x, y))``).
       optimizers: ``{name: optax optimizer}``.
       num_steps: training steps per optimizer.
       every: measurement period.
-      key: a ``jax.random`` key (initialisation, data order, measurement set, solver).
+      key: a ``jax.random`` key (data order, measurement set, solver).
       batch_size: minibatch size (``None``: full-batch gradient descent).
       measure_data: the measurement set (default: ``measure_size`` random examples).
       measure_size: size of the default measurement set (``None``: all data).
@@ -1661,19 +1634,19 @@ def compare_optimizers(model_fn: Callable, loss_fn: Callable, data, optimizers: 
       ValueError: a bad ``num_steps``, ``every`` or ``batch_size``, or an existing log in
         ``log_dir`` without ``overwrite``.
     """
+    data = _training_data(obj)
     n = _validate_compare(data, optimizers, num_steps, every, batch_size)
-    k_init, k_data, k_measure, k_track = jax.random.split(key, 4)
-    predict, params0 = model_fn(k_init)
-    full_loss = _FullLoss(predict, loss_fn)
+    _, k_data, k_measure, k_track = jax.random.split(key, 4)
+    params0, full_loss = obj.params, obj.loss
     if measure_data is None:
         measure_data = measurement_subset(data, measure_size, key=k_measure)
     order = _batch_order(k_data, n, batch_size, num_steps)
-    evaluate = _make_eval(predict, loss_fn, accuracy_fn or _accuracy)
+    evaluate = _make_eval(obj, accuracy_fn or _accuracy)
     runs = {}
     for name, opt in optimizers.items():
         lr = (learning_rates or {}).get(name)
         info = optimizer_info(opt, learning_rate=lr)
-        log_path = None if log_dir is None else Path(log_dir) / f"{_safe_name(name)}.jsonl"
+        log_path = None if log_dir is None else Path(log_dir) / f"{safe_name(name)}.jsonl"
         tracker = SharpnessTracker(full_loss, measure_data, every=every, log_path=log_path,
                                    quantities=quantities, key=k_track, k=k, tol=tol,
                                    optimizer=info, resume=False, overwrite=overwrite)
@@ -1690,25 +1663,28 @@ def compare_optimizers(model_fn: Callable, loss_fn: Callable, data, optimizers: 
     return OptimizerComparison(runs, config)
 
 
-def _safe_name(name: str) -> str:
+def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class _FullLoss:
-    predict: Any
-    loss_fn: Any
+def _training_data(obj: Objective):
+    """The objective's data as one in-memory batch (a list of batches is concatenated)."""
+    if obj.streaming:
+        raise ValueError("compare_optimizers trains on in-memory data; this objective streams "
+                         "its data. Pass the data as one batch or a list of batches.")
+    batches = obj.data if isinstance(obj.data, list) else [obj.data]
+    return jax.tree.map(lambda *xs: jnp.concatenate([jnp.asarray(x) for x in xs]), *batches)
 
-    def __call__(self, params, batch):
-        return self.loss_fn(self.predict(params, batch), batch)
 
+def _make_eval(obj: Objective, accuracy_fn):
+    if not obj.has_outputs:
+        return jax.jit(lambda params, batch: (obj.loss(params, batch),
+                                              jnp.asarray(jnp.nan, jnp.float32)))
 
-def _make_eval(predict, loss_fn, accuracy_fn):
     @jax.jit
     def evaluate(params, batch):
-        out = predict(params, batch)
-        return loss_fn(out, batch), accuracy_fn(out, batch)
+        out = obj.predict(params, batch)
+        return obj.output_loss(out, batch), accuracy_fn(out, batch)
     return evaluate
 
 

@@ -18,7 +18,7 @@ import hessian_tools as ht
 from _models import ConvBN, cross_entropy, make_conv_bn, signal_data, trained_conv_bn
 from hessian_tools import checkpoints as C
 from hessian_tools.cli import main
-from hessian_tools.report import atomic_write_bytes
+from hessian_tools.files import atomic_write_bytes
 
 
 @pytest.fixture(scope="module")

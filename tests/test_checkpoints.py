@@ -13,7 +13,7 @@ import pytest
 
 import hessian_tools as ht
 from hessian_tools import checkpoints as C
-from hessian_tools.batch import AnalysisConfig, analyze
+from hessian_tools.cli.runs import AnalysisConfig, analyze
 from hessian_tools.cli import main
 from hessian_tools.examples.digits import digits_objective
 
@@ -57,11 +57,12 @@ def test_cli_round_trip_all_formats_in_a_subprocess(obj, tmp_path):
     api = analyze(obj, AnalysisConfig(top=3, bottom=0))
     ref = np.asarray(api["eigenvalues"][0]["values"])
     for name in ("step_1", "step_2", "step_3", "step_4"):
-        saved = json.loads((out / f"{name}.json").read_text())
+        saved = json.loads((out / "checkpoints" / f"{name}.json").read_text())
         np.testing.assert_allclose(saved["result"]["eigenvalues"][0]["values"], ref, rtol=1e-4)
         np.testing.assert_allclose(saved["result"]["loss"], api["loss"], rtol=1e-6)
         assert saved["result"]["num_matvecs"] > 0 and saved["versions"]["jax"]
-    for f in ("summary.json", "report.md", "report.html", "trajectory.png", "step_1.png"):
+    for f in ("summary.json", "report.md", "report.html", "trajectory.png",
+              "checkpoints/step_1.png"):
         assert (out / f).exists()
     assert "data:image/png;base64" in (out / "report.html").read_text()
 
@@ -117,14 +118,14 @@ def test_trajectory_with_a_corrupt_checkpoint_and_resume(obj, tmp_path, capsys):
     assert summary["failed"][0]["checkpoint"].endswith("step_15.npz")
     assert "step_15" in (out / "report.md").read_text()
     # an interrupted run: one result missing; re-running recomputes only that one
-    kept = (out / "step_10.json").read_text()
-    (out / "step_30.json").unlink()
+    kept = (out / "checkpoints" / "step_10.json").read_text()
+    (out / "checkpoints" / "step_30.json").unlink()
     (run / "step_15.npz").unlink()
     code, _ = _cli([str(run), *MODEL, "--top", "2", "--bottom", "0", "--out", str(out)], capsys)
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0
     assert [r["status"] for r in summary["rows"]] == ["skipped", "skipped", "done"]
-    assert (out / "step_10.json").read_text() == kept          # not overwritten
+    assert (out / "checkpoints" / "step_10.json").read_text() == kept    # not overwritten
     assert all(p.read_bytes() == b for p, b in before.items() if p.exists())  # never modified
     code, _ = _cli([str(run), *MODEL, "--top", "2", "--bottom", "0", "--out", str(out),
                     "--overwrite"], capsys)
@@ -139,10 +140,11 @@ def test_density_adds_the_negative_fraction_to_the_report(obj, tmp_path, capsys)
     row = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"][0]
     report = (tmp_path / "out" / "report.md").read_text()
     assert code == 0 and row["negative_fraction"] is not None
-    assert "negative fraction" in report and f"{row['negative_fraction']:.2%}" in report
+    assert "negative (λ<−τ)" in report and f"{row['negative_fraction']:.2%}" in report
+    assert "τ = 1% of max|λ|" in report
     code, _ = _cli([str(tmp_path / "a.npz"), *MODEL, "--top", "1", "--bottom", "0",
                     "--out", str(tmp_path / "plain")], capsys)
-    assert code == 0 and "negative fraction" not in (tmp_path / "plain" / "report.md").read_text()
+    assert code == 0 and "negative (λ<−τ)" not in (tmp_path / "plain" / "report.md").read_text()
 
 
 def test_every_takes_every_nth_and_help_documents_defaults(obj, tmp_path, capsys):
@@ -152,6 +154,10 @@ def test_every_takes_every_nth_and_help_documents_defaults(obj, tmp_path, capsys
                     "--out", str(tmp_path / "out")], capsys)
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
     assert code == 0 and [r["step"] for r in rows] == [1, 3, 5]
+    code, _ = _cli([str(tmp_path / "run"), *MODEL, "--every", "3", "--top", "1", "--bottom", "0",
+                    "--out", str(tmp_path / "out3")], capsys)
+    rows = json.loads((tmp_path / "out3" / "summary.json").read_text())["rows"]
+    assert code == 0 and [r["step"] for r in rows] == [1, 4, 5]        # the last is kept
     with pytest.raises(SystemExit):
         main(["spectrum", "--help"])
     assert "(default: 5)" in capsys.readouterr().out
@@ -170,7 +176,8 @@ def test_compare_two_checkpoints(obj, tmp_path, capsys):
     assert (tmp_path / "cmp" / "compare_density.png").stat().st_size > 1000
     # the densities behind the overlay are the analysed ones: scaling every weight by 1.2
     # changes the spectrum, and each negative fraction is read off its own density
-    stored = [json.loads((tmp_path / "cmp" / f"{n}.json").read_text())["result"] for n in "ab"]
+    stored = [json.loads((tmp_path / "cmp" / "checkpoints" / f"{n}.json").read_text())["result"]
+              for n in "ab"]
     for row, res in zip(rows, stored):
         dens = ht.SpectralDensity.from_dict(res["density"])
         assert row["negative_fraction"] == pytest.approx(ht.negative_count(dens).fraction)
@@ -187,7 +194,7 @@ def test_find_checkpoints_orders_by_step(tmp_path):
 
 
 def test_batch_progress_plans_in_matvecs_and_learns_from_finished_checkpoints():
-    from hessian_tools.batch import BatchProgress, planned_matvecs
+    from hessian_tools.cli.runs import BatchProgress, planned_matvecs
     config = AnalysisConfig(top=5, bottom=0, trace=True, trace_matvecs=60)
     first_guess = planned_matvecs(config)
     assert first_guess > 60
@@ -219,10 +226,10 @@ def test_resume_refuses_a_result_computed_with_other_settings(obj, tmp_path, cap
     out = tmp_path / "out"
     args = [str(tmp_path / "run"), *MODEL, "--bottom", "0", "--out", str(out)]
     assert _cli([*args, "--top", "1"], capsys)[0] == 0
-    before = (out / "step_1.json").read_text()
+    before = (out / "checkpoints" / "step_1.json").read_text()
     code, err = _cli([*args, "--top", "2"], capsys)
     assert code == 1 and "different settings (top: 1 -> 2)" in err and "--overwrite" in err
-    assert (out / "step_1.json").read_text() == before       # nothing overwritten
+    assert (out / "checkpoints" / "step_1.json").read_text() == before   # nothing overwritten
 
 
 def test_precision_is_applied_recorded_and_guards_resume(obj, tmp_path, capsys):
@@ -230,14 +237,14 @@ def test_precision_is_applied_recorded_and_guards_resume(obj, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(tmp_path / "run"), *MODEL, "--top", "1", "--bottom", "0", "--out", str(out)]
     assert _cli([*args, "--precision", "default"], capsys)[0] == 0
-    stored = json.loads((out / "step_1.json").read_text())
-    assert stored["config"]["precision"] == stored["result"]["precision"] == "default"
+    stored = json.loads((out / "checkpoints" / "step_1.json").read_text())
+    assert stored["config"]["precision"] == stored["result"]["analysed"]["precision"] == "default"
     code, err = _cli(args, capsys)                     # the objective's own: highest
     assert code == 1 and "precision: 'default' -> 'highest'" in err
 
 
 def test_reports_get_ordinary_file_permissions(tmp_path):
-    from hessian_tools.report import write_json
+    from hessian_tools.files import write_json
     mask = os.umask(0o022)
     try:
         path = write_json(tmp_path / "r.json", {"a": 1})

@@ -444,16 +444,17 @@ def test_sharpness_monitor_transform_under_jit():
 # ---- comparing optimizers, plots, CLI -------------------------------------------------------
 
 def _digits_small(n=200):
+    from flax import nnx
+
     from hessian_tools.examples import digits
     x, y = digits.load_digits_data()
-    model_fn = ht.nnx_model_fn(lambda rngs: digits.MLP((8,), rngs=rngs))
-    return model_fn, digits.cross_entropy, (x[:n], y[:n])
+    return ht.Objective.from_nnx(digits.MLP((8,), rngs=nnx.Rngs(0)), digits.cross_entropy,
+                                 (x[:n], y[:n]))
 
 
 def test_compare_optimizers_same_start_and_table(tmp_path):
-    model_fn, loss_fn, data = _digits_small()
-    res = ht.compare_optimizers(model_fn, loss_fn, data,
-                                {"sgd": optax.sgd(0.1), "adam": optax.adam(0.01)},
+    obj = _digits_small()
+    res = ht.compare_optimizers(obj, {"sgd": optax.sgd(0.1), "adam": optax.adam(0.01)},
                                 num_steps=20, every=10, key=jax.random.key(0), batch_size=50,
                                 measure_size=64, log_dir=tmp_path)
     sgd, adam = res.runs["sgd"], res.runs["adam"]
@@ -470,7 +471,7 @@ def test_compare_optimizers_same_start_and_table(tmp_path):
     json.dumps(res.to_dict())
     assert len(ht.read_sharpness_log(tmp_path / "adam.jsonl")) == 3
     with pytest.raises(ValueError, match="sgd.jsonl exists"):
-        ht.compare_optimizers(model_fn, loss_fn, data, {"sgd": optax.sgd(0.1)}, num_steps=1,
+        ht.compare_optimizers(obj, {"sgd": optax.sgd(0.1)}, num_steps=1,
                               key=jax.random.key(0), log_dir=tmp_path)
     axes = ht.plot_comparison(res)
     assert len(axes) == 4 and len(axes[1].lines) >= 3
@@ -492,13 +493,13 @@ def test_plot_sharpness_draws_threshold():
 
 
 def _cli_parser():
-    from hessian_tools.tracking_cli import add_compare_parser
+    from hessian_tools.cli.compare_optimizers import add_parser
     parser = argparse.ArgumentParser()
-    add_compare_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     return parser
 
 
-def test_cli_validates_before_any_work(tmp_path):
+def test_cli_validates_before_any_work(tmp_path, capsys):
     from hessian_tools.cli import UserError
     parser = _cli_parser()
     (tmp_path / "comparison.json").write_text("{}")
@@ -508,11 +509,13 @@ def test_cli_validates_before_any_work(tmp_path):
     for bad, match in ((["--optimizer", "lbfgs:1"], "Unknown optimizer 'lbfgs'"),
                        (["--optimizer", "sgd:-1"], "learning rate must be positive"),
                        (["--optimizer", "sgd:0.1", "--optimizer", "sgd:0.1"], "share a label"),
-                       (["--quantities", "lambda_max,curvature"], "Unknown quantities"),
-                       (["--every", "0"], "--every=0 must be at least 1")):
+                       (["--quantities", "lambda_max,curvature"], "Unknown quantities")):
         args = parser.parse_args(["compare-optimizers", "--out", str(tmp_path / "new")] + bad)
         with pytest.raises(UserError, match=match):
             args.func(args)
+    with pytest.raises(SystemExit):                  # numbers are checked by the parser
+        parser.parse_args(["compare-optimizers", "--every", "0"])
+    assert "argument --every: '0' must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
 
@@ -520,15 +523,15 @@ USER_MODEL = """
 import jax.numpy as jnp
 import numpy as np
 
+import hessian_tools as ht
+
 X = np.random.default_rng(0).normal(size=(40, 5))
 Y = X @ np.arange(1.0, 6.0)
 
 
 def make(scale=1.0):
-    def model_fn(key):
-        return (lambda params, batch: batch[0] @ params["w"]), {"w": jnp.zeros(5)}
-    loss_fn = lambda out, batch: jnp.mean((out - batch[1]) ** 2)
-    return model_fn, loss_fn, (scale * X, Y)
+    loss = lambda params, batch: jnp.mean((batch[0] @ params["w"] - batch[1]) ** 2)
+    return ht.Objective(loss, {"w": jnp.zeros(5)}, (scale * X, Y))
 
 
 def wrong():
