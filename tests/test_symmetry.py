@@ -111,13 +111,13 @@ def _random_like(tree_, seed, scale=0.5):
                         tree_)
 
 
-def _filled(make):
+def _filled(make, seed=1):
     """A model built abstractly (no random initialisers to compile), then filled with
     random values: no zero biases or unit scales, so every tie shows in the outputs."""
     graphdef, params, state = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))), nnx.Param,
                                         ...)
-    params = _random_like(params, 1)
-    state = jax.tree.map(lambda a: jnp.abs(a) + 0.5, _random_like(state, 2))
+    params = _random_like(params, seed)
+    state = jax.tree.map(lambda a: jnp.abs(a) + 0.5, _random_like(state, seed + 1))
     model = nnx.merge(graphdef, params, state)
     model.eval()
     return model

@@ -1,17 +1,19 @@
 """Permutation symmetry of hidden units: specs derived from the model, and alignment.
 
->>> spec = ht.symmetry.permutation_spec(model, x)                     # doctest: +SKIP
->>> aligned, result = ht.symmetry.align(params_a, params_b, spec)    # doctest: +SKIP
+>>> spec = ht.symmetry.permutation_spec(model, x)                        # doctest: +SKIP
+>>> aligned, perm = ht.symmetry.align(params_a, params_b, spec)         # doctest: +SKIP
 """
 
+from hessian_tools.symmetry.align import Alignment, activation_matching, align, weight_matching
 from hessian_tools.symmetry.derive import hidden_activations, permutation_spec
 from hessian_tools.symmetry.spec import (
-                                         PermutationSpec,
-                                         apply_permutation,
-                                         identity_permutation,
-                                         inverse_permutation,
-                                         random_permutation,
+    PermutationSpec,
+    apply_permutation,
+    identity_permutation,
+    inverse_permutation,
+    random_permutation,
 )
 
-__all__ = ["PermutationSpec", "apply_permutation", "hidden_activations", "identity_permutation",
-           "inverse_permutation", "permutation_spec", "random_permutation"]
+__all__ = ["Alignment", "PermutationSpec", "activation_matching", "align", "apply_permutation",
+           "hidden_activations", "identity_permutation", "inverse_permutation",
+           "permutation_spec", "random_permutation", "weight_matching"]

@@ -110,11 +110,11 @@ def _index_map(entry, size: int, perm: Mapping, skip=None) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _occurrence_rows(entry, size: int):
+def _occurrence_rows(entry, sizes: Mapping):
     """For each group occurrence in an entry: ``(group, skip key, segment slice, factor
     shape, factor index)`` locating its rows (used to build weight-matching costs)."""
     if isinstance(entry, str):
-        return [(entry, (0, 0), slice(0, size), (size,), 0)]
+        return [(entry, (0, 0), slice(0, sizes[entry]), (sizes[entry],), 0)]
     out, offset = [], 0
     for s, seg in enumerate(entry or ()):
         dims = tuple(n for _, n in seg)
