@@ -51,8 +51,8 @@ from hessian_tools.symmetry import align, permutation_spec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _torch_twins import build_twin, torch_data  # noqa: E402
-from bench_sharpness import _kept_block  # noqa: E402  (the hand-written block of a RESULTS file)
+from _torch_twins import build_twin, torch_data
+from bench_sharpness import _kept_block
 
 STEPS, LR = 300, 1e-2
 NUM_POINTS = 25

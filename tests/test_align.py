@@ -20,6 +20,7 @@ from hessian_tools.symmetry import (
     inverse_permutation,
     permutation_spec,
     random_permutation,
+    reset_batch_stats,
     weight_matching,
 )
 from tests.test_symmetry import BNCNN, _filled, _random_like
@@ -57,7 +58,7 @@ def _loss(model, params, x, y):
 def _barrier(loss, a, b, num_points=5):
     """Frankle et al.'s barrier on the linear path from ``a`` to ``b``."""
     ts = np.linspace(0.0, 1.0, num_points)
-    losses = [loss(jax.tree.map(lambda u, v: (1 - t) * u + t * v, a, b)) for t in ts]
+    losses = [loss(jax.tree.map(lambda u, v, t=t: (1 - t) * u + t * v, a, b)) for t in ts]
     return max(lv - ((1 - t) * losses[0] + t * losses[-1]) for t, lv in zip(ts, losses))
 
 
@@ -151,7 +152,7 @@ def test_independent_networks_get_closer_and_runs_are_deterministic(trained):
 
 
 def test_alignment_errors(trained):
-    model, x, y, spec = trained
+    model, x, _, spec = trained
     _, params, _ = nnx.split(model, nnx.Param, ...)
     with pytest.raises(ValueError, match="method='cosine' is not an alignment method"):
         align(params, params, spec, method="cosine")
@@ -164,3 +165,29 @@ def test_alignment_errors(trained):
     with pytest.raises(ValueError, match="Group 'P' has 5 units elsewhere but 4 at params leaf "
                                          "'w2'"):
         align(a, {"w1": np.zeros((3, 5)), "w2": np.zeros((4, 2))}, small)
+
+
+class BNMLP(nnx.Module):
+    def __init__(self, rngs):
+        self.l1 = nnx.Linear(5, 7, rngs=rngs)
+        self.bn = nnx.BatchNorm(7, rngs=rngs)
+        self.l2 = nnx.Linear(7, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jax.nn.relu(self.bn(self.l1(x))))
+
+
+def test_reset_batch_stats_are_the_statistics_of_the_data():
+    model = _filled(lambda rngs: BNMLP(rngs))
+    x = _random_like(jax.ShapeDtypeStruct((40, 5), jnp.float32), 3, scale=1.0)
+    fresh = reset_batch_stats(model, [x[:15], x[15:]])
+    h = np.asarray(x @ model.l1.kernel[...] + model.l1.bias[...], np.float64)
+    np.testing.assert_allclose(fresh.bn.mean[...], h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fresh.bn.var[...], h.var(0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model.bn.mean[...], fresh.bn.mean[...])     # the input is untouched
+    # with the statistics of x, the eval-mode network on x is the train-mode one
+    train_mode = nnx.clone(model)
+    train_mode.train()
+    np.testing.assert_allclose(fresh(x), train_mode(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="has no nnx.BatchNorm"):
+        reset_batch_stats(_filled(lambda rngs: MLP((4,), rngs=rngs)), x)

@@ -260,6 +260,56 @@ def test_concatenation_and_attention_heads():
     assert spec.axes_to_perm["query/kernel"][2] != spec.axes_to_perm["value/kernel"][2]
 
 
+class TinyTransformer(nnx.Module):
+    """Token embedding, a pre-norm attention block and an MLP block, residual, and a head."""
+
+    def __init__(self, rngs):
+        self.emb = nnx.Embed(11, 8, rngs=rngs)
+        self.ln1 = nnx.LayerNorm(8, rngs=rngs)
+        self.att = nnx.MultiHeadAttention(num_heads=2, in_features=8, decode=False, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(8, rngs=rngs)
+        self.up = nnx.Linear(8, 16, rngs=rngs)
+        self.down = nnx.Linear(16, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 11, rngs=rngs)
+
+    def __call__(self, ids):
+        h = self.emb(ids)
+        h = h + self.att(self.ln1(h))
+        h = h + self.down(jax.nn.gelu(self.up(self.ln2(h))))
+        return self.head(h)
+
+
+def test_embedding_joins_the_residual_stream():
+    model = _filled(TinyTransformer)
+    spec = permutation_spec(model, jnp.array([[1, 2, 3], [4, 5, 6]]))   # check=True verifies
+    stream = spec.axes_to_perm["emb/embedding"][1]
+    assert [spec.axes_to_perm[k][a] for k, a in [("ln1/scale", 0), ("att/out/kernel", 2),
+                                               ("down/kernel", 1), ("head/kernel", 0)]] \
+        == [stream] * 4
+    assert spec.axes_to_perm["emb/embedding"][0] is None          # token ids index it
+    assert any("emb/embedding[0]" in w and "`gather`" in w for w in spec.why)
+    assert sorted(spec.sizes.values()) == [2, 4, 4, 8, 16]       # heads, qk, vo, stream, mlp
+
+
+def test_depthwise_convolution_permutes_groups_and_multipliers():
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def predict(p, x):
+        h = jax.nn.relu(jax.lax.conv_general_dilated(x, p["c1"], (1, 1), "SAME",
+                                                     dimension_numbers=dn))
+        h = jax.nn.relu(jax.lax.conv_general_dilated(h, p["dw"], (1, 1), "SAME",
+                                                     dimension_numbers=dn, feature_group_count=4))
+        return jax.lax.conv_general_dilated(h, p["pw"], (1, 1), "SAME",
+                                            dimension_numbers=dn).mean(axis=(1, 2))
+    params = _random_like({"c1": jnp.zeros((3, 3, 1, 4)), "dw": jnp.zeros((3, 3, 1, 8)),
+                           "pw": jnp.zeros((1, 1, 8, 6))}, 0)
+    spec = permutation_spec(predict, _random_like(jnp.zeros((2, 5, 5, 1)), 1), params=params)
+    groups = spec.axes_to_perm["c1"][3]
+    (((g, n_groups), (m, n_mult)),) = spec.axes_to_perm["dw"][3]   # 8 = 4 groups x 2
+    assert (g, n_groups, n_mult) == (groups, 4, 2) and spec.sizes[m] == 2
+    assert spec.axes_to_perm["pw"][2] == spec.axes_to_perm["dw"][3]
+
+
 def test_objective_spec_matches_model_spec():
     model = _filled(lambda rngs: MLP((8, 6), in_features=5, out_features=3, rngs=rngs))
     x = jnp.ones((4, 5))

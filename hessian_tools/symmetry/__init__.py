@@ -6,6 +6,7 @@
 
 from hessian_tools.symmetry.align import Alignment, activation_matching, align, weight_matching
 from hessian_tools.symmetry.derive import hidden_activations, permutation_spec
+from hessian_tools.symmetry.repair import reset_batch_stats
 from hessian_tools.symmetry.spec import (
     PermutationSpec,
     apply_permutation,
@@ -16,4 +17,4 @@ from hessian_tools.symmetry.spec import (
 
 __all__ = ["Alignment", "PermutationSpec", "activation_matching", "align", "apply_permutation",
            "hidden_activations", "identity_permutation", "inverse_permutation",
-           "permutation_spec", "random_permutation", "weight_matching"]
+           "permutation_spec", "random_permutation", "reset_batch_stats", "weight_matching"]

@@ -27,14 +27,15 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from hessian_tools import tree
-from hessian_tools.objective import Objective, _path_str
-from hessian_tools.symmetry.derive import _activation_fn, _taps, as_model, trace
+from hessian_tools.objective import Objective
+from hessian_tools.symmetry._imports import path_str
+from hessian_tools.symmetry.derive import activation_fn, as_model, find_taps, trace
 from hessian_tools.symmetry.spec import (
     PermutationSpec,
-    _index_map,
-    _occurrence_rows,
     apply_permutation,
     identity_permutation,
+    index_map,
+    occurrence_rows,
 )
 
 __all__ = ["Alignment", "activation_matching", "align", "weight_matching"]
@@ -115,14 +116,14 @@ class Alignment(Mapping):
 # ---- weight matching ----------------------------------------------------------------------
 
 def _host_leaves(params) -> dict[str, np.ndarray]:
-    return {_path_str(p): np.asarray(x, dtype=np.float64)
+    return {path_str(p): np.asarray(x, dtype=np.float64)
             for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 def _permuted(w: np.ndarray, entries, perm, skip_axis=None, skip=None) -> np.ndarray:
     for axis, e in enumerate(entries):
         if e is not None:
-            index = _index_map(e, w.shape[axis], perm, skip if axis == skip_axis else None)
+            index = index_map(e, w.shape[axis], perm, skip if axis == skip_axis else None)
             w = np.take(w, index, axis=axis)
     return w
 
@@ -138,7 +139,7 @@ def _occurrences(spec: PermutationSpec) -> dict[str, list]:
     occ = {g: [] for g in spec.sizes}
     for path, entries in spec.axes_to_perm.items():
         for axis, e in enumerate(entries):
-            for name, skip, rows, dims, factor in _occurrence_rows(e, spec.sizes):
+            for name, skip, rows, dims, factor in occurrence_rows(e, spec.sizes):
                 occ[name].append((path, axis, skip, rows, dims, factor))
     return occ
 
@@ -174,6 +175,14 @@ def weight_matching(params_a, params_b, spec: PermutationSpec, *, key=None,
       An :class:`Alignment` (``method="weights"``). Cost per sweep: one ``n x n`` assignment
       (``O(n^3)``) and ``O(n * leaf size)`` products per group occurrence, on the host in
       float64; no model evaluation.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a = {"w1": rng.normal(size=(3, 4)), "w2": rng.normal(size=(4, 2))}
+    >>> spec = PermutationSpec.from_axes_to_perm({"w1": (None, "P"), "w2": ("P", None)}, a)
+    >>> b = apply_permutation(a, spec, {"P": np.array([2, 0, 3, 1])})
+    >>> weight_matching(a, b, spec)["P"].tolist()       # the inverse of the planted order
+    [1, 3, 0, 2]
     """
     start = time.perf_counter()
     spec.validate(params_a)
@@ -290,7 +299,7 @@ def activation_matching(params_a, params_b, spec: PermutationSpec, *, predict, d
         key = jax.tree.structure(batch), tuple(jax.tree.leaves(shapes))
         if key not in compiled:
             t = trace(model, batch)
-            compiled[key] = _activation_fn(t, _taps(t, spec))
+            compiled[key] = activation_fn(t, find_taps(t, spec))
         acts_a = compiled[key](params_a, model.state, batch)
         acts_b = compiled[key](params_b, state_b, batch)
         for g in spec.sizes:

@@ -17,7 +17,8 @@ import jax.extend as jex
 import numpy as np
 from flax import linen, nnx
 
-from hessian_tools.objective import Objective, WithPrecision, _LinenPredict, _NNXPredict, _path_str
+from hessian_tools.objective import Objective, WithPrecision
+from hessian_tools.symmetry._imports import LinenPredict, NNXPredict, path_str
 from hessian_tools.symmetry.graph import CALLS, Propagation
 from hessian_tools.symmetry.spec import PermutationSpec, apply_permutation, random_permutation
 
@@ -77,7 +78,7 @@ def _objective_model(obj: Objective) -> Model:
     first = next(iter(obj.batches()))[0]
     fn = obj.predict if obj.predict is not None else obj.loss
     inner = fn.fn if isinstance(fn, WithPrecision) else fn
-    if isinstance(inner, (_NNXPredict, _LinenPredict)):
+    if isinstance(inner, (NNXPredict, LinenPredict)):
         return Model(lambda p, s, batch: _replace_rest(inner, s)(p, batch), obj.params,
                      inner.rest, f"objective ({type(inner).__name__.strip('_')})", first)
     what = "predict" if obj.predict is not None else "loss"
@@ -109,7 +110,7 @@ def trace(m: Model, inputs) -> Trace:
         reason = "is an axis of the input data" if what == "inputs" else None
         labels = {}
         for path, leaf in flat:
-            labels[_path_str(path)] = prop.label(np.shape(leaf), reason)
+            labels[path_str(path)] = prop.label(np.shape(leaf), reason)
         groups.append(labels)
     ordered = [n for labels in groups for n in labels.values()]
     for labels in groups[:2]:
@@ -167,39 +168,31 @@ def _entry(g, node, names: dict):
     return tuple(tuple(seg) if seg else ((None, 1),) for seg in segments)
 
 
-def spec_from_trace(t: Trace, source: str) -> tuple[PermutationSpec, dict]:
-    """The spec of a traced model, and ``{group: class root}``."""
+def spec_from_trace(t: Trace, source: str) -> PermutationSpec:
+    """The spec of a traced model: a group per unblocked class holding a parameter axis."""
     g = t.prop.graph
     while True:
         names: dict = {}
         try:
             params = _entries(g, t.param_labels, t.order, names)
+            sizes = {name: g.size[root] for root, name in names.items()}
+            state = _entries(g, t.state_labels, t.order, dict(names))
             break
-        except _Inexpressible as e:
+        except _Inexpressible as e:     # left in place everywhere, then written out again
             g.block(e.node, "is a concatenated axis merged into a larger one by a reshape "
                     "(not supported)")
-    sizes = {name: g.size[root] for root, name in names.items()}
-    state_names = dict(names)
-    while True:
-        try:
-            state = _entries(g, t.state_labels, t.order, state_names)
-            break
-        except _Inexpressible as e:
-            g.block(e.node, "a concatenation merged by a reshape (state only)")
-    # a class that only state leaves carry gets no group: left in place (sound, it is one
-    # consistent choice of its permutation)
-    extra = set(state_names.values()) - set(sizes)
-    state = {k: tuple(_drop(e, extra) for e in v) for k, v in state.items()}
-    why = _why(g, t)
-    spec = PermutationSpec(axes_to_perm=params, state_axes_to_perm=state, sizes=sizes,
-                           why=why, source=source)
-    return spec, {name: root for root, name in names.items()}
+    # a class that only state leaves carry gets no group: it stays in place (sound: the
+    # identity is one consistent choice of its permutation)
+    state = {k: tuple(_drop(e, sizes) for e in v) for k, v in state.items()}
+    return PermutationSpec(axes_to_perm=params, state_axes_to_perm=state, sizes=sizes,
+                           why=_why(g, t), source=source)
 
 
-def _drop(entry, names):
+def _drop(entry, groups):
+    """``entry`` with every group not in ``groups`` replaced by ``None``."""
     if entry is None or isinstance(entry, str):
-        return None if entry in names else entry
-    segs = tuple(tuple((None if n in names else n, s) for n, s in seg) for seg in entry)
+        return entry if entry in groups else None
+    segs = tuple(tuple((n if n in groups else None, s) for n, s in seg) for seg in entry)
     return None if all(n is None for seg in segs for n, _ in seg) else segs
 
 
@@ -261,6 +254,14 @@ def permutation_spec(model, inputs=None, *, params=None, variables=None,
     Raises:
       ValueError: a missing example input, parameters or linen variables.
       TypeError: a model of another kind.
+
+    >>> import jax.numpy as jnp
+    >>> def predict(p, x):
+    ...     return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 4)), "b1": jnp.ones(4), "w2": jnp.ones((4, 2))}
+    >>> spec = permutation_spec(predict, jnp.ones((5, 3)), params=params)
+    >>> dict(spec.axes_to_perm), dict(spec.sizes)
+    ({'b1': ('P0',), 'w1': (None, 'P0'), 'w2': ('P0', None)}, {'P0': 4})
     """
     m = as_model(model, params=params, variables=variables, apply_kwargs=apply_kwargs)
     inputs = m.inputs if inputs is None else inputs
@@ -268,7 +269,7 @@ def permutation_spec(model, inputs=None, *, params=None, variables=None,
         raise ValueError(f"permutation_spec of a {m.source} needs an example input: pass "
                          "inputs=x (a batch the model accepts; a jax.ShapeDtypeStruct works).")
     t = trace(m, inputs)
-    spec, _ = spec_from_trace(t, f"derived from {m.source} by tracing its jaxpr")
+    spec = spec_from_trace(t, f"derived from {m.source} by tracing its jaxpr")
     if check and spec.sizes and _concrete(inputs):
         _check_invariance(m, spec, inputs, jax.random.key(0) if key is None else key)
     return spec
@@ -314,7 +315,7 @@ def _group_roots(t: Trace, spec: PermutationSpec) -> dict[str, int]:
     return roots
 
 
-def _taps(t: Trace, spec: PermutationSpec) -> dict[str, list]:
+def find_taps(t: Trace, spec: PermutationSpec) -> dict[str, list]:
     roots = _group_roots(t, spec)
     taps = {}
     for name in spec.sizes:
@@ -358,7 +359,7 @@ def _evaluate(jaxpr, consts, args, wanted: set, out: dict, path=()):
     return [read(v) for v in jaxpr.outvars]
 
 
-def _activation_fn(t: Trace, taps: dict):
+def activation_fn(t: Trace, taps: dict):
     """A jitted ``f(params, state, inputs) -> {group: (samples, units) array}``."""
     wanted = {(path, v) for found in taps.values() for path, v, _ in found}
     jaxpr, consts = t.jaxpr.jaxpr, t.jaxpr.consts
@@ -403,5 +404,5 @@ def hidden_activations(model, spec: PermutationSpec, inputs, *, params=None, sta
     m = as_model(model, params=params, state=state, variables=variables,
                  apply_kwargs=apply_kwargs)
     t = trace(m, inputs)
-    return _activation_fn(t, _taps(t, spec))(m.params, m.state, inputs)
+    return activation_fn(t, find_taps(t, spec))(m.params, m.state, inputs)
 

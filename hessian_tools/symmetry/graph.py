@@ -27,7 +27,8 @@ import os
 
 import jax.extend as jex
 import numpy as np
-from jax._src import source_info_util
+
+from hessian_tools.symmetry._imports import summarize_source
 
 __all__ = []
 
@@ -46,10 +47,12 @@ TAPPED = frozenset(["dot_general", "conv_general_dilated", "reshape", "concatena
 
 
 def where(eqn) -> str:
-    """``prim in fn (file:line)`` for a reason string."""
-    text = source_info_util.summarize(eqn.source_info)
+    """``prim in fn (file:line)`` for a reason string (``prim`` alone without a source)."""
+    text = summarize_source(eqn.source_info)
     location, _, fn = text.partition(" ")
-    parts = location.split(":")[:2]
+    parts = location.split(":")
+    if not parts[0]:
+        return f"`{eqn.primitive.name}`"
     short = "/".join(parts[0].split(os.sep)[-2:]) + (f":{parts[1]}" if len(parts) > 1 else "")
     return f"`{eqn.primitive.name}` in {fn.strip('()') or '?'} ({short})"
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
-from hessian_tools.objective import _path_str
+from hessian_tools.symmetry._imports import path_str
 
 __all__ = [
     "PermutationSpec",
@@ -90,7 +90,7 @@ def _entry_json(entry):
     return [[[name, s] for name, s in seg] for seg in entry]
 
 
-def _index_map(entry, size: int, perm: Mapping, skip=None) -> np.ndarray:
+def index_map(entry, size: int, perm: Mapping, skip=None) -> np.ndarray:
     """The index array that permutes one axis: ``w_new = w.take(index, axis)``.
 
     ``skip`` names one occurrence ``(segment, factor)`` (or ``(0, 0)`` for a plain group
@@ -110,7 +110,7 @@ def _index_map(entry, size: int, perm: Mapping, skip=None) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _occurrence_rows(entry, sizes: Mapping):
+def occurrence_rows(entry, sizes: Mapping):
     """For each group occurrence in an entry: ``(group, skip key, segment slice, factor
     shape, factor index)`` locating its rows (used to build weight-matching costs)."""
     if isinstance(entry, str):
@@ -224,7 +224,7 @@ class PermutationSpec:
 
         ``kwargs`` are those of :meth:`from_axes_to_perm` (``state``, ``state_axes_to_perm``).
         """
-        shapes = _leaf_shapes(params)
+        shapes = leaf_shapes(params)
         table = {path: [None] * len(shape) for path, shape in shapes.items()}
         for name, axes in perm_to_axes.items():
             for path, axis in axes:
@@ -290,8 +290,11 @@ class PermutationSpec:
         return "\n".join(rows)
 
     def __str__(self) -> str:
-        return (f"PermutationSpec({len(self.sizes)} groups, {self.source})\n{self.table()}\n"
-                "(* = part of a flattened or concatenated axis)")
+        composite = any(not (e is None or isinstance(e, str)) for table in
+                        (self.axes_to_perm, self.state_axes_to_perm)
+                        for entries in table.values() for e in entries)
+        note = "\n(* = part of a flattened or concatenated axis)" if composite else ""
+        return f"PermutationSpec({len(self.sizes)} groups, {self.source})\n{self.table()}{note}"
 
 
 def _entry_from_json(e):
@@ -300,13 +303,13 @@ def _entry_from_json(e):
     return tuple(tuple((name, int(s)) for name, s in seg) for seg in e)
 
 
-def _leaf_shapes(tree_) -> dict[str, tuple]:
-    return {_path_str(p): tuple(np.shape(x)) for p, x in
+def leaf_shapes(tree_) -> dict[str, tuple]:
+    return {path_str(p): tuple(np.shape(x)) for p, x in
             jax.tree_util.tree_flatten_with_path(tree_)[0]}
 
 
 def _leaf_dtypes(tree_) -> dict[str, Any]:
-    return {_path_str(p): getattr(x, "dtype", np.asarray(x).dtype) for p, x in
+    return {path_str(p): getattr(x, "dtype", np.asarray(x).dtype) for p, x in
             jax.tree_util.tree_flatten_with_path(tree_)[0]}
 
 
@@ -318,7 +321,7 @@ def _preview(names, k: int = 6) -> str:
 def _validate_table(table: Mapping, tree_, groups: dict, *, what: str, require_all: bool):
     """Normalised entries of ``table`` checked against the leaves of ``tree_``; fills
     ``groups`` with the group sizes (raising when two axes disagree)."""
-    shapes, dtypes = _leaf_shapes(tree_), _leaf_dtypes(tree_)
+    shapes, dtypes = leaf_shapes(tree_), _leaf_dtypes(tree_)
     extra = [k for k in table if k not in shapes]
     if extra:
         raise ValueError(f"The spec names {what} leaf {extra[0]!r}, which is not in the {what} "
@@ -375,7 +378,7 @@ def _as_perm(perm, spec: PermutationSpec) -> dict[str, np.ndarray]:
 
 def _permute_tree(tree_, table: Mapping, perm: dict, *, what: str, require_all: bool):
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree_)
-    paths = [_path_str(p) for p, _ in flat]
+    paths = [path_str(p) for p, _ in flat]
     missing = [k for k in table if k not in paths]
     if missing and require_all:
         raise ValueError(f"{what} has no leaf {missing[0]!r}, which the spec permutes; pass the "
@@ -386,7 +389,7 @@ def _permute_tree(tree_, table: Mapping, perm: dict, *, what: str, require_all: 
             raise ValueError(f"{what} leaf {path!r} is not in the spec (its leaves: "
                              f"{_preview(table)}). Derive the spec from this model or "
                              "list the leaf.")
-        moved = [(a, _index_map(e, np.shape(leaf)[a], perm))
+        moved = [(a, index_map(e, np.shape(leaf)[a], perm))
                  for a, e in enumerate(table.get(path, ())) if e is not None]
         axes.append(tuple(a for a, _ in moved))
         indices.append([i for _, i in moved])
