@@ -233,6 +233,17 @@ def test_derived_structure_of_residual_and_cnn():
     assert cnn.state_axes_to_perm["bn2/var"] == (c2,)
     # the head reads the flattened (4, 4, 6) map: its input axis is permuted on the channels
     assert cnn.axes_to_perm["head/kernel"] == ((((None, 4), (None, 4), (c2, 6)),), None)
+    assert PermutationSpec.from_json(cnn.to_json()).to_dict() == cnn.to_dict()
+    # the same spec written by hand (state included) validates; without the variances not
+    case = _case("bn_cnn", jnp.float32)
+    hand = PermutationSpec.from_axes_to_perm(dict(cnn.axes_to_perm), case.params,
+                                             state=case.state,
+                                             state_axes_to_perm=dict(cnn.state_axes_to_perm))
+    assert hand.to_dict()["axes_to_perm"] == cnn.to_dict()["axes_to_perm"]
+    partial = {k: v for k, v in cnn.state_axes_to_perm.items() if k != "bn2/var"}
+    with pytest.raises(ValueError, match="state leaf 'bn2/var' \\(shape \\(6,\\)\\) is not in"):
+        PermutationSpec.from_axes_to_perm(dict(cnn.axes_to_perm), case.params, state=case.state,
+                                          state_axes_to_perm=partial)
 
 
 def test_concatenation_and_attention_heads():
@@ -329,6 +340,30 @@ def test_unmodelled_ops_block_the_axis_and_say_why():
     assert spec.sizes == {}
     assert any(w.startswith("w1[1], w2[0]") and "`cumsum`" in w for w in spec.why)
     assert any("w2[1], w3[0]" in w and "`sort`" in w for w in spec.why)
+
+
+def test_jit_checkpoint_and_custom_vjp_are_entered():
+    @jax.custom_vjp
+    def act(x):
+        return jnp.tanh(x)
+    act.defvjp(lambda x: (jnp.tanh(x), x), lambda x, g: (g,))
+
+    @jax.checkpoint
+    def block(h, w):
+        return act(h @ w)
+
+    @jax.jit
+    def predict(p, x):
+        return block(block(x, p["w1"]), p["w2"]) @ p["w3"]
+    params = _random_like({"w1": jnp.zeros((3, 5)), "w2": jnp.zeros((5, 4)),
+                           "w3": jnp.zeros((4, 2))}, 0)
+    x = _random_like(jnp.zeros((6, 3)), 1)
+    spec = permutation_spec(predict, x, params=params)
+    assert dict(spec.axes_to_perm) == {"w1": (None, "P0"), "w2": ("P0", "P1"),
+                                       "w3": ("P1", None)}
+    acts = hidden_activations(predict, spec, x, params=params)
+    np.testing.assert_allclose(acts["P1"], jnp.tanh(jnp.tanh(x @ params["w1"]) @ params["w2"]),
+                               rtol=1e-12)
 
 
 def test_check_catches_a_wrong_rule(monkeypatch):

@@ -35,7 +35,8 @@ __all__ = []
 # sub-computations entered as if inlined: primitive name -> the parameter holding the jaxpr
 CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr",
-         "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "checkpoint": "jaxpr"}
+         "custom_vjp_call_jaxpr": "fun_jaxpr", "remat": "jaxpr", "remat2": "jaxpr",
+         "checkpoint": "jaxpr"}
 
 ELEMENTWISE = frozenset(["abs", "acos", "acosh", "add", "add_any", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "clamp", "conj", "convert_element_type", "copy", "copy_p", "cos", "cosh", "digamma", "div", "eq", "erf", "erf_inv", "erfc", "exp", "exp2", "expm1", "floor", "ge", "gt", "igamma", "imag", "integer_pow", "is_finite", "le", "lgamma", "log", "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or", "population_count", "pow", "real", "reduce_precision", "rem", "round", "rsqrt", "select_n", "shift_left", "shift_right_arithmetic", "shift_right_logical", "sign", "sin", "sinh", "sqrt", "square", "stop_gradient", "sub", "tan", "tanh", "xor", "optimization_barrier"])
 
@@ -315,10 +316,12 @@ def _sort(g, eqn, ins, shapes, outs):
 
 
 def _top_k(g, eqn, ins, shapes, outs):
+    axis = eqn.params.get("axis", len(shapes[0]) - 1) % len(shapes[0])
+    reason = f"{where(eqn)} selects along this axis"
     for out in outs:
-        _keep_except(g, eqn, ins[0][:-1], out[:-1], set())
-        g.block(out[-1], f"{where(eqn)} selects along this axis")
-    g.block(ins[0][-1], f"{where(eqn)} selects along this axis")
+        _keep_except(g, eqn, ins[0], [n for k, n in enumerate(out) if k != axis], {axis})
+        g.block(out[axis], reason)
+    g.block(ins[0][axis], reason)
 
 
 def _dot_general(g, eqn, ins, shapes, outs):
