@@ -79,11 +79,12 @@ def _objective_model(obj: Objective) -> Model:
     fn = obj.predict if obj.predict is not None else obj.loss
     inner = fn.fn if isinstance(fn, WithPrecision) else fn
     if isinstance(inner, (NNXPredict, LinenPredict)):
+        kind = "an NNX model" if isinstance(inner, NNXPredict) else "a linen module"
         return Model(lambda p, s, batch: _replace_rest(inner, s)(p, batch), obj.params,
-                     inner.rest, f"objective ({type(inner).__name__.strip('_')})", first)
+                     inner.rest, f"the objective of {kind}", first)
     what = "predict" if obj.predict is not None else "loss"
     return Model(lambda p, s, batch: inner(p, batch), obj.params, None,
-                 f"objective ({what})", first)
+                 f"an objective's {what}", first)
 
 
 # ---- tracing and propagation ---------------------------------------------------------------
