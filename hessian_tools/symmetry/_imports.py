@@ -3,8 +3,7 @@ JAX), in one place, to re-point when those modules move."""
 
 from jax._src.source_info_util import summarize as summarize_source
 
-from hessian_tools.objective import _LinenPredict as LinenPredict
-from hessian_tools.objective import _NNXPredict as NNXPredict
-from hessian_tools.objective import _path_str as path_str
+from hessian_tools._callables import LinenPredict, NNXPredict, unwrap
+from hessian_tools.tree import path_str
 
-__all__ = ["LinenPredict", "NNXPredict", "path_str", "summarize_source"]
+__all__ = ["LinenPredict", "NNXPredict", "path_str", "summarize_source", "unwrap"]

@@ -17,8 +17,8 @@ import jax.extend as jex
 import numpy as np
 from flax import linen, nnx
 
-from hessian_tools.objective import Objective, WithPrecision
-from hessian_tools.symmetry._imports import LinenPredict, NNXPredict, path_str
+from hessian_tools.objective import Objective
+from hessian_tools.symmetry._imports import LinenPredict, NNXPredict, path_str, unwrap
 from hessian_tools.symmetry.graph import CALLS, Propagation
 from hessian_tools.symmetry.spec import PermutationSpec, apply_permutation, random_permutation
 
@@ -39,7 +39,7 @@ class Model:
 
 
 def _replace_rest(predict, state):
-    return dataclasses.replace(predict, rest=state)
+    return predict.with_state(state)
 
 
 def as_model(model, *, params=None, state=None, variables=None,
@@ -77,11 +77,11 @@ def as_model(model, *, params=None, state=None, variables=None,
 def _objective_model(obj: Objective) -> Model:
     first = next(iter(obj.batches()))[0]
     fn = obj.predict if obj.predict is not None else obj.loss
-    inner = fn.fn if isinstance(fn, WithPrecision) else fn
+    inner = unwrap(fn)
     if isinstance(inner, (NNXPredict, LinenPredict)):
         kind = "an NNX model" if isinstance(inner, NNXPredict) else "a linen module"
         return Model(lambda p, s, batch: _replace_rest(inner, s)(p, batch), obj.params,
-                     inner.rest, f"the objective of {kind}", first)
+                     inner.state, f"the objective of {kind}", first)
     what = "predict" if obj.predict is not None else "loss"
     return Model(lambda p, s, batch: inner(p, batch), obj.params, None,
                  f"an objective's {what}", first)
