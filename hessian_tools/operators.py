@@ -152,25 +152,42 @@ _batch_products = {
 
 # ---- the operator --------------------------------------------------------------------------
 
-class CurvatureOperator:
-    """A symmetric linear operator on parameter-shaped pytrees, ``v -> A v``.
+TAGS = {"hessian": frozenset({"symmetric"}), "ggn": frozenset({"symmetric", "psd"}),
+        "fisher": frozenset({"symmetric", "psd"}), "dense": frozenset({"symmetric"})}
+"""What each kind of operator is known to be (lineax's tags): every curvature operator is
+symmetric; the Gauss-Newton and empirical Fisher matrices are positive semi-definite (the
+GGN for an output loss convex in the outputs)."""
 
-    Call it like a function: ``H(v)``. It counts the products it computes in
-    ``num_matvecs`` (solvers add theirs when they finish).
+
+class CurvatureOperator:
+    """A symmetric linear operator on parameter-shaped pytrees, ``v -> A v``, that owns how
+    its products are run.
+
+    Call it like a function: ``H(v)``. For many vectors at once use :meth:`rows` (stacked
+    pytrees) or :meth:`flat_rows` (a ``(k, dim)`` NumPy array): they run the products as one
+    compiled, batched call where that is fast, and one at a time from Python where it is not
+    (streamed data; convolutions on XLA:CPU, ~36-50x slower inside compiled loops and under
+    ``vmap``). Analyses never decide that again. Every product is counted in
+    ``num_matvecs``.
 
     Attributes:
       kind: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"dense"``.
-      matvec_fn: a pytree callable ``v -> A v`` usable inside ``jit`` (None when the data are
-        streamed: then every product is a Python loop over batches).
+      tags: what the operator is known to be (``"symmetric"``, ``"psd"``).
+      matvec_fn: a pytree callable ``v -> A v`` usable inside ``jit``; ``None`` when the
+        data are streamed (then every product is a Python loop over batches).
+      slow_in_loops: products must not be put inside compiled loops or ``vmap`` (streamed
+        data, or convolutions on the CPU); fixed when the operator is built.
       params_like: a pytree of ``jax.ShapeDtypeStruct`` describing the vectors.
       dim: the number of parameters (the operator's size).
       dtype: the floating dtype of the vectors.
       num_matvecs: products computed so far with this operator.
+      meta: how the products are computed (linearised, batches, streaming), for reports.
     """
 
     def __init__(self, kind: str, params_like, matvec_fn=None, stream_fn=None, *,
-                 meta: dict | None = None):
+                 slow_in_loops: bool | None = None, meta: dict | None = None):
         self.kind = kind
+        self.tags = TAGS.get(kind, frozenset({"symmetric"}))
         self.params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
                                                                        jnp.result_type(a)),
                                         params_like)
@@ -182,10 +199,13 @@ class CurvatureOperator:
         dtypes = {jnp.dtype(a.dtype) for a in jax.tree.leaves(self.params_like)}
         self.dtype = jnp.result_type(*dtypes)
         self.dim = tree.size(self.params_like)
+        if slow_in_loops is None:
+            slow_in_loops = matvec_fn is None or _slow_matvec(matvec_fn, self.params_like)
+        self.slow_in_loops = bool(slow_in_loops or matvec_fn is None)
 
     @property
     def num_matvecs(self) -> int:
-        """Products computed so far with this operator (solvers add batched ones in bulk)."""
+        """Products computed so far with this operator."""
         return self._num_matvecs
 
     @num_matvecs.setter
@@ -208,10 +228,7 @@ class CurvatureOperator:
 
     def __call__(self, v):
         self.check_vector(v)
-        self.num_matvecs += 1
-        if self.matvec_fn is not None:
-            return _apply(self.matvec_fn, v)
-        return self._stream_fn(v)
+        return self.apply_unchecked(v)
 
     def apply_unchecked(self, v):
         """``A v`` without validating ``v`` (for solvers that built ``v`` themselves)."""
@@ -219,6 +236,28 @@ class CurvatureOperator:
         if self.matvec_fn is not None:
             return _apply(self.matvec_fn, v)
         return self._stream_fn(v)
+
+    def rows(self, vectors, *, batch_size: int | None = None):
+        """``A v_i`` for every row of a stacked pytree: one compiled call (``batch_size``
+        rows per vmapped product) unless :attr:`slow_in_loops`, then one product per row."""
+        num = int(jax.tree.leaves(vectors)[0].shape[0])
+        if self.slow_in_loops:
+            outs = [self.apply_unchecked(_row(vectors, i)) for i in range(num)]
+            return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        self.num_matvecs += num
+        return _apply_rows(self.matvec_fn, vectors, batch_size=batch_size)
+
+    def flat_rows(self, x, *, batch_size: int | None = None) -> np.ndarray:
+        """:meth:`rows` on a ``(k, dim)`` array in :class:`~hessian_tools.tree.FlatLayout`
+        order, returned as a NumPy array of the operator's dtype (one transfer per call
+        instead of one per leaf)."""
+        layout = tree.FlatLayout(self.params_like)
+        x = np.asarray(x, layout.dtype)
+        if self.slow_in_loops or len({np.dtype(d) for d in layout.dtypes}) > 1:
+            return layout.flat(self.rows(layout.tree(x)), len(x))
+        self.num_matvecs += len(x)
+        return np.asarray(_flat_rows(self.matvec_fn, x, treedef=layout.treedef,
+                                     shapes=tuple(layout.shapes), batch_size=batch_size))
 
     def check_vector(self, v) -> None:
         """Raise ``ValueError`` if ``v`` is not shaped like the parameters (naming the leaf)."""
@@ -245,6 +284,39 @@ class CurvatureOperator:
                 "switch off dropout (model.eval(), deterministic=True) and random augmentation "
                 "for the measurement data.")
         return diff
+
+
+_row = jax.jit(tree.basis_get)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size",))
+def _apply_rows(matvec_fn, vectors, *, batch_size):
+    return jax.lax.map(matvec_fn, vectors, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("treedef", "shapes", "batch_size"))
+def _flat_rows(matvec_fn, flat, *, treedef, shapes, batch_size):
+    """Batched products on ``(rows, dim)`` arrays (the FlatLayout order)."""
+    sizes = np.cumsum([int(np.prod(s, dtype=np.int64)) for s in shapes])[:-1]
+    parts = jnp.split(flat, sizes, axis=1)
+    vectors = jax.tree.unflatten(treedef, [p.reshape((flat.shape[0],) + s)
+                                           for p, s in zip(parts, shapes)])
+    out = jax.lax.map(matvec_fn, vectors, batch_size=batch_size)
+    return jnp.concatenate([a.reshape(flat.shape[0], -1).astype(flat.dtype)
+                            for a in jax.tree.leaves(out)], axis=1)
+
+
+def _slow_matvec(matvec_fn, params_like) -> bool:
+    """Whether a traceable product has convolutions and JAX computes on the CPU (traced
+    once here, nothing compiled)."""
+    if jax.default_backend() != "cpu":
+        return False
+    zeros = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), params_like)
+    try:
+        jaxpr = jax.make_jaxpr(matvec_fn)(zeros)
+    except Exception:  # noqa: BLE001  (cannot trace: keep the compiled loop)
+        return False
+    return any(eqn.primitive.name == "conv_general_dilated" for eqn in jaxpr_eqns(jaxpr))
 
 
 def _validated_groups(obj: Objective):
@@ -439,9 +511,9 @@ def hessian(obj: Objective, *, linearize: bool | str = "auto",
         fn = _LinearizedMatvec(_linearize(obj.loss, obj.params, groups))
     else:
         fn = _HessianMatvec(obj.loss, obj.params, groups)
-    return CurvatureOperator("hessian", obj.params, fn, meta={
-        "linearized": bool(linearize), "batches": groups.num_batches,
-        "slow_in_loops": _conv_on_cpu(obj)[0]})
+    return CurvatureOperator("hessian", obj.params, fn, slow_in_loops=_conv_on_cpu(obj)[0],
+                             meta={"linearized": bool(linearize),
+                                   "batches": groups.num_batches})
 
 
 def gauss_newton(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
@@ -469,8 +541,8 @@ def gauss_newton(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
             obj, "ggn", (obj.predict, obj.output_loss)), meta={"streaming": True})
     groups = _product_groups(obj, chunk_size)
     fn = _GGNMatvec(obj.predict, obj.output_loss, obj.params, groups)
-    return CurvatureOperator("ggn", obj.params, fn, meta={
-        "batches": groups.num_batches, "slow_in_loops": _conv_on_cpu(obj)[0]})
+    return CurvatureOperator("ggn", obj.params, fn, slow_in_loops=_conv_on_cpu(obj)[0],
+                             meta={"batches": groups.num_batches})
 
 
 def empirical_fisher(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
@@ -500,8 +572,8 @@ def empirical_fisher(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
                                  meta={"streaming": True})
     groups = _product_groups(obj, chunk_size)
     return CurvatureOperator("fisher", obj.params, _FisherMatvec(obj.loss, obj.params, groups),
-                             meta={"batches": groups.num_batches,
-                                   "slow_in_loops": _conv_on_cpu(obj)[0]})
+                             slow_in_loops=_conv_on_cpu(obj)[0],
+                             meta={"batches": groups.num_batches})
 
 
 def from_dense(matrix) -> CurvatureOperator:
@@ -519,7 +591,7 @@ def from_dense(matrix) -> CurvatureOperator:
         raise ValueError(f"from_dense needs a symmetric matrix; max |A - A^T| = {asym:.3g}. "
                          "Symmetrise it with (A + A.T) / 2.")
     return CurvatureOperator("dense", jnp.zeros(matrix.shape[0], matrix.dtype),
-                             _DenseMatvec(matrix))
+                             _DenseMatvec(matrix), slow_in_loops=False)
 
 
 def to_dense(op: CurvatureOperator, *, chunk: int = 256) -> np.ndarray:

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 
 from hessian_tools import tree
-from hessian_tools.linalg.lanczos import lanczos_tridiag
+from hessian_tools.linalg.lanczos import lanczos_tridiag, ritz_pairs
 
 __all__ = ["SaddleFreeNewtonState", "saddle_free_newton", "saddle_free_direction"]
 
@@ -84,7 +84,7 @@ def saddle_free_direction(hvp: Callable, g, v0, *, krylov_dim: int, damping: flo
     """
     dec = lanczos_tridiag(hvp, v0, num_iters=krylov_dim)
     basis = jax.tree.map(lambda b: b[:krylov_dim], dec.basis)
-    theta, s = jnp.linalg.eigh(dec.tridiagonal())
+    theta, s, _, _ = ritz_pairs(dec)
     coeffs = tree.basis_dot(basis, g)                         # Q g, (k,)
     scaled = jnp.abs(theta) + damping
     inv = 1.0 / jnp.maximum(scaled, jnp.finfo(theta.dtype).tiny)

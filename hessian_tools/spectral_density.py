@@ -33,9 +33,8 @@ from hessian_tools import tree
 from hessian_tools.linalg.slq import (gaussian_cdf, gaussian_smoothing, quadrature_count_bounds,
                                       slq_quadrature, slq_quadrature_host,
                                       slq_quadrature_numpy, wasserstein1)
-from hessian_tools.linalg.trace import (PROBES, batched_matvec, hutchinson_samples, hutchpp,
-                                        random_probes)
-from hessian_tools._callables import jaxpr_eqns
+from hessian_tools.linalg.trace import (PROBES, hutchinson_samples, hutchpp, hutchpp_rows,
+                                        orthonormalize_numpy, random_probes, xtrace_samples)
 from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import Eigenpairs, _jsonable
 
@@ -494,69 +493,11 @@ def _slq_compiled(matvec_fn, key, zeros, *, num_probes, num_steps, kind, batch_s
 _probes_jit = jax.jit(random_probes, static_argnames=("num", "kind"))
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def _apply_rows(matvec_fn, vectors, *, batch_size):
-    return batched_matvec(matvec_fn, vectors, batch_size=batch_size)
-
-
-@functools.partial(jax.jit, static_argnames=("treedef", "shapes", "batch_size"))
-def _flat_rows(matvec_fn, flat, *, treedef, shapes, batch_size):
-    """:func:`_apply_rows` on ``(rows, dim)`` arrays (the :class:`tree.FlatLayout` order):
-    one host-to-device transfer per step instead of one per leaf."""
-    sizes = np.cumsum([int(np.prod(s, dtype=np.int64)) for s in shapes])[:-1]
-    parts = jnp.split(flat, sizes, axis=1)
-    vectors = jax.tree.unflatten(treedef, [p.reshape((flat.shape[0],) + s)
-                                           for p, s in zip(parts, shapes)])
-    out = batched_matvec(matvec_fn, vectors, batch_size=batch_size)
-    return jnp.concatenate([a.reshape(flat.shape[0], -1).astype(flat.dtype)
-                            for a in jax.tree.leaves(out)], axis=1)
-
-
-def _flat_apply(op, batch_size):
-    """``op``'s batched product on ``(rows, dim)`` arrays (:func:`_flat_rows`)."""
-    layout = tree.FlatLayout(op.params_like)
-    return functools.partial(_flat_rows, op.matvec_fn, treedef=layout.treedef,
-                             shapes=tuple(layout.shapes), batch_size=batch_size)
-
-
-def _row_by_row(op):
-    """Stacked vectors -> stacked products, one (streamed) product per row."""
-    def apply(vectors):
-        rows = jax.tree.leaves(vectors)[0].shape[0]
-        outs = [op.apply_unchecked(tree.basis_get(vectors, i)) for i in range(rows)]
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-    return apply
-
-
 def _auto_batch(num_probes: int, rows: int, op: CurvatureOperator) -> int | None:
     """Probes per vmapped call so that their Lanczos bases fit in ``_BASIS_BUDGET_BYTES``."""
     per_probe = rows * op.dim * jnp.dtype(op.dtype).itemsize
     batch = max(1, _BASIS_BUDGET_BYTES // max(per_probe, 1))
     return None if batch >= num_probes else int(batch)
-
-
-def _slow_in_compiled_loops(op: CurvatureOperator) -> bool:
-    """Whether ``op``'s product should be driven from Python rather than a compiled loop.
-
-    True on the CPU backend for products containing convolutions: XLA:CPU picks slow
-    convolution kernels inside loop bodies (digits CNN, see benchmarks/RESULTS.md: about
-    50x per matvec in a rolled ``fori_loop``) and for vmapped products too (4 probes
-    through ``jax.lax.map``/``vmap``: 26 s, against 4 x 0.22 s called one by one). Such
-    products are applied one vector at a time from Python. The operators built from an
-    objective record it when they are built (from the loss); others are traced once here
-    (no compilation).
-    """
-    if "slow_in_loops" not in op.meta:
-        slow = False
-        if jax.default_backend() == "cpu":
-            try:
-                jaxpr = jax.make_jaxpr(op.matvec_fn)(_zeros(op.params_like))
-                slow = any(eqn.primitive.name == "conv_general_dilated"
-                           for eqn in jaxpr_eqns(jaxpr))
-            except Exception:  # noqa: BLE001  (cannot trace: keep the compiled loop)
-                slow = False
-        op.meta["slow_in_loops"] = slow
-    return op.meta["slow_in_loops"]
 
 
 def _numpy_basis(op: CurvatureOperator) -> bool:
@@ -640,8 +581,7 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
     if batch_size is not None:
         _check_count("batch_size", batch_size)
     if loop == "auto":
-        host = op.matvec_fn is None or _numpy_basis(op) or _slow_in_compiled_loops(op)
-        loop = "host" if host else "compiled"
+        loop = "host" if op.slow_in_loops or _numpy_basis(op) else "compiled"
     batch = _auto_batch(num_probes, num_steps + 1, op) if batch_size is None else (
         None if batch_size >= num_probes else batch_size)
     numpy_basis = loop == "host" and _numpy_basis(op)
@@ -653,20 +593,13 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
         op.num_matvecs += num_probes * num_steps
     else:
         probes = _probes_jit(key, zeros, num=num_probes, kind=probe)
-        one_by_one = op.matvec_fn is None or _slow_in_compiled_loops(op)
-        if one_by_one:      # streamed, or convolutions on CPU: also slow under vmap/lax.map
-            apply = _row_by_row(op)             # apply_unchecked counts the products
-        elif numpy_basis:
-            apply = _flat_apply(op, batch)
+        if numpy_basis:       # the operator runs (and counts) the products
+            rule = slq_quadrature_numpy(functools.partial(op.flat_rows, batch_size=batch),
+                                        probes, num_steps=num_steps, group_size=batch,
+                                        flat=True, interleave=1 if op.slow_in_loops else 2)
         else:
-            apply = functools.partial(_apply_rows, op.matvec_fn, batch_size=batch)
-        if numpy_basis:
-            rule = slq_quadrature_numpy(apply, probes, num_steps=num_steps, group_size=batch,
-                                        flat=not one_by_one, interleave=2)
-        else:
-            rule = slq_quadrature_host(apply, probes, num_steps=num_steps)
-        if not one_by_one:
-            op.num_matvecs += num_probes * num_steps
+            rule = slq_quadrature_host(functools.partial(op.rows, batch_size=batch), probes,
+                                       num_steps=num_steps)
     nodes, weights, residuals = (np.asarray(a, np.float64) for a in
                                  (rule.nodes, rule.weights, rule.residuals))
     return SpectralDensity(nodes, weights, residuals, op.dim, num_probes, num_steps, probe,
@@ -697,41 +630,28 @@ def _hutchpp_split(num_matvecs: int) -> tuple[int, int]:
     return k, num_matvecs - 2 * k
 
 
-def _trace_streamed(op, key, method, num_matvecs, probe):
-    """Hutchinson / Hutch++ with one Python-level product per vector (streamed data)."""
-    from hessian_tools.linalg.trace import orthonormalize, project_out
+def _trace_rows(op, key, method, num_matvecs, probe, batch_size):
+    """Hutchinson / Hutch++ with the operator's batched products (:meth:`CurvatureOperator.rows`:
+    one product per row for streamed data and convolutions on the CPU) and the algebra of
+    :mod:`hessian_tools.linalg.trace` on the device."""
     zeros = _zeros(op.params_like)
-    apply = _row_by_row(op)
-    dot = jax.jit(jax.vmap(tree.vdot))
+    rows = functools.partial(op.rows, batch_size=batch_size)
     if method == "hutchinson":
         probes = _probes_jit(key, zeros, num=num_matvecs, kind=probe)
-        return 0.0, dot(probes, apply(probes))
+        return 0.0, _dots(probes, rows(probes))
     k, num = _hutchpp_split(num_matvecs)
     k1, k2 = jax.random.split(key)
-    q = jax.jit(orthonormalize)(apply(_probes_jit(k1, zeros, num=k, kind=probe)))
-    low = jnp.sum(dot(q, apply(q)))
-    deflated = jax.jit(project_out)(q, _probes_jit(k2, zeros, num=num, kind=probe))
-    return low, dot(deflated, apply(deflated))
+    return hutchpp_rows(rows, _probes_jit(k1, zeros, num=k, kind=probe),
+                        _probes_jit(k2, zeros, num=num, kind=probe))
+
+
+_dots = jax.jit(jax.vmap(tree.vdot))
 
 
 def _host_products(op, layout, batch_size):
-    """``rows -> A rows`` on ``(k, dim)`` float64 NumPy arrays, for any operator, counting its
-    products: batched compiled calls (``_flat_rows`` on a single CPU device), or one product
-    per row for streamed data and, on the CPU, convolutions."""
-    if op.matvec_fn is None or _slow_in_compiled_loops(op):
-        apply = _row_by_row(op)                             # counts its products itself
-        return lambda x: np.asarray(layout.flat(apply(layout.tree(x)), len(x)), np.float64)
-    if _numpy_basis(op) and batch_size is None:
-        flat = _flat_apply(op, None)
-        run = lambda x: flat(np.asarray(x, layout.dtype))   # noqa: E731
-    else:
-        run = lambda x: layout.flat(_apply_rows(op.matvec_fn, layout.tree(x),   # noqa: E731
-                                                batch_size=batch_size), len(x))
-
-    def products(x):
-        op.num_matvecs += len(x)
-        return np.asarray(run(x), np.float64)
-    return products
+    """``rows -> A rows`` on ``(k, dim)`` float64 NumPy arrays (the operator counts them)."""
+    return lambda x: np.asarray(op.flat_rows(np.asarray(x, layout.dtype), batch_size=batch_size),
+                                np.float64)
 
 
 def _flat_probes(key, op, layout, num, probe):
@@ -746,7 +666,6 @@ def _trace_numpy(op, key, method, num_matvecs, probe):
     Hutch++'s three calls share one when ``num_matvecs`` is a multiple of 3), and the
     orthonormalisation and quadratic forms in NumPy, in float64. A cold call compiles
     about a third of what the single compiled Hutch++ function does."""
-    from hessian_tools.linalg.trace import orthonormalize_numpy
     layout = tree.FlatLayout(op.params_like)
     products = _host_products(op, layout, None)           # counts its products
 
@@ -771,7 +690,6 @@ def _trace_xtrace(op, key, num_matvecs, probe, batch_size):
     """XTrace's leave-one-out samples with ``num_matvecs // 2`` test vectors (the same
     probes as Hutchinson's with that key), the algebra in NumPy in float64, and the
     jackknife standard error over the test vectors."""
-    from hessian_tools.linalg.trace import xtrace_samples
     layout = tree.FlatLayout(op.params_like)
     num = num_matvecs // 2
     omega = _flat_probes(key, op, layout, num, probe)
@@ -880,24 +798,23 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
                        probe=probe, batch_size=batch_size)
         return dataclasses.replace(dens.trace(), wall_time=time.perf_counter() - start)
     zeros = _zeros(op.params_like)
-    batch = batch_size
     stderr = None
     if method == "xtrace":
         low = 0.0
-        samples, stderr = _trace_xtrace(op, key, num_matvecs, probe, batch)
-    elif op.matvec_fn is None or _slow_in_compiled_loops(op):
-        low, samples = _trace_streamed(op, key, method, num_matvecs, probe)
-    elif _numpy_basis(op) and batch is None:
+        samples, stderr = _trace_xtrace(op, key, num_matvecs, probe, batch_size)
+    elif _numpy_basis(op) and batch_size is None:
         low, samples = _trace_numpy(op, key, method, num_matvecs, probe)
+    elif op.slow_in_loops:
+        low, samples = _trace_rows(op, key, method, num_matvecs, probe, batch_size)
     elif method == "hutchinson":
         low = 0.0
         samples = _hutchinson_compiled(op.matvec_fn, key, zeros, num=num_matvecs, kind=probe,
-                                       batch_size=batch)
+                                       batch_size=batch_size)
         op.num_matvecs += num_matvecs
     else:
         k, num = _hutchpp_split(num_matvecs)
         low, samples = _hutchpp_compiled(op.matvec_fn, key, zeros, k=k, num=num, kind=probe,
-                                         batch_size=batch)
+                                         batch_size=batch_size)
         op.num_matvecs += num_matvecs
     samples = np.asarray(samples, np.float64)
     value = float(low) + float(np.mean(samples))

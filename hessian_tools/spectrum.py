@@ -11,7 +11,7 @@ import numpy as np
 from hessian_tools import tree
 from hessian_tools._progress import progress_bar
 from hessian_tools.linalg import lanczos_eigs, power_eigs
-from hessian_tools.linalg.lanczos import buffer_rows
+from hessian_tools.linalg.eigsolve import buffer_rows
 from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import Eigenpairs
 

@@ -52,8 +52,7 @@ import numpy as np
 import optax
 
 from hessian_tools import tree
-from hessian_tools.linalg import lanczos_tridiag
-from hessian_tools.linalg.lanczos import _combine, _orthogonalize, _project_step, _take_rows
+from hessian_tools.linalg import WarmEigsResult, lanczos_tridiag, ritz_pairs, warm_eigs
 from hessian_tools._callables import as_pytree_fn
 from hessian_tools.data import group_batches
 from hessian_tools.objective import Objective
@@ -438,143 +437,9 @@ class _ScaledMatvec:
 
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _fill_row(basis, j, z):
-    """Store ``z``, orthonormalised against the basis, as row ``j`` (after a breakdown)."""
-    z = _orthogonalize(z, basis)
-    z = tree.scale(1.0 / tree.norm(z), z)
-    return tree.basis_set(basis, j, z), z
-
-
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _restart_basis(basis, coeffs, q_next):
-    """Thick restart: rows ``0..l-1`` the kept Ritz vectors ``V^T S``, row ``l`` ``q_next``."""
-    kept = tree.basis_combine(coeffs, basis)
-    n = coeffs.shape[1]
-    new = jax.tree.map(lambda b, r: jnp.zeros_like(b).at[:n].set(r.astype(b.dtype)), basis, kept)
-    return tree.basis_set(new, n, q_next)
-
-
 @jax.jit
 def _apply(matvec_fn, v):
     return matvec_fn(v)
-
-
-@functools.partial(jax.jit, static_argnums=(1,))
-def _init_basis(start, rows):
-    q = tree.scale(1.0 / tree.norm(start), start)
-    return tree.basis_set(tree.zeros_basis(rows, q), 0, q), q
-
-
-@functools.partial(jax.jit, static_argnums=(1,))
-def _grow_basis(basis, rows):
-    """The basis padded with zero rows to ``rows`` rows."""
-    return jax.tree.map(lambda b: jnp.pad(b, [(0, rows - b.shape[0])] + [(0, 0)] * (b.ndim - 1)),
-                        basis)
-
-
-_FIRST_ROWS = 8      # the basis starts this small and doubles: reorthogonalisation costs
-                     # O(rows x P) per step, so a short warm-started run stays cheap
-
-
-@jax.jit
-def _random_start(template, key):
-    """A random unit vector shaped like ``template``."""
-    z = tree.normal_like(key, template)
-    return tree.scale(1.0 / tree.norm(z), z)
-
-
-@jax.jit
-def _warm_start(warm, weights):
-    """``sum_i w_i warm_i``: the previous measurement's Ritz vectors combined."""
-    return tree.basis_combine(weights, warm)
-
-
-
-def _wanted(m: int, k_top: int, k_bottom: int) -> list:
-    top = list(range(m - 1, max(m - 1 - k_top, -1), -1))
-    return top + [i for i in range(min(k_bottom, m)) if i not in top]
-
-
-@dataclasses.dataclass
-class _Krylov:
-    values: np.ndarray          # wanted Ritz values: top (descending), then bottom (ascending)
-    residuals: np.ndarray       # residual estimates |beta_m s_mi|
-    vectors: Any                # stacked Ritz vectors of ``values``
-    warm: Any                   # stacked wanted + guard Ritz vectors (the next start)
-    num_matvecs: int
-    converged: bool
-    scale: float
-
-
-def _krylov(apply, start, *, k_top, k_bottom, num_guard, tol, guard_tol, krylov_dim,
-            max_matvecs, min_iters, dim, fresh) -> _Krylov:
-    """Lanczos from ``start`` until the wanted Ritz pairs have small residuals.
-
-    Wanted: the ``k_top`` largest and ``k_bottom`` smallest Ritz pairs (residual ``<= tol *
-    scale``) and ``num_guard`` guards, the runner-ups below the top ``k_top`` (residual ``<=
-    guard_tol * scale``); ``scale`` is the largest ``|Ritz value|`` seen. ``apply(v) -> A v``
-    applies the operator. Full reorthogonalisation; when the basis holds ``krylov_dim``
-    vectors it thick-restarts (Krylov-Schur: Stewart 2001) keeping about half of them, the
-    Ritz vectors nearest the wanted ends; on a breakdown (an invariant subspace) before the
-    wanted set is complete it continues with ``fresh()``, a random vector orthogonalised
-    against the basis.
-    """
-    n_top = k_top + num_guard
-    rows = min(max(krylov_dim, 2 * (n_top + k_bottom) + 4), dim) + 1   # room to restart
-    tols = np.array([tol] * k_top + [guard_tol] * num_guard + [tol] * k_bottom)
-    cap = min(rows, max(_FIRST_ROWS, n_top + k_bottom + 2))
-    basis, q = _init_basis(start, cap)
-    proj = np.zeros((rows, rows))
-    j = used = 0
-    scale = 0.0
-    while True:
-        if j + 1 >= cap and cap < rows:
-            cap = min(rows, 2 * cap)
-            basis = _grow_basis(basis, cap)
-        basis, q, h, beta = _project_step(basis, None, np.int32(j), apply(q), scale)
-        h, beta = np.asarray(h, np.float64), float(beta)
-        proj[:j + 1, j] = proj[j, :j + 1] = h[:j + 1]
-        j, used = j + 1, used + 1
-        theta, s = np.linalg.eigh(proj[:j, :j])
-        res = np.abs(beta * s[j - 1, :])
-        idx = _wanted(j, n_top, k_bottom)
-        scale = max(scale, float(np.max(np.abs(theta))))
-        complete = len(idx) == n_top + k_bottom
-        ok = complete and bool(np.all(res[idx] <= tols * max(scale, 1e-300)))
-        if (ok and used >= min(min_iters, dim)) or used >= max_matvecs or j >= dim:
-            break
-        if j >= rows - 1:
-            basis, j = _thick_restart(basis, q, proj, theta, s, beta, j, n_top, k_bottom)
-        if beta == 0.0:                        # invariant subspace: continue elsewhere
-            basis, q = _fill_row(basis, np.int32(j), fresh())
-    coeffs = np.zeros((cap, len(idx)))
-    coeffs[:j] = s[:, idx]
-    vectors = _combine(jnp.asarray(coeffs, _real_dtype(basis)), basis)
-    wanted = list(range(k_top)) + list(range(n_top, len(idx)))
-    return _Krylov(theta[idx][wanted], res[idx][wanted],
-                   _take_rows(vectors, jnp.asarray(wanted, jnp.int32)), vectors, used,
-                   ok, scale)
-
-
-def _thick_restart(basis, q, proj, theta, s, beta, m, n_top, k_bottom):
-    """Keep about half the basis, the Ritz vectors nearest the wanted ends (Krylov-Schur)."""
-    keep_n = max(n_top + k_bottom + 2, m // 2)
-    bottom_n = max(k_bottom + 1, min(keep_n // 2, keep_n - n_top - 1)) if k_bottom else 0
-    keep = _wanted(m, keep_n - bottom_n, bottom_n)
-    coeffs = np.zeros((jax.tree.leaves(basis)[0].shape[0], len(keep)))
-    coeffs[:m] = s[:, keep]
-    basis = _restart_basis(basis, jnp.asarray(coeffs, _real_dtype(basis)), q)
-    n = len(keep)
-    proj[:] = 0.0
-    proj[np.arange(n), np.arange(n)] = theta[keep]
-    proj[n, :n] = proj[:n, n] = beta * s[m - 1, keep]
-    return basis, n
-
-
-
-def _real_dtype(basis):
-    return jnp.finfo(jnp.result_type(*jax.tree.leaves(basis))).dtype
 
 
 def _make_apply(op: CurvatureOperator, matvec_fn, d):
@@ -660,8 +525,9 @@ def _as_warm(v0, params):
 
 
 def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_guard=1,
-         tol, guard_tol=None, krylov_dim, max_matvecs, min_iters) -> _Krylov:
-    """Lanczos on ``H`` (or ``D H D``) from a warm (or random) start.
+         tol, guard_tol=None, krylov_dim, max_matvecs, min_iters) -> WarmEigsResult:
+    """Lanczos on ``H`` (or ``D H D``) from a warm (or random) start:
+    :func:`hessian_tools.linalg.warm_eigs` with the operator's compiled product.
 
     The warm start is a weighted sum of the previous measurement's Ritz vectors: the wanted
     ones (weight 1) and the converged runner-up, the guard (weight 0.3). With the guard in
@@ -669,29 +535,9 @@ def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_g
     runner-up that overtakes the top eigenvalue between two measurements is found, not
     missed.
     """
-    dim = op.dim
-    k_top = min(k_top, dim)
-    num_guard = max(0, min(num_guard, dim - k_top - k_bottom))
-    guard_tol = min(10 * tol, 0.1) if guard_tol is None else guard_tol
-    key, sub = jax.random.split(key)
-    fresh = functools.partial(_random_start, params, sub)     # a restart after a breakdown
-    start = _random_start(params, key) if warm is None else _warm_start(
-        warm, jnp.asarray(_warm_weights(jax.tree.leaves(warm)[0].shape[0], k_top), op.dtype))
-    return _krylov(_make_apply(op, matvec_fn, d), start, k_top=k_top, k_bottom=k_bottom,
-                   num_guard=num_guard, tol=tol, guard_tol=guard_tol, krylov_dim=krylov_dim,
-                   max_matvecs=max_matvecs, min_iters=min_iters, dim=dim, fresh=fresh)
-
-
-_GUARD_WEIGHT = 0.3
-
-
-def _warm_weights(rows: int, k_top: int) -> np.ndarray:
-    """Start-vector weights of the warm rows: 1 for the top ``k_top`` (and a bottom vector),
-    ``_GUARD_WEIGHT`` for the guard, whose direction the Krylov space picks up within a
-    step or two anyway."""
-    w = np.ones(rows)
-    w[k_top:k_top + 1] = _GUARD_WEIGHT
-    return w
+    return warm_eigs(_make_apply(op, matvec_fn, d), params, key, start=warm, k_top=k_top,
+                     k_bottom=k_bottom, num_guard=num_guard, tol=tol, guard_tol=guard_tol,
+                     krylov_dim=krylov_dim, max_matvecs=max_matvecs, min_steps=min_iters)
 
 
 def sharpness(loss_fn: Callable, params, data, *, key, v0=None, k: int = 1, tol: float = 1e-3,
@@ -781,10 +627,8 @@ class SharpnessMonitorState(NamedTuple):
 def _lanczos_top(matvec, v0, num_iters):
     """Top Ritz pair after ``num_iters`` Lanczos steps from ``v0`` (traceable)."""
     dec = lanczos_tridiag(matvec, v0, num_iters=num_iters)
-    theta, s = jnp.linalg.eigh(dec.tridiagonal())
-    coeffs = jnp.concatenate([s[:, -1], jnp.zeros((1,), s.dtype)])
-    vec = tree.basis_combine(coeffs, dec.basis)
-    return theta[-1], jnp.abs(dec.betas[-1] * s[-1, -1]), vec
+    pairs = ritz_pairs(dec)
+    return pairs.values[-1], pairs.residuals[-1], pairs.vector(dec, -1)
 
 
 def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_iters: int = 10,
@@ -1280,7 +1124,7 @@ class SharpnessTracker:
         if k_bottom:
             record["lambda_min"] = float(res.values[-1])
             record["lambda_min_residual"] = float(res.residuals[-1])
-        self._top_vectors = _take_rows(res.vectors, jnp.arange(k_top))
+        self._top_vectors = _first_rows(res.vectors, k_top)
 
     def _resolve_preconditioner(self, params, opt_state):
         if self.preconditioner is None:
@@ -1391,6 +1235,11 @@ def _all_finite(params):
 @jax.jit
 def _quadratic_form(matvec_fn, z):
     return tree.vdot(z, matvec_fn(z))
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _first_rows(vectors, k):
+    return jax.tree.map(lambda a: a[:k], vectors)
 
 
 @jax.jit

@@ -129,8 +129,10 @@ def test_auto_loop_drives_conv_products_from_python_on_cpu(monkeypatch):
     if on_cpu:                           # from here on, a batched conv product is an error
         def batched(*args, **kwargs):
             raise AssertionError("a conv product was vmapped on CPU")
-        for name in ("_apply_rows", "_flat_rows", "_hutchpp_compiled", "_hutchinson_compiled"):
+        for name in ("_hutchpp_compiled", "_hutchinson_compiled"):
             monkeypatch.setattr(sd, name, batched)
+        for name in ("_apply_rows", "_flat_rows"):      # the operator's batched products
+            monkeypatch.setattr(ht.operators, name, batched)
     before = conv.num_matvecs
     got = ht.density(conv, num_probes=2, num_steps=6, key=jax.random.key(0))
     assert got.loop == ("host" if on_cpu else "compiled")

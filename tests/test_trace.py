@@ -160,7 +160,8 @@ def test_rank_deficient_sketch_is_handled():
 
 
 def test_compiled_code_is_reused_across_operators():
-    fns = [density_module._hutchpp_compiled, density_module._flat_rows]
+    from hessian_tools import operators
+    fns = [density_module._hutchpp_compiled, operators._flat_rows]
     for kw in ({}, {"batch_size": 60}):      # the NumPy form on one CPU device; compiled
         first = ht.trace(ht.from_dense(WIGNER), num_matvecs=60, key=jax.random.key(0), **kw)
         sizes = [f._cache_size() for f in fns]

@@ -261,8 +261,9 @@ def test_tracker_compiles_once_and_never_retraces():
     tracker = ht.SharpnessTracker(
         loss, data, every=1, key=jax.random.key(0), k=2,
         quantities=("lambda_max", "top_k", "trace", "grad_overlap", "loss"))
-    funcs = [tracking._project_step, tracking._apply, tracking._warm_start,
-             tracking._random_start, tracking._init_basis, tracking._combine, tracking._overlap]
+    from hessian_tools.linalg import _space
+    funcs = [_space._project, tracking._apply, _space._start_basis, _space._combine,
+             _space._take_rows, _space._grow, tracking._overlap, tracking._first_rows]
     shifted = lambda i: jax.tree.map(lambda a: a * (1 + 1e-3 * i), params)
     for i in range(2):
         tracker.update(i, shifted(i))

@@ -31,7 +31,7 @@ from hessian_tools._progress import progress_bar
 from hessian_tools.checkpoints import CheckpointError, restore, step_of
 from hessian_tools.cli._common import UserError
 from hessian_tools.files import write_json
-from hessian_tools.linalg.lanczos import default_krylov_dim
+from hessian_tools.linalg.eigsolve import default_krylov_dim
 from hessian_tools.objective import Objective
 from hessian_tools.operators import empirical_fisher, gauss_newton, hessian, value_and_grad
 from hessian_tools.spectral_density import density, negative_count, trace

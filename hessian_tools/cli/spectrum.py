@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 
 from hessian_tools._progress import interactive
 from hessian_tools.checkpoints import CheckpointError, find_checkpoints
-from hessian_tools.cli import reports
+from hessian_tools.cli.reports import plot_records, row, table, write_reports
 from hessian_tools.cli._common import (UserError, add_model_flags, add_output_flags,
                                        check_output_folder, nonnegative_int, objective_from_args,
                                        positive_float, positive_int, speaker, versions)
@@ -186,7 +186,7 @@ def _run(obj, config, out, args, say):
 
 
 def _summarise(records, out: Path, args, wall, say, what) -> int:
-    rows = [reports.row(r) for r in records]
+    rows = [row(r) for r in records]
     failed = [r for r in records if r.status == "failed"]
     unconverged = [r for r in rows if r["converged"] is False]
     summary = {"command": " ".join(sys.argv), "what": what, "rows": rows,
@@ -194,12 +194,12 @@ def _summarise(records, out: Path, args, wall, say, what) -> int:
                "failed": [{"checkpoint": r.path, "error": r.error} for r in failed],
                "wall_time": wall, "versions": versions()}
     write_json(out / "summary.json", summary)
-    images = reports.plot_records(records, out)
-    reports.write_reports(out, rows, images, failed, title="Hessian spectra", what=what)
+    images = plot_records(records, out)
+    write_reports(out, rows, images, failed, title="Hessian spectra", what=what)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        say(reports.table(rows))
+        say(table(rows))
         say(f"wrote {out}/summary.json, report.md and report.html ({wall:.1f} s)")
     if unconverged:
         print(f"warning: {len(unconverged)} checkpoint(s) have eigenvalues that did not reach "
@@ -226,13 +226,13 @@ def run_compare(args) -> int:
         if failed:
             return 1
         written = _compare_figures(records, out, config)
-        rows = [reports.row(r) for r in records]
+        rows = [row(r) for r in records]
         write_json(out / "compare.json", {"rows": rows, "what": _what(args, obj, name, config),
                                           "versions": versions()})
     if args.json:
         print(json.dumps({"rows": rows}, indent=2))
     else:
-        say(reports.table(rows))
+        say(table(rows))
         say(f"wrote {', '.join(str(out / w) for w in written + ['compare.json'])}")
     return 0
 

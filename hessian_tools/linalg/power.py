@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
-from hessian_tools.linalg.lanczos import _orthogonalize
+from hessian_tools.linalg._space import orthogonalize
 
 __all__ = ["PowerResult", "power_iteration", "power_eigs"]
 
@@ -36,7 +36,7 @@ def _power_step(v, w, deflate, shift):
     """Given ``w = A v``: Rayleigh quotient and residual of ``B = P (A - shift I) P``."""
     w = tree.sub(w, tree.scale(shift, v))
     if deflate is not None:
-        w = _orthogonalize(w, deflate)
+        w = orthogonalize(w, deflate)
     value = tree.vdot(v, w)
     residual = tree.norm(tree.sub(w, tree.scale(value, v)))
     return tree.scale(1.0 / tree.norm(w), w), value, residual
@@ -45,7 +45,7 @@ def _power_step(v, w, deflate, shift):
 @jax.jit
 def _normalize(v, deflate):
     if deflate is not None:
-        v = _orthogonalize(v, deflate)
+        v = orthogonalize(v, deflate)
     return tree.scale(1.0 / tree.norm(v), v)
 
 

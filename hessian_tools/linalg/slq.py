@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
-from hessian_tools.linalg.lanczos import LanczosDecomposition, _lanczos_step, lanczos_tridiag
+from hessian_tools.linalg._space import host_project, project_step
+from hessian_tools.linalg.lanczos import LanczosDecomposition, lanczos_tridiag, ritz_pairs
 
 __all__ = ["SLQQuadrature", "gauss_quadrature", "slq_quadrature", "slq_quadrature_host",
            "slq_quadrature_numpy",
@@ -68,9 +69,8 @@ def gauss_quadrature(decomp: LanczosDecomposition) -> SLQQuadrature:
       >>> [round(float(x), 6) for x in rule.nodes], [round(float(x), 6) for x in rule.weights]
       ([-2.0, 1.0, 3.0], [0.333333, 0.333333, 0.333333])
     """
-    theta, s = jnp.linalg.eigh(decomp.tridiagonal())
-    weights = s[0] ** 2
-    return SLQQuadrature(theta, weights / jnp.sum(weights), jnp.abs(decomp.betas[-1] * s[-1]))
+    pairs = ritz_pairs(decomp)
+    return SLQQuadrature(pairs.values, pairs.weights / jnp.sum(pairs.weights), pairs.residuals)
 
 
 def slq_quadrature(matvec: Callable, probes, *, num_steps: int,
@@ -101,9 +101,10 @@ def slq_quadrature(matvec: Callable, probes, *, num_steps: int,
 # ---- the host-driven form (streamed data, or a matvec that is slow inside a loop) -------
 
 @functools.partial(jax.jit, donate_argnums=(0,))
-def _host_step(basis, j, q, w, q_prev, beta_prev, scale):
-    step = jax.vmap(_lanczos_step, in_axes=(0, None, None, 0, 0, 0, 0, 0))
-    return step(basis, None, j, q, w, q_prev, beta_prev, scale)
+def _host_step(basis, j, w, scale):
+    basis, q_next, h, beta = jax.vmap(project_step, in_axes=(0, None, None, 0, 0))(
+        basis, None, j, w, scale)
+    return basis, q_next, h[:, j], beta
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))
@@ -124,8 +125,8 @@ def slq_quadrature_host(apply_rows: Callable, probes, *, num_steps: int) -> SLQQ
 
     Each of the ``num_steps`` steps calls ``apply_rows`` once with the current Lanczos
     vectors of all probes (a stacked pytree) and then one compiled, vmapped
-    reorthogonalisation step (the same ``_lanczos_step`` as the compiled form, so the
-    numbers agree to rounding). Use it when the matvec cannot be traced (streamed data) or
+    reorthogonalisation step (the same Lanczos step as the compiled form, so the numbers
+    agree to rounding). Use it when the matvec cannot be traced (streamed data) or
     runs slowly inside a compiled loop.
 
     Args:
@@ -139,14 +140,12 @@ def slq_quadrature_host(apply_rows: Callable, probes, *, num_steps: int) -> SLQQ
     num = jax.tree.leaves(probes)[0].shape[0]
     basis, q = _host_init(probes, num_steps=num_steps)
     dtype = jnp.finfo(jnp.result_type(*jax.tree.leaves(probes))).dtype
-    q_prev, beta = tree.zeros_like(q), jnp.zeros(num, dtype)
     alphas, betas = [], []
     top_alpha, top_beta = jnp.zeros(num, dtype), jnp.zeros(num, dtype)
     for j in range(num_steps):
         w = apply_rows(q)
-        basis, q_next, alpha, beta = _host_step(basis, jnp.asarray(j), q, w, q_prev, beta,
-                                                top_alpha + 2 * top_beta)   # >= ||T_j||
-        q_prev, q = q, q_next
+        basis, q, alpha, beta = _host_step(basis, jnp.asarray(j), w,
+                                           top_alpha + 2 * top_beta)   # >= ||T_j||
         alphas.append(alpha)
         betas.append(beta)
         top_alpha, top_beta = jnp.maximum(top_alpha, jnp.abs(alpha)), jnp.maximum(top_beta, beta)
@@ -230,33 +229,20 @@ def _numpy_lanczos(apply, dtype, start, num_steps, interleave: int = 1):
 
 def _lanczos_rows(dtype, start, num_steps):
     """The Lanczos recurrence as a generator: yields ``q_j`` (``(rows, dim)``), is sent
-    ``A q_j`` (any array-like; converting it waits for it), returns ``(alphas, betas)``."""
+    ``A q_j`` (any array-like; converting it waits for it), returns ``(alphas, betas)``.
+    Each step is :func:`~hessian_tools.linalg._space.host_project` on the rows' bases."""
     num = len(start)
-    eps = np.finfo(dtype).eps
     basis = np.zeros((num, num_steps + 1, start.shape[1]), dtype)
     norms = np.sqrt(np.einsum("pn,pn->p", start.astype(np.float64), start.astype(np.float64)))
     basis[:, 0] = start / norms[:, None]
-    q_prev, beta_prev = np.zeros_like(basis[:, 0]), np.zeros(num)
     alphas, betas = np.zeros((num, num_steps)), np.zeros((num, num_steps))
     for j in range(num_steps):
-        # breakdown is rounding level relative to ||A|| (>= ||T_j||, Gershgorin; the rows
-        # not yet filled are zero), as in lanczos_tridiag: this step's alpha + beta can be
-        # far smaller
+        # ||A|| >= ||T_j|| (Gershgorin; the rows not yet filled are zero), as in
+        # lanczos_tridiag: this step's alpha + beta can be far smaller
         scale = np.max(np.abs(alphas), axis=1) + 2 * np.max(betas, axis=1)
-        q = basis[:, j]
-        w = np.array((yield q), dtype)
-        alpha = np.einsum("pn,pn->p", q, w)
-        w -= alpha[:, None].astype(dtype) * q + beta_prev[:, None].astype(dtype) * q_prev
-        filled = basis[:, :j + 1]
-        for _ in range(2):
-            h = np.matmul(filled, w[:, :, None])
-            w -= np.matmul(h.transpose(0, 2, 1), filled)[:, 0]
-        beta = np.sqrt(np.einsum("pn,pn->p", w.astype(np.float64), w.astype(np.float64)))
-        tiny = beta <= 10 * eps * (np.maximum(np.abs(alpha) + beta_prev, scale) + eps)
-        beta = np.where(tiny, 0.0, beta)
-        basis[:, j + 1] = w * np.where(tiny, 0.0, 1.0 / np.where(tiny, 1.0, beta))[:, None]
-        alphas[:, j], betas[:, j] = alpha, beta
-        q_prev, beta_prev = q, beta
+        w = np.array((yield basis[:, j]), dtype)
+        _, h, beta = host_project(basis, j, w, scale)
+        alphas[:, j], betas[:, j] = h[:, j], beta
     return alphas, betas
 
 

@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
+from hessian_tools.linalg._space import host_orthogonalize, orthogonalize
 
 __all__ = ["random_probes", "batched_matvec", "hutchinson_samples", "orthonormalize",
-           "orthonormalize_numpy",
-           "project_out", "hutchpp", "xtrace_samples", "PROBES"]
+           "orthonormalize_numpy", "project_out", "hutchpp", "hutchpp_rows", "xtrace_samples",
+           "PROBES"]
 
 PROBES = ("rademacher", "gaussian")
 
@@ -103,8 +104,7 @@ def orthonormalize(vectors, *, rtol: float | None = None):
     def body(j, basis):
         w = tree.basis_get(vectors, j)
         size = tree.norm(w)
-        for _ in range(2):
-            w = tree.sub(w, tree.basis_combine(tree.basis_dot(basis, w), basis))
+        w = orthogonalize(w, basis)                     # zero rows contribute nothing
         rem = tree.norm(w)
         keep = rem > rtol * size
         w = tree.scale(jnp.where(keep, 1.0 / jnp.where(keep, rem, 1.0), 0.0), w)
@@ -121,8 +121,7 @@ def orthonormalize_numpy(rows: np.ndarray, *, rtol: float) -> np.ndarray:
     basis = np.zeros(rows.shape, np.float64)
     for j, w in enumerate(rows.astype(np.float64)):
         size = np.linalg.norm(w)
-        for _ in range(2):
-            w = w - (basis[:j] @ w) @ basis[:j]
+        w = host_orthogonalize(w, basis[:j])
         rem = np.linalg.norm(w)
         basis[j] = w / rem if rem > rtol * size else 0.0
     return basis
@@ -165,12 +164,20 @@ def hutchpp(matvec: Callable, sketch, probes, *, batch_size: int | None = None):
       >>> round(float(low), 6), [round(float(x), 6) for x in samples]
       (2.0, [0.0, 0.0])
     """
-    q = orthonormalize(batched_matvec(matvec, sketch, batch_size=batch_size))
+    return hutchpp_rows(lambda rows: batched_matvec(matvec, rows, batch_size=batch_size),
+                        sketch, probes)
+
+
+def hutchpp_rows(apply_rows: Callable, sketch, probes):
+    """:func:`hutchpp` with the products given as ``apply_rows(stacked) -> stacked``: the
+    one Hutch++ for every way of running the products (one compiled batched call, or one
+    product per row from Python; see ``CurvatureOperator.rows``). Two calls of
+    ``apply_rows``: the sketch, then ``Q`` and the deflated probes together."""
+    q = orthonormalize(apply_rows(sketch))
     deflated = project_out(q, probes)
     k = jax.tree.leaves(q)[0].shape[0]
     rows = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), q, deflated)
-    products = batched_matvec(matvec, rows, batch_size=batch_size)   # A Q and A (I-QQ^T) G
-    quad = _rowwise_dot(rows, products)
+    quad = _rowwise_dot(rows, apply_rows(rows))              # A Q and A (I-QQ^T) G
     return jnp.sum(quad[:k]), quad[k:]
 
 
