@@ -22,7 +22,7 @@ def _one(args) -> None:
     import jax
 
     import hessian_tools as ht
-    import hessian_tools.spectral_density as sd
+    import hessian_tools.analysis.spectral as sd
     from hessian_tools.examples.digits import digits_objective
     if args.bases == "device":
         sd._numpy_basis = lambda op: False

@@ -1,57 +1,68 @@
-"""hessian_tools: Hessian spectra and saddle-point analysis for JAX models.
+"""hessian_tools: Hessian spectra, saddle points and loss surfaces of JAX models.
 
 >>> import hessian_tools as ht
 >>> obj = ht.Objective(loss, params, data)          # doctest: +SKIP
 >>> eig = ht.eigenvalues(ht.hessian(obj), k=5, key=jax.random.key(0))   # doctest: +SKIP
+
+The public face, grouped as the layers are (each layer imports only those above it here):
+what is analysed; the curvature operators; the analyses; training; the results; the plots;
+checkpoints and the compilation cache.
 """
 
 from hessian_tools import linalg, plots, tree
-from hessian_tools.plots import plot_eigenvalues
+# ---- what is analysed
 from hessian_tools.objective import Objective
+# ---- curvature operators
 from hessian_tools.operators import (CurvatureOperator, dense_hessian, empirical_fisher,
                                      from_dense, gauss_newton, gradient, hessian, to_dense,
                                      value_and_grad)
+# ---- analyses of a point
+from hessian_tools.analysis import (classify, default_grad_tol, default_sigma, default_threshold,
+                                    default_tol,
+                                    density, eigenvalues, find_critical_points, negative_count,
+                                    outliers, trace)
+# ---- training
+from hessian_tools.training import (QUANTITIES, SaddleFreeNewtonState, SharpnessMonitorState,
+                                    SharpnessTracker, adaptive_preconditioner,
+                                    compare_optimizers, measurement_subset, optimizer_info,
+                                    read_sharpness_log, saddle_free_newton, sharpness,
+                                    sharpness_monitor, stability_threshold)
+# ---- results
+from hessian_tools.results import (VERDICTS, CriticalPointReport, CriticalPointSearch,
+                                   Eigenpairs, EigenvalueCount, FoundPoint, OptimizerComparison,
+                                   OptimizerInfo, OptimizerRun, OutlierSplit, Result,
+                                   SharpnessLog, SharpnessResult, SpectralDensity, Status,
+                                   TraceEstimate)
+# ---- plots
+from hessian_tools.plots import (plot_comparison, plot_densities, plot_density,
+                                 plot_eigenvalues, plot_index_vs_loss, plot_sharpness)
+# ---- checkpoints and the compilation cache
+from hessian_tools.checkpoints import load_checkpoint, restore
 from hessian_tools.compile_cache import enable_compilation_cache
-from hessian_tools.results import Eigenpairs
-from hessian_tools.spectrum import default_tol, eigenvalues
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "CurvatureOperator", "Eigenpairs", "Objective", "default_tol", "dense_hessian",
-    "eigenvalues", "empirical_fisher", "enable_compilation_cache", "from_dense", "gauss_newton", "gradient", "hessian",
-    "linalg", "plot_eigenvalues", "plots", "to_dense", "tree", "value_and_grad",
+    # what is analysed
+    "Objective",
+    # curvature operators
+    "CurvatureOperator", "dense_hessian", "empirical_fisher", "from_dense", "gauss_newton",
+    "gradient", "hessian", "to_dense", "value_and_grad",
+    # analyses
+    "classify", "default_grad_tol", "default_sigma", "default_threshold", "default_tol", "density",
+    "eigenvalues", "find_critical_points", "negative_count", "outliers", "trace",
+    # training
+    "QUANTITIES", "SaddleFreeNewtonState", "SharpnessMonitorState", "SharpnessTracker",
+    "adaptive_preconditioner", "compare_optimizers", "measurement_subset", "optimizer_info",
+    "read_sharpness_log", "saddle_free_newton", "sharpness", "sharpness_monitor",
+    "stability_threshold",
+    # results
+    "VERDICTS", "CriticalPointReport", "CriticalPointSearch", "Eigenpairs", "EigenvalueCount",
+    "FoundPoint", "OptimizerComparison", "OptimizerInfo", "OptimizerRun", "OutlierSplit",
+    "Result", "SharpnessLog", "SharpnessResult", "SpectralDensity", "Status", "TraceEstimate",
+    # plots
+    "plot_comparison", "plot_densities", "plot_density", "plot_eigenvalues",
+    "plot_index_vs_loss", "plot_sharpness",
+    # checkpoints, compilation cache, submodules
+    "enable_compilation_cache", "linalg", "load_checkpoint", "plots", "restore", "tree",
 ]
-
-# ---- critical points and saddle-free Newton (issue 4) ----------------------------------------
-from hessian_tools.critical import (CriticalPointReport, CriticalPointSearch, FoundPoint,  # noqa: E402
-                                    classify, find_critical_points, plot_index_vs_loss)
-from hessian_tools.saddle_free import SaddleFreeNewtonState, saddle_free_newton  # noqa: E402
-
-__all__ += ["CriticalPointReport", "CriticalPointSearch", "FoundPoint", "SaddleFreeNewtonState",
-            "classify", "find_critical_points", "plot_index_vs_loss", "saddle_free_newton"]
-
-# ---- the whole spectrum: SLQ density, traces, negative counts, outliers (issue 3) -------------
-from hessian_tools.spectral_density import (EigenvalueCount, OutlierSplit, SpectralDensity,  # noqa: E402
-                                   TraceEstimate, default_sigma, default_threshold, density,
-                                   negative_count, outliers, trace)
-from hessian_tools.plots_density import plot_densities, plot_density  # noqa: E402
-
-__all__ += ["EigenvalueCount", "OutlierSplit", "SpectralDensity", "TraceEstimate",
-            "default_sigma", "default_threshold", "density", "negative_count", "outliers",
-            "plot_densities", "plot_density", "trace"]
-
-# ---- sharpness during training, comparing optimizers (issue 5) ------------------------------
-from hessian_tools.tracking import (OptimizerComparison, OptimizerInfo, OptimizerRun,  # noqa: E402
-                                    SharpnessLog, SharpnessMonitorState, SharpnessResult,
-                                    SharpnessTracker, adaptive_preconditioner,
-                                    compare_optimizers, measurement_subset,
-                                    optimizer_info, plot_comparison, plot_sharpness,
-                                    read_sharpness_log, sharpness, sharpness_monitor,
-                                    stability_threshold)
-
-__all__ += ["OptimizerComparison", "OptimizerInfo", "OptimizerRun", "SharpnessLog",
-            "SharpnessMonitorState", "SharpnessResult", "SharpnessTracker",
-            "adaptive_preconditioner", "compare_optimizers", "measurement_subset",
-            "optimizer_info", "plot_comparison", "plot_sharpness",
-            "read_sharpness_log", "sharpness", "sharpness_monitor", "stability_threshold"]

@@ -21,7 +21,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools import tree
+from hessian_tools import _host, tree
 from hessian_tools._callables import jaxpr_eqns
 from hessian_tools.data import MAX_UNROLLED_BATCHES, BatchGroups, dataset_mean, stream_mean
 from hessian_tools.objective import Objective
@@ -248,10 +248,10 @@ class CurvatureOperator:
         return _apply_rows(self.matvec_fn, vectors, batch_size=batch_size)
 
     def flat_rows(self, x, *, batch_size: int | None = None) -> np.ndarray:
-        """:meth:`rows` on a ``(k, dim)`` array in :class:`~hessian_tools.tree.FlatLayout`
+        """:meth:`rows` on a ``(k, dim)`` array in :class:`~hessian_tools._host.FlatLayout`
         order, returned as a NumPy array of the operator's dtype (one transfer per call
         instead of one per leaf)."""
-        layout = tree.FlatLayout(self.params_like)
+        layout = _host.FlatLayout(self.params_like)
         x = np.asarray(x, layout.dtype)
         if self.slow_in_loops or len({np.dtype(d) for d in layout.dtypes}) > 1:
             return layout.flat(self.rows(layout.tree(x)), len(x))

@@ -1,12 +1,18 @@
-"""Plots of result objects. Each takes a result and an optional ``ax`` and returns the ``ax``;
-none calls ``savefig`` or picks a backend."""
+"""Every figure of the library. Each takes result objects and an optional ``ax`` and returns
+the ``ax``; none calls ``savefig`` or picks a backend. Imports only results (and the
+thresholds the sharpness plots draw).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-from hessian_tools.results import Eigenpairs
+import numpy as np
 
-__all__ = ["plot_eigenvalues"]
+from hessian_tools.results import (Eigenpairs, OptimizerComparison,
+                                   SharpnessLog, SpectralDensity, stability_threshold)
+
+__all__ = ['plot_comparison', 'plot_densities', 'plot_density', 'plot_eigenvalues', 'plot_index_vs_loss', 'plot_sharpness']
 
 
 def _axes(ax):
@@ -37,4 +43,256 @@ def plot_eigenvalues(eig: Eigenpairs, ax=None, *, label: str | None = None, colo
     ax.set_ylabel("eigenvalue")
     ax.set_title(f"{eig.operator or 'operator'}: extreme eigenvalues ({eig.num_matvecs} matvecs)")
     ax.grid(alpha=0.3)
+    return ax
+
+
+def _curve(dens: SpectralDensity, grid, sigma, counts: bool):
+    y = dens.pdf(grid, sigma=sigma)
+    return y * dens.dim if counts else y
+
+
+def _floor(ys, dynamic_range: float) -> float:
+    top = max(float(np.max(y)) for y in ys)
+    return top / dynamic_range if top > 0 else 1e-12
+
+
+def _mark_values(ax, values, *, color, style, label):
+    for i, v in enumerate(values):
+        ax.axvline(float(v), color=color, ls=style, lw=0.9, alpha=0.8,
+                   label=label if i == 0 else None)
+
+
+def plot_density(dens: SpectralDensity, ax=None, *, eig=None, sigma: float | None = None,
+                 num_points: int = 1000, log: bool = True, counts: bool = False,
+                 dynamic_range: float = 1e7, mark_ends: bool = True, label: str | None = None,
+                 color=None, tau: float | None = None, eig_label: str = "top eigenvalues"):
+    """The smoothed eigenvalue density on a log scale, with the ends of the spectrum marked.
+
+    Args:
+      dens: a :class:`SpectralDensity`.
+      ax: matplotlib axes (a new figure if ``None``).
+      eig: optional :class:`~hessian_tools.Eigenpairs` (e.g. the top eigenvalues from
+        ``ht.eigenvalues``) or array of eigenvalues, marked as dotted vertical lines.
+      sigma: smoothing width (default ``dens.default_sigma``).
+      num_points: grid size.
+      log: logarithmic density axis (the bulk near zero and the outliers differ by orders of
+        magnitude); values below ``max / dynamic_range`` are clipped.
+      counts: plot eigenvalues per unit (``dim * pdf``) instead of a probability density.
+      mark_ends: dashed lines at the extreme Ritz values ``lambda_min``/``lambda_max``.
+      label, color: for the curve.
+      tau: if given, shade ``[-tau, tau]`` (the band treated as zero by negative counts).
+      eig_label: the legend entry of the ``eig`` lines.
+
+    Returns:
+      The axes.
+    """
+    ax = _axes(ax)
+    s = dens.default_sigma if sigma is None else float(sigma)
+    grid = dens.grid(num_points, sigma=s)
+    y = _curve(dens, grid, s, counts)
+    floor = _floor([y], dynamic_range) if log else 0.0
+    line, = ax.plot(grid, np.maximum(y, floor), color=color,
+                    label=label or f"{dens.operator or 'SLQ'} ({dens.num_matvecs} matvecs)")
+    color = line.get_color()
+    if mark_ends:
+        _mark_values(ax, [dens.lambda_min, dens.lambda_max], color=color, style="--",
+                     label="extreme Ritz values")
+    if eig is not None:
+        values = np.asarray(getattr(eig, "values", eig), np.float64).reshape(-1)
+        _mark_values(ax, values, color="tab:red", style=":", label=eig_label)
+    if tau is not None:
+        ax.axvspan(-tau, tau, color="0.85", alpha=0.6, lw=0, label=f"|λ| ≤ τ = {tau:.2g}")
+    ax.axvline(0.0, color="0.5", lw=0.6)
+    _finish(ax, log, floor, counts, f"eigenvalue density (sigma = {s:.2g})")
+    return ax
+
+
+def plot_densities(densities: Sequence[SpectralDensity], ax=None, *,
+                   labels: Sequence[str] | None = None, sigma: float | None = None,
+                   num_points: int = 1000, log: bool = True, counts: bool = False,
+                   dynamic_range: float = 1e7, mark_ends: bool = True, colors=None):
+    """Several densities overlaid on one grid (e.g. two checkpoints, or Hessian vs GGN).
+
+    All curves use the same ``sigma`` (default: the largest of their default widths) so
+    that they are comparable; dashed lines mark each density's extreme Ritz values.
+
+    Args:
+      densities: a sequence of :class:`SpectralDensity`.
+      ax: matplotlib axes (a new figure if ``None``).
+      labels: one label per density.
+      sigma, num_points, log, counts, dynamic_range, mark_ends: as in :func:`plot_density`.
+      colors: one matplotlib color per density.
+
+    Returns:
+      The axes.
+
+    Raises:
+      ValueError: no densities, or labels/colors of the wrong length.
+    """
+    densities = list(densities)
+    if not densities:
+        raise ValueError("plot_densities needs at least one SpectralDensity.")
+    for name, seq in (("labels", labels), ("colors", colors)):
+        if seq is not None and len(seq) != len(densities):
+            raise ValueError(f"Got {len(seq)} {name} for {len(densities)} densities.")
+    ax = _axes(ax)
+    s = max(d.default_sigma for d in densities) if sigma is None else float(sigma)
+    lo = min(d.lambda_min for d in densities) - 5 * s
+    hi = max(d.lambda_max for d in densities) + 5 * s
+    grid = np.linspace(lo, hi, num_points)
+    ys = [_curve(d, grid, s, counts) for d in densities]
+    floor = _floor(ys, dynamic_range) if log else 0.0
+    for i, (d, y) in enumerate(zip(densities, ys)):
+        label = labels[i] if labels is not None else f"density {i + 1} ({d.num_matvecs} matvecs)"
+        line, = ax.plot(grid, np.maximum(y, floor), label=label,
+                        color=None if colors is None else colors[i])
+        if mark_ends:
+            _mark_values(ax, [d.lambda_min, d.lambda_max], color=line.get_color(), style="--",
+                         label=None)
+    ax.axvline(0.0, color="0.5", lw=0.6)
+    _finish(ax, log, floor, counts, f"eigenvalue densities (sigma = {s:.2g})")
+    return ax
+
+
+def _finish(ax, log, floor, counts, title):
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("eigenvalues per unit" if counts else "density")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+_YLABELS = {"lambda_max": "sharpness λmax(H)",
+            "precond_lambda_max": "preconditioned sharpness λmax(P⁻¹ᐟ²HP⁻¹ᐟ²)",
+            "lambda_min": "λmin(H)", "trace": "trace(H)", "grad_overlap": "gradient overlap"}
+
+
+def plot_sharpness(log: SharpnessLog, ax=None, *, learning_rate: float | None = None,
+                   momentum: float = 0.0, kind: str = "heavy_ball",
+                   quantity: str = "lambda_max", threshold: float | None = None,
+                   label: str | None = None, color=None, show_threshold: bool = True):
+    """Sharpness against training step, with the stability threshold as a dashed line.
+
+    The threshold is ``threshold`` if given, else :func:`stability_threshold` of
+    ``learning_rate`` (``2/eta`` for gradient descent), else the ``threshold`` (or
+    ``precond_threshold``) column of the log when it has one.
+
+    Args:
+      log: a :class:`SharpnessLog` (``tracker.log`` or :func:`read_sharpness_log`).
+      ax: a matplotlib axes (a new figure when ``None``).
+      learning_rate, momentum, kind: for the threshold line.
+      quantity: the column to plot (``"lambda_max"``, ``"precond_lambda_max"``, ...).
+      threshold: an explicit threshold value.
+      label, color: for the curve.
+      show_threshold: draw the threshold line.
+
+    Returns:
+      The axes.
+    """
+    ax = _axes(ax)
+    steps, values = log.steps, log[quantity]
+    if values.ndim == 2:
+        values = values[:, 0]
+    line, = ax.plot(steps, values, marker=".", ms=3, lw=1.2, color=color,
+                    label=label or quantity)
+    if show_threshold:
+        _draw_threshold(ax, log, steps, quantity, learning_rate, momentum, kind, threshold,
+                        line.get_color())
+    ax.set_xlabel("step")
+    ax.set_ylabel(_YLABELS.get(quantity, quantity))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def _draw_threshold(ax, log, steps, quantity, learning_rate, momentum, kind, threshold, color):
+    if threshold is None and learning_rate is not None:
+        threshold = stability_threshold(learning_rate, momentum=momentum, kind=kind)
+    if threshold is not None:
+        name = "2/η" if momentum == 0 and learning_rate is not None else "threshold"
+        ax.axhline(threshold, ls="--", lw=1, color=color, label=f"{name} = {threshold:.4g}")
+        return
+    column = "precond_threshold" if quantity == "precond_lambda_max" else "threshold"
+    values = log[column] if len(log) else np.array([])
+    if values.size and np.isfinite(values).any():
+        ax.plot(steps, values, ls="--", lw=1, color=color, drawstyle="steps-post",
+                label=f"threshold ({np.nanmax(values):.4g})")
+
+
+def plot_comparison(comparison: OptimizerComparison, axes=None):
+    """Overlay the runs of :func:`compare_optimizers`: loss, sharpness, preconditioned
+    sharpness and accuracy against step, thresholds dashed in each run's colour.
+
+    Args:
+      comparison: an :class:`OptimizerComparison`.
+      axes: four matplotlib axes (a new 2x2 figure when ``None``).
+
+    Returns:
+      The four axes (``axes[0].figure`` is the figure).
+    """
+    if axes is None:
+        import matplotlib.pyplot as plt
+        _, grid = plt.subplots(2, 2, figsize=(11, 7))
+        axes = grid.ravel()
+    ax_loss, ax_raw, ax_pre, ax_acc = axes
+    for i, (name, run) in enumerate(comparison.runs.items()):
+        color = f"C{i}"
+        ax_loss.plot(np.arange(len(run.train_loss)), run.train_loss, color=color, lw=1,
+                     label=name)
+        raw_thr = None if run.info.adaptive else run.threshold
+        plot_sharpness(run.log, ax_raw, label=name, color=color, threshold=raw_thr,
+                       show_threshold=raw_thr is not None)
+        if run.info.adaptive and "precond_lambda_max" in run.log:
+            plot_sharpness(run.log, ax_pre, quantity="precond_lambda_max", label=name,
+                           color=color, threshold=run.threshold,
+                           show_threshold=run.threshold is not None)
+        ax_acc.plot(run.eval_steps, run.eval_accuracy, marker=".", color=color, label=name)
+    ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    ax_raw.set_title("sharpness (dashed: 2/η or (2+2β)/η)")
+    ax_raw.set_yscale("log")
+    ax_pre.set_title("preconditioned sharpness (dashed: adaptive threshold)")
+    if ax_pre.has_data():
+        ax_pre.set_yscale("log")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy (full data)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return axes
+
+
+def plot_index_vs_loss(search, ax=None, *, fraction: bool = True, label: str | None = None,
+                       color=None):
+    """Loss against index at the points found (Dauphin et al. 2014, Fig. 1).
+
+    Critical points are filled circles; gradient-flat and unconverged points are hollow
+    (they are not critical points; shown for honesty). Returns the ``ax``.
+
+    Args:
+      search: a :class:`CriticalPointSearch` (or a sequence of :class:`FoundPoint`).
+      ax: a matplotlib axes (a new figure if None).
+      fraction: plot the index as a fraction of the parameters (as in the paper).
+    """
+    if ax is None:
+        import matplotlib.pyplot as plt
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    points = list(search)
+    styles = (("critical", "o", "C0", True), ("gradient-flat", "s", "C1", False),
+              ("not converged", "x", "0.5", True))
+    for status, marker, default, filled in styles:
+        pts = [p for p in points if p.status == status and p.index is not None]
+        if not pts:
+            continue
+        xs = [p.index_fraction if fraction else p.index for p in pts]
+        c = color or default
+        kw = dict(color=c) if filled else dict(facecolors="none", edgecolors=c)
+        ax.scatter(xs, [p.loss for p in pts], marker=marker,
+                   label=f"{label + ': ' if label else ''}{status} ({len(pts)})", **kw)
+    ax.set_xlabel("index (fraction of negative eigenvalues)" if fraction else "index")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return ax

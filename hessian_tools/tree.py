@@ -13,11 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "FlatLayout", "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set",
-    "host_algebra", "host_is_device", "host_normal_flat", "host_normal_like", "key_bits",
-    "norm", "normal_like", "rademacher_like", "ravel", "scale", "single_threaded_blas",
-    "size", "sub", "vdot", "zeros_basis", "zeros_like", "path_str", "flat_paths",
-    "check_same_structure",
+    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "check_same_structure",
+    "flat_paths", "key_bits", "norm", "normal_like", "path_str", "rademacher_like", "ravel",
+    "scale", "size", "sub", "vdot", "zeros_basis", "zeros_like",
 ]
 
 
@@ -90,43 +88,6 @@ def key_bits(key) -> list[int]:
     return [int(x) for x in np.asarray(key).reshape(-1)]
 
 
-def _host_rng(key_or_rng) -> np.random.Generator:
-    if isinstance(key_or_rng, np.random.Generator):
-        return key_or_rng
-    return np.random.default_rng(key_bits(key_or_rng))
-
-
-def host_normal_like(key, x):
-    """A standard normal pytree shaped like ``x``, drawn by NumPy from the key's bits.
-
-    The same key gives the same vector. Nothing is compiled: a random kernel costs about
-    0.5 s of XLA compilation on CPU, paid on the first call of every new shape. Use it for
-    start vectors drawn outside ``jit``; inside traced code use :func:`normal_like`.
-    ``key`` may also be a ``numpy.random.Generator``, which the draw advances (a stream of
-    vectors from one key); :func:`host_normal_flat` draws the same numbers as one array.
-    """
-    rng = _host_rng(key)
-    leaves, treedef = jax.tree.flatten(x)
-    return treedef.unflatten([jnp.asarray(rng.standard_normal(np.shape(a)).astype(
-        np.dtype(jnp.result_type(a)))) for a in leaves])
-
-
-def host_normal_flat(key, shapes, dtype) -> np.ndarray:
-    """The draw of :func:`host_normal_like` for leaves of ``shapes``, as one flat NumPy array."""
-    rng = _host_rng(key)
-    parts = [rng.standard_normal(s).astype(dtype).reshape(-1) for s in shapes]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def host_is_device() -> bool:
-    """Whether JAX computes on this process's CPU with a single device.
-
-    Then a ``jax.Array`` already lives in host memory and NumPy reads it without a copy,
-    so small vector algebra can run in NumPy with nothing to compile.
-    """
-    return jax.default_backend() == "cpu" and jax.local_device_count() == 1
-
-
 def rademacher_like(key, x):
     """A Rademacher (+-1) pytree shaped like ``x``."""
     return _random_like(jax.random.rademacher, key, x)
@@ -135,58 +96,6 @@ def rademacher_like(key, x):
 def ravel(x) -> jax.Array:
     """Concatenate all leaves into one flat vector (for dense references and tiny models)."""
     return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(x)])
-
-
-def host_algebra(like) -> bool:
-    """Whether vectors shaped like ``like`` can live on the host as one flat NumPy array
-    (:class:`FlatLayout`) at no cost: JAX runs on a single CPU device
-    (:func:`host_is_device`) and every leaf has the same dtype."""
-    return host_is_device() and len({np.dtype(jnp.result_type(a))
-                                     for a in jax.tree.leaves(like)}) == 1
-
-
-def single_threaded_blas():
-    """A context manager in which NumPy's BLAS runs on one thread (``threadpoolctl``).
-
-    Host-side vector algebra runs between XLA calls that already use every core. OpenBLAS's
-    worker threads busy-wait after each call and then compete with XLA's. On 2 cores that
-    took a warm top-5 solve of the wide digits MLP from 0.85 s to 1.43 s. The host products
-    are memory-bound, so one thread loses nothing.
-    """
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=1, user_api="blas")
-
-
-class FlatLayout:
-    """How a pytree vector (one dtype) maps to one flat NumPy array, and back.
-
-    For host-side vector algebra on a single CPU device (:func:`host_is_device`), where
-    reading a ``jax.Array`` into NumPy costs no copy. Leaves are concatenated in tree order.
-    """
-
-    def __init__(self, like):
-        leaves, self.treedef = jax.tree.flatten(like)
-        self.shapes = [tuple(np.shape(a)) for a in leaves]
-        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
-        self.splits = np.cumsum(self.sizes)[:-1]
-        self.dtypes = [np.dtype(jnp.result_type(a)) for a in leaves]
-        self.dtype = np.dtype(jnp.result_type(*leaves))
-        self.dim = sum(self.sizes)
-
-    def flat(self, x, rows: int | None = None) -> np.ndarray:
-        """A vector as a ``(dim,)`` array, or a stacked basis of ``rows`` rows as
-        ``(rows, dim)``. May be a read-only view of the leaf when there is one leaf."""
-        shape = (-1,) if rows is None else (rows, -1)
-        parts = [np.asarray(a, self.dtype).reshape(shape) for a in jax.tree.leaves(x)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
-
-    def tree(self, flat: np.ndarray):
-        """The inverse of :meth:`flat`, with ``jax.Array`` leaves: ``(dim,)`` gives a vector,
-        ``(rows, dim)`` a stacked basis."""
-        lead = flat.shape[:-1]
-        parts = np.split(flat, self.splits, axis=-1)
-        return self.treedef.unflatten([jnp.asarray(p.reshape(lead + s), d) for p, s, d in
-                                       zip(parts, self.shapes, self.dtypes)])
 
 
 # ---- paths ---------------------------------------------------------------------------------

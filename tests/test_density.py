@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import hessian_tools as ht
-import hessian_tools.spectral_density as sd
+import hessian_tools.analysis.traces as sd
 from conftest import spectrum_matrix
 
 matplotlib.use("Agg")
-density_module = importlib.import_module("hessian_tools.spectral_density")
+density_module = importlib.import_module("hessian_tools.analysis.spectral")
 
 N = 300
 rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import pytest
 
 import hessian_tools as ht
 from conftest import rounding_perturbed_diag, spectrum_matrix
-from hessian_tools import spectrum
+from hessian_tools.analysis import eigen as spectrum
 from hessian_tools.linalg import lanczos_eigs, lanczos_tridiag, power_eigs
 
 rng = np.random.default_rng(42)

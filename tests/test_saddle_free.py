@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import hessian_tools as ht
-from hessian_tools.saddle_free import saddle_free_direction
+from hessian_tools.training.saddle_free import saddle_free_direction
 from conftest import spectrum_matrix
 
 EIGS = np.r_[-2.0, -0.7, 0.4, 1.0, 1.5, 2.0, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0]

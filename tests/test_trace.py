@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import hessian_tools as ht
-density_module = importlib.import_module("hessian_tools.spectral_density")
+density_module = importlib.import_module("hessian_tools.analysis.traces")
 from hessian_tools.linalg.trace import hutchpp, orthonormalize, random_probes, xtrace_samples
 
 N = 300
@@ -252,4 +252,5 @@ def test_errors():
     with pytest.raises(TypeError, match="expects a CurvatureOperator"):
         ht.trace(np.eye(4), key=jax.random.key(0))
     with pytest.raises(ValueError, match="confidence=1.5"):
-        ht.TraceEstimate(1.0, 0.1, 4, "hutchinson", 4, np.ones(4)).interval(1.5)
+        ht.TraceEstimate(value=1.0, stderr=0.1, num_matvecs=4, method="hutchinson", num_samples=4,
+                         samples=np.ones(4)).interval(1.5)

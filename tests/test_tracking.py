@@ -14,7 +14,7 @@ import pytest
 from conftest import spectrum_matrix
 
 import hessian_tools as ht
-from hessian_tools import tracking
+from hessian_tools.training import measure as sharpness, optimizers, tracker as tracker_module
 
 
 # ---- fixtures: a quadratic with a known Hessian ------------------------------------------
@@ -139,7 +139,7 @@ def test_adaptive_preconditioner_reproduces_the_optimizer_step(make, moment, wei
         p = ht.adaptive_preconditioner(state, info=info)
         m = grads
         if moment == "adam":
-            adam = tracking._find_states(state, tracking._ADAM_STATES)[0]
+            adam = optimizers._find_states(state, optimizers._ADAM_STATES)[0]
             m = jax.tree.map(lambda mu: mu / (1 - info.momentum ** int(adam.count)), adam.mu)
         predicted = jax.tree.map(lambda mm, pp, x: -info.learning_rate * (mm / pp + weight_decay
                                                                           * x), m, p, params)
@@ -190,7 +190,7 @@ def test_tracker_reads_an_nnx_optimizer_state():
     expected = np.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1]
     assert rec["precond_lambda_max"] == pytest.approx(expected, rel=1e-7)
     with pytest.raises(ValueError, match="leaves but the parameters have"):
-        tracking._align_to_params({"w": jnp.ones(3)}, params)
+        optimizers._align_to_params({"w": jnp.ones(3)}, params)
 
 # ---- warm start and compile-once -------------------------------------------------------
 
@@ -262,8 +262,8 @@ def test_tracker_compiles_once_and_never_retraces():
         loss, data, every=1, key=jax.random.key(0), k=2,
         quantities=("lambda_max", "top_k", "trace", "grad_overlap", "loss"))
     from hessian_tools.linalg import _space
-    funcs = [_space._project, tracking._apply, _space._start_basis, _space._combine,
-             _space._take_rows, _space._grow, tracking._overlap, tracking._first_rows]
+    funcs = [_space._project, sharpness._apply, _space._start_basis, _space._combine,
+             _space._take_rows, _space._grow, tracker_module._overlap, tracker_module._first_rows]
     shifted = lambda i: jax.tree.map(lambda a: a * (1 + 1e-3 * i), params)
     for i in range(2):
         tracker.update(i, shifted(i))

@@ -22,7 +22,7 @@ from hessian_tools.checkpoints import CheckpointError, restore
 from hessian_tools.cli._common import (UserError, add_model_flags, add_output_flags,
                                        check_output_folder, nonnegative_int, objective_from_args,
                                        positive_float, positive_int, speaker, versions)
-from hessian_tools.critical import classify, find_critical_points
+from hessian_tools.analysis import classify, find_critical_points
 from hessian_tools.files import write_json
 
 __all__ = ["add_parser", "run_classify"]

@@ -18,8 +18,9 @@ from hessian_tools.cli._common import (UserError, add_model_flags, add_output_fl
                                        check_output_folder, nonnegative_int, objective_from_args,
                                        positive_float, positive_int, speaker)
 from hessian_tools.files import atomic_write_text, save_figure, write_json
-from hessian_tools.tracking import (QUANTITIES, compare_optimizers, plot_comparison,
-                                    plot_sharpness, safe_name)
+from hessian_tools.plots import plot_comparison, plot_sharpness
+from hessian_tools.training import QUANTITIES, compare_optimizers
+from hessian_tools.training.compare import safe_name
 
 __all__ = ["add_parser", "parse_optimizer", "OPTIMIZER_KINDS", "DEFAULT_OPTIMIZERS"]
 

@@ -18,15 +18,12 @@ from flax import nnx
 from hessian_tools._progress import interactive
 from hessian_tools.cli._common import (add_output_flags, check_output_folder, positive_int,
                                        speaker, versions)
-from hessian_tools.critical import classify
+from hessian_tools.analysis import classify, density, eigenvalues, negative_count, trace
 from hessian_tools.examples import digits
 from hessian_tools.files import save_figure, write_json
 from hessian_tools.operators import hessian, value_and_grad
-from hessian_tools.plots import plot_eigenvalues
-from hessian_tools.plots_density import plot_density
-from hessian_tools.spectral_density import density, negative_count, trace
-from hessian_tools.spectrum import eigenvalues
-from hessian_tools.tracking import SharpnessTracker, plot_sharpness, read_sharpness_log
+from hessian_tools.plots import plot_density, plot_eigenvalues, plot_sharpness
+from hessian_tools.training import SharpnessTracker, read_sharpness_log
 from hessian_tools.tree import norm
 
 __all__ = ["add_parser", "run_demo"]

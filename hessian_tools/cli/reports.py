@@ -16,10 +16,8 @@ import numpy as np
 
 from hessian_tools.checkpoints import step_of
 from hessian_tools.files import atomic_write_text, save_figure
-from hessian_tools.plots import plot_eigenvalues
-from hessian_tools.plots_density import plot_densities, plot_density
-from hessian_tools.results import Eigenpairs
-from hessian_tools.spectral_density import SpectralDensity
+from hessian_tools.plots import plot_densities, plot_density, plot_eigenvalues
+from hessian_tools.results import Eigenpairs, SpectralDensity
 
 __all__ = ["row", "table", "write_reports", "plot_records", "QUANTITIES"]
 

@@ -34,8 +34,7 @@ from hessian_tools.files import write_json
 from hessian_tools.linalg.eigsolve import default_krylov_dim
 from hessian_tools.objective import Objective
 from hessian_tools.operators import empirical_fisher, gauss_newton, hessian, value_and_grad
-from hessian_tools.spectral_density import density, negative_count, trace
-from hessian_tools.spectrum import eigenvalues
+from hessian_tools.analysis import density, eigenvalues, negative_count, trace
 
 __all__ = ["AnalysisConfig", "BatchProgress", "CheckpointResult", "OPERATORS", "analyze",
            "planned_matvecs", "run_checkpoints", "stored_result", "checkpoint_identity",
@@ -159,7 +158,7 @@ def _summarise_eigs(eigs: list, config) -> dict:
         return {}
     return {"lambda_max": float(values.max()) if config.top else None,
             "lambda_min": float(values.min()) if config.bottom else None,
-            "converged": all(e["converged"] for e in eigs)}
+            "converged": all(e["status"] == "converged" for e in eigs)}
 
 
 def analyze(obj: Objective, config: AnalysisConfig, *, progress: bool = False,

@@ -18,10 +18,8 @@ from hessian_tools.cli._common import (UserError, add_model_flags, add_output_fl
 from hessian_tools.cli.runs import (OPERATORS, AnalysisConfig, BatchProgress, CheckpointResult,
                                     OutputLock, analyze, run_checkpoints, stored_result)
 from hessian_tools.files import save_figure, write_json
-from hessian_tools.plots import plot_eigenvalues
-from hessian_tools.plots_density import plot_densities
-from hessian_tools.results import Eigenpairs
-from hessian_tools.spectral_density import SpectralDensity
+from hessian_tools.plots import plot_densities, plot_eigenvalues
+from hessian_tools.results import Eigenpairs, SpectralDensity
 
 __all__ = ["add_parsers", "run_spectrum", "run_compare", "EXIT_CODES"]
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools import tree
+from hessian_tools import _host, tree
 
 __all__ = ["BREAKDOWN", "orthogonalize", "project_step", "host_orthogonalize", "host_project",
            "DeviceSpace", "HostSpace", "space_for"]
@@ -206,7 +206,7 @@ class DeviceSpace:
 
     def draw(self, rng):
         """A standard normal vector from a NumPy generator (nothing compiled)."""
-        return tree.host_normal_like(rng, self.like)
+        return _host.host_normal_like(rng, self.like)
 
     def start(self, v, hint, locked, num_locked, rows):
         return _start_basis(v, hint, locked, rows)
@@ -251,7 +251,7 @@ class HostSpace:
     """
 
     def __init__(self, like):
-        self.layout = tree.FlatLayout(like)
+        self.layout = _host.FlatLayout(like)
         self.dtype = self.layout.dtype
 
     def vector(self, q):
@@ -264,7 +264,7 @@ class HostSpace:
         return np.zeros((rows, self.layout.dim), self.dtype)
 
     def draw(self, rng):
-        return tree.host_normal_flat(rng, self.layout.shapes, self.dtype)
+        return _host.host_normal_flat(rng, self.layout.shapes, self.dtype)
 
     def start(self, v, hint, locked, num_locked, rows):
         if hint is not None:
@@ -323,9 +323,9 @@ def _filled(locked, num):
 def space_for(like, where: str = "auto"):
     """The store for vectors shaped like ``like``: ``"host"``, ``"device"`` or ``"auto"``
     (host on a single CPU device with one parameter dtype, see
-    :func:`hessian_tools.tree.host_algebra`)."""
+    :func:`hessian_tools._host.host_algebra`)."""
     if where not in ("auto", "host", "device"):
         raise ValueError(f"basis={where!r} is not one of 'auto', 'host', 'device'.")
-    if where == "host" or (where == "auto" and tree.host_algebra(like)):
+    if where == "host" or (where == "auto" and _host.host_algebra(like)):
         return HostSpace(like)
     return DeviceSpace(like)

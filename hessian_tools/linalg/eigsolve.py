@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools import tree
+from hessian_tools import _host, tree
 from hessian_tools.linalg._space import HostSpace, space_for
 
 __all__ = ["krylov_schur", "lanczos_eigs", "warm_eigs", "LanczosEigsResult", "WarmEigsResult",
@@ -158,8 +158,8 @@ def _thick_restart(run, want, m_max, space):
 
 def _blas(space):
     """NumPy's BLAS on one thread while a host solve runs (its idle workers would take cores
-    from XLA's products: see :func:`hessian_tools.tree.single_threaded_blas`)."""
-    return tree.single_threaded_blas() if isinstance(space, HostSpace) else \
+    from XLA's products: see :func:`hessian_tools._host.single_threaded_blas`)."""
+    return _host.single_threaded_blas() if isinstance(space, HostSpace) else \
         contextlib.nullcontext()
 
 

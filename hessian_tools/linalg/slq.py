@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools import tree
+from hessian_tools import _host, tree
 from hessian_tools.linalg._space import host_project, project_step
 from hessian_tools.linalg.lanczos import LanczosDecomposition, lanczos_tridiag, ritz_pairs
 
-__all__ = ["SLQQuadrature", "gauss_quadrature", "slq_quadrature", "slq_quadrature_host",
+__all__ = ["SLQQuadrature", "default_sigma", "gauss_quadrature", "slq_quadrature", "slq_quadrature_host",
            "slq_quadrature_numpy",
            "gaussian_smoothing", "gaussian_cdf", "quadrature_count_bounds", "wasserstein1"]
 
@@ -157,7 +157,7 @@ def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
                          interleave: int = 1) -> SLQQuadrature:
     """Like :func:`slq_quadrature_host`, with the Lanczos bases in NumPy.
 
-    For a single CPU device (:func:`hessian_tools.tree.host_is_device`), where NumPy reads
+    For a single CPU device (:func:`hessian_tools._host.host_is_device`), where NumPy reads
     JAX's arrays without a copy. Only ``apply_rows`` is compiled. Each step's
     reorthogonalisation (CGS2, the same arithmetic as ``_lanczos_step``) sweeps only the
     ``j + 1`` rows filled so far. The compiled loops sweep all ``m + 1`` rows of a
@@ -170,7 +170,7 @@ def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
       group_size: probes run together (default all). Memory is ``group_size (m + 1)``
         vectors.
       flat: ``apply_rows`` takes and returns ``(rows, dim)`` arrays in the layout of
-        :class:`hessian_tools.tree.FlatLayout` instead of stacked pytrees (one transfer
+        :class:`hessian_tools._host.FlatLayout` instead of stacked pytrees (one transfer
         per step instead of one per leaf; see ``spectral_density._flat_rows``).
       interleave: split each group into this many equal parts whose steps alternate, so
         that NumPy reorthogonalises one part while the product of another, dispatched
@@ -181,7 +181,7 @@ def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
     Returns:
       :class:`SLQQuadrature` with ``(P, m)`` NumPy arrays. Cost ``P m`` matvecs.
     """
-    layout = tree.FlatLayout(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+    layout = _host.FlatLayout(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
                                           probes))     # a[0] would compile a slice per leaf
     num = jax.tree.leaves(probes)[0].shape[0]
     start = layout.flat(probes, num)
@@ -189,7 +189,7 @@ def slq_quadrature_numpy(apply_rows: Callable, probes, *, num_steps: int,
 
     def apply(q):
         return apply_rows(q) if flat else layout.flat(apply_rows(layout.tree(q)), len(q))
-    with tree.single_threaded_blas():
+    with _host.single_threaded_blas():
         parts = [_numpy_lanczos(apply, layout.dtype, start[i:i + group], num_steps,
                                 interleave=interleave)
                  for i in range(0, num, group)]
@@ -253,6 +253,20 @@ def _flat_measure(nodes, weights):
     if nodes.ndim == 1:
         return nodes, weights
     return nodes.reshape(-1), weights.reshape(-1) / nodes.shape[0]
+
+
+def default_sigma(lambda_min: float, lambda_max: float, num_steps: int) -> float:
+    """The default Gaussian smoothing width: ``(lambda_max - lambda_min) / (2 m)``.
+
+    An ``m``-point Gauss rule spaces its nodes about ``range / m`` apart where the density
+    is flat; half that spacing smooths the averaged rules into a curve without washing out
+    features wider than the quadrature can resolve. (Lin, Saad & Yang 2016 discuss the
+    trade-off.) A degenerate range falls back to ``max(|lambda|, 1) * 1e-3``.
+    """
+    width = float(lambda_max) - float(lambda_min)
+    if not width > 0:
+        return max(abs(float(lambda_max)), 1.0) * 1e-3
+    return width / (2.0 * num_steps)
 
 
 def gaussian_smoothing(nodes, weights, grid, sigma: float) -> np.ndarray:

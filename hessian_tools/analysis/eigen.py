@@ -1,21 +1,24 @@
-"""The friendly API: eigenvalues of a curvature operator."""
+"""Eigenvalues of a curvature operator: the friendly API over the eigensolvers.
+"""
 
 from __future__ import annotations
 
 import time
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools import tree
+from hessian_tools import _host, tree
 from hessian_tools._progress import progress_bar
-from hessian_tools.linalg import lanczos_eigs, power_eigs
-from hessian_tools.linalg.eigsolve import buffer_rows
+from hessian_tools.linalg.eigsolve import buffer_rows, lanczos_eigs
+from hessian_tools.linalg.power import power_eigs
 from hessian_tools.operators import CurvatureOperator, to_dense
-from hessian_tools.results import Eigenpairs
+from hessian_tools.results import Eigenpairs, Status
 
-__all__ = ["eigenvalues", "default_tol"]
+__all__ = ['default_tol', 'eigenvalues', 'KEPT_PRODUCTS_MAX_BYTES']
+
 
 _WHICH = ("largest", "smallest", "both")
 
@@ -53,6 +56,8 @@ def _residuals(vectors, products, values):
 
 
 _row = jax.jit(tree.basis_get)
+
+
 _stack = jax.jit(lambda *xs: jax.tree.map(lambda *a: jnp.stack(a), *xs))
 
 
@@ -63,10 +68,10 @@ def _explicit_residuals(op, vectors, values):
     elsewhere it stays on the device in compiled code.
     """
     rows = jax.tree.leaves(vectors)[0].shape[0]
-    if tree.host_is_device():
-        layout = tree.FlatLayout(op.params_like)
+    if _host.host_is_device():
+        layout = _host.FlatLayout(op.params_like)
         v = layout.flat(vectors, rows)
-        with tree.single_threaded_blas():
+        with _host.single_threaded_blas():
             w = np.stack([layout.flat(op.apply_unchecked(layout.tree(v[i]))) for i in range(rows)])
             return _host_residuals(v, w, values)
     products = _stack(*[op.apply_unchecked(_row(vectors, i)) for i in range(rows)])
@@ -84,8 +89,8 @@ def _kept_product_bytes(op, k, which, krylov_dim) -> int:
 
 def _product_residuals(op, vectors, products, values):
     """``||A v_i - lambda_i v_i||`` from products ``A v_i`` the solver kept (no matvec)."""
-    if tree.host_is_device():
-        layout = tree.FlatLayout(op.params_like)
+    if _host.host_is_device():
+        layout = _host.FlatLayout(op.params_like)
         return _host_residuals(layout.flat(vectors, len(values)),
                                layout.flat(products, len(values)), values)
     return np.asarray(_residuals(vectors, products, jnp.asarray(values, op.dtype)), np.float64)
@@ -201,9 +206,12 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
         residuals_ = np.asarray(res.residual_estimates, np.float64)
     scale = max(res.scale, float(np.max(np.abs(res.values), initial=0.0)))
     converged = res.converged and bool(np.all(residuals_ <= max(tol * scale, 1e-300) * 10))
-    return Eigenpairs(res.values, res.vectors, residuals_, op.num_matvecs - before, converged,
-                      which, k, tol, scale, "lanczos", op.kind, time.perf_counter() - start,
-                      res.num_restarts, residuals, {"verify": verify})
+    return Eigenpairs(values=res.values, vectors=res.vectors, residuals=residuals_,
+                      num_matvecs=op.num_matvecs - before,
+                      status=Status.converged if converged else Status.budget, which=which, k=k,
+                      tol=tol, scale=scale, method="lanczos", operator=op.kind,
+                      wall_time=time.perf_counter() - start, num_restarts=res.num_restarts,
+                      residual_kind=residuals, seed=tree.key_bits(key), extra={"verify": verify})
 
 
 def _select(values, k, which):
@@ -226,9 +234,10 @@ def _dense_eigs(op, k, which, tol, start, before):
         jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), op.params_like))
     stacked = jax.vmap(unravel)(jnp.asarray(vectors[:, idx].T, op.dtype))
     residuals = np.linalg.norm(matrix @ vectors[:, idx] - vectors[:, idx] * values[idx], axis=0)
-    return Eigenpairs(values[idx], stacked, residuals, op.num_matvecs - before, True, which, k,
-                      tol, float(np.max(np.abs(values))), "dense", op.kind,
-                      time.perf_counter() - start)
+    return Eigenpairs(values=values[idx], vectors=stacked, residuals=residuals,
+                      num_matvecs=op.num_matvecs - before, status=Status.converged, which=which,
+                      k=k, tol=tol, scale=float(np.max(np.abs(values))), method="dense",
+                      operator=op.kind, wall_time=time.perf_counter() - start)
 
 
 def _power(op, k, which, key, tol, max_matvecs, start, before):
@@ -246,8 +255,8 @@ def _power(op, k, which, key, tol, max_matvecs, start, before):
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[vectors[i] for i in order])
     residuals = _explicit_residuals(op, stacked, values)
     scale = float(np.max(np.abs(values)))
-    return Eigenpairs(values, stacked, residuals, op.num_matvecs - before, ok, which, k, tol,
-                      scale, "power", op.kind, time.perf_counter() - start)
-
-
-import jax.flatten_util  # noqa: E402,F401  (used by _dense_eigs)
+    return Eigenpairs(values=values, vectors=stacked, residuals=residuals,
+                      num_matvecs=op.num_matvecs - before,
+                      status=Status.converged if ok else Status.budget, which=which, k=k, tol=tol,
+                      scale=scale, method="power", operator=op.kind,
+                      wall_time=time.perf_counter() - start, seed=tree.key_bits(key))

@@ -1,30 +1,19 @@
-"""Result objects: frozen, carrying how they were computed, round-tripping through JSON."""
+"""Eigenpairs of a curvature operator."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import numpy as np
 
+from hessian_tools.results._base import Result, Status
+
 __all__ = ["Eigenpairs"]
 
 
-def _jsonable(x):
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        return x.item()
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-@dataclasses.dataclass(frozen=True)
-class Eigenpairs:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Eigenpairs(Result):
     """Extreme eigenpairs of a curvature operator.
 
     Attributes:
@@ -37,28 +26,35 @@ class Eigenpairs:
         ``"recompute"``) or Lanczos estimates (``"estimate"``). The eigenvalue error is at
         most the residual.
       num_matvecs: operator products spent, residual checks included.
-      converged: every residual is within ``tol * scale``.
+      status: :class:`Status.converged <hessian_tools.Status>` when every residual is
+        within ``tol * scale`` (``converged`` is the same as a bool), else ``budget``.
       which, k, tol, scale: the request and the spectral scale estimate ``max |lambda|``.
       method: ``"lanczos"``, ``"power"`` or ``"dense"``.
-      operator: operator kind (``"hessian"``, ``"ggn"``, ...); ``seed``: key data if known.
+      operator: operator kind (``"hessian"``, ``"ggn"``, ...); ``seed``: key data.
       wall_time: seconds, compilation included.
+      num_restarts: thick restarts of the Lanczos runs. residual_kind: see ``residuals``.
     """
 
     values: np.ndarray
-    vectors: Any
+    vectors: Any = None
     residuals: np.ndarray
-    num_matvecs: int
-    converged: bool
+    status: Status
     which: str
     k: int
     tol: float
     scale: float
     method: str = "lanczos"
-    operator: str = ""
-    wall_time: float = 0.0
     num_restarts: int = 0
     residual_kind: str = "explicit"
     extra: dict = dataclasses.field(default_factory=dict)
+
+    _arrays = ("values", "residuals")
+    _skip = ("vectors",)
+
+    @property
+    def converged(self) -> bool:
+        """Every residual is within ``tol * scale`` (``status`` is ``converged``)."""
+        return self.status is Status.converged
 
     @property
     def largest(self) -> np.ndarray:
@@ -75,26 +71,6 @@ class Eigenpairs:
     @property
     def relative_residuals(self) -> np.ndarray:
         return self.residuals / max(self.scale, np.finfo(float).tiny)
-
-    def to_dict(self) -> dict:
-        d = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
-             if f.name != "vectors"}
-        d["type"] = "Eigenpairs"
-        return d
-
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Eigenpairs":
-        d = {k: v for k, v in d.items() if k != "type"}
-        d["values"] = np.asarray(d["values"], dtype=np.float64)
-        d["residuals"] = np.asarray(d["residuals"], dtype=np.float64)
-        return cls(vectors=None, **d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Eigenpairs":
-        return cls.from_dict(json.loads(text))
 
     def table(self) -> str:
         """A plain-text table of the eigenvalues with their residuals."""
