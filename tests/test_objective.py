@@ -13,7 +13,7 @@ from flax import nnx
 
 import hessian_tools as ht
 from _models import Attention, ConvBN, cross_entropy, signal_data
-from hessian_tools import operators
+from hessian_tools import _chunking
 
 
 def _bn_model(seed=0):
@@ -77,7 +77,7 @@ def test_batch_mode_needs_a_batchnorm_layer():
 def test_chunking_never_splits_a_loss_that_couples_examples(monkeypatch):
     """With chunks small enough to split the batch, auto chunking of a conv loss on the CPU
     would change a train-mode BatchNorm loss; it must leave the batch whole."""
-    monkeypatch.setattr(operators, "CHUNK_BYTES", 64)      # chunks of 16 examples
+    monkeypatch.setattr(_chunking, "CHUNK_BYTES", 64)      # chunks of 16 examples
     obj = ht.Objective.from_nnx(_bn_model(), cross_entropy, _data(), bn_mode="batch")
     v = ht.tree.normal_like(jax.random.key(0), obj.params)
     whole = ht.hessian(obj, chunk_size=None)(v)
@@ -90,7 +90,7 @@ def test_chunking_never_splits_a_loss_that_couples_examples(monkeypatch):
         ht.empirical_fisher(obj)
     evals = ht.Objective.from_nnx(_bn_model(), cross_entropy, _data())
     assert not evals.examples_coupled()
-    assert operators._product_groups(evals, "auto").num_batches == 3     # a mean: split
+    assert _chunking.product_groups(evals, "auto").num_batches == 3     # a mean: split
 
 
 def test_a_hand_written_coupled_loss_is_detected():

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 import hessian_tools as ht
+from hessian_tools import _chunking
 from conftest import dot_precisions
 from hessian_tools.examples.digits import MLP, cross_entropy, load_digits_data
 
@@ -214,6 +215,7 @@ import sys
 import jax, numpy as np
 from jax._src import monitoring
 import hessian_tools as ht
+from hessian_tools import _chunking
 events = []
 monitoring.register_event_listener(lambda name, **kw: events.append(name))
 assert ht.enable_compilation_cache(sys.argv[1]) is not None
@@ -279,7 +281,7 @@ def test_conv_products_are_chunked_on_cpu_and_agree(monkeypatch):
     none for an MLP) and every product, the gradient and the loss agree with the unsplit."""
     obj = _cnn_objective()
     per_example = 8 * 8 * 4 * 8                     # the second conv's float64 activations
-    monkeypatch.setattr(ht.operators, "CHUNK_BYTES", 64 * per_example)
+    monkeypatch.setattr(_chunking, "CHUNK_BYTES", 64 * per_example)
     on_cpu = jax.default_backend() == "cpu"
     v = ht.tree.normal_like(jax.random.key(0), obj.params)
     for build in (lambda o, c: ht.hessian(o, chunk_size=c),
@@ -325,7 +327,7 @@ def test_unrolled_chunks_trace_the_loss_once_per_chunk_shape(monkeypatch):
 
     counts = {}
     for chunks in (4, 8):
-        monkeypatch.setattr(ht.operators, "CHUNK_BYTES", (240 // chunks) * 8 * 8 * 4 * 8)
+        monkeypatch.setattr(_chunking, "CHUNK_BYTES", (240 // chunks) * 8 * 8 * 4 * 8)
         traces.clear()
         H = ht.hessian(ht.Objective(counting_loss(), obj.params, obj.data))
         assert H.meta["batches"] == chunks
@@ -338,8 +340,8 @@ def test_too_many_conv_chunks_warn_and_scan(monkeypatch):
     if jax.default_backend() != "cpu":
         pytest.skip("auto chunking is CPU-only")
     obj = _cnn_objective(n=100)
-    monkeypatch.setattr(ht.operators, "MAX_CHUNKS", 3)
-    monkeypatch.setattr(ht.operators, "CHUNK_BYTES", 10 * 8 * 8 * 4 * 8)
+    monkeypatch.setattr(_chunking, "MAX_CHUNKS", 3)
+    monkeypatch.setattr(_chunking, "CHUNK_BYTES", 10 * 8 * 8 * 4 * 8)
     data = [(obj.data[0][i:i + 20], obj.data[1][i:i + 20]) for i in range(0, 100, 20)]
     many = ht.Objective(obj.loss, obj.params, data)
     with pytest.warns(UserWarning, match="stream the data"):
@@ -352,16 +354,16 @@ def test_too_many_conv_chunks_warn_and_scan(monkeypatch):
 
 def test_conv_batches_are_unrolled_however_they_were_chunked():
     """More than 4 batches are scanned, except for a conv loss on the CPU (any chunk_size)."""
-    from hessian_tools.operators import _product_groups
+    from hessian_tools._chunking import product_groups
     cnn, mlp = _cnn_objective(n=120), _mlp_objective(n=120)
     on_cpu = jax.default_backend() == "cpu"
-    assert _product_groups(cnn, 20).num_batches == 6
-    assert _product_groups(cnn, 20).unroll == on_cpu
+    assert product_groups(cnn, 20).num_batches == 6
+    assert product_groups(cnn, 20).unroll == on_cpu
     listed = ht.Objective(cnn.loss, cnn.params, [(cnn.data[0][i:i + 20], cnn.data[1][i:i + 20])
                                                  for i in range(0, 120, 20)])
-    assert _product_groups(listed, None).unroll == on_cpu
-    assert not _product_groups(mlp, 20).unroll
-    assert not _product_groups(cnn, 30).unroll                   # 4 batches: unrolled anyway
+    assert product_groups(listed, None).unroll == on_cpu
+    assert not product_groups(mlp, 20).unroll
+    assert not product_groups(cnn, 30).unroll                   # 4 batches: unrolled anyway
 
 
 def test_with_params_keeps_the_built_batches():
@@ -369,8 +371,8 @@ def test_with_params_keeps_the_built_batches():
     ht.hessian(obj)
     other = obj.with_params(jax.tree.map(lambda a: a + 1.0, obj.params))
     assert other.groups is obj.groups
-    from hessian_tools.operators import _product_groups
-    assert _product_groups(other, "auto") is _product_groups(obj, "auto")
+    from hessian_tools._chunking import product_groups
+    assert product_groups(other, "auto") is product_groups(obj, "auto")
 
 
 def test_the_linearisation_is_traced_once(monkeypatch):

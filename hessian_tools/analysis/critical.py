@@ -23,7 +23,8 @@ from hessian_tools.analysis.spectral import default_threshold, negative_count
 from hessian_tools.analysis.eigen import default_tol, eigenvalues
 from hessian_tools.data import dataset_mean
 from hessian_tools.objective import Objective
-from hessian_tools.operators import _product_groups, hessian, to_dense, value_and_grad
+from hessian_tools._chunking import product_groups
+from hessian_tools.operators import hessian, to_dense, value_and_grad
 from hessian_tools.results import CriticalPointReport
 
 __all__ = ["classify", "default_grad_tol"]
@@ -58,7 +59,7 @@ def _mean_loss(loss, params, groups):
 def _loss_at(obj: Objective, params) -> float:
     """The dataset-mean loss at ``params`` (one forward pass over the data)."""
     if not obj.streaming:
-        return float(_mean_loss(obj.loss, params, _product_groups(obj, "auto")))
+        return float(_mean_loss(obj.loss, params, product_groups(obj, "auto")))
     total, count = 0.0, 0
     for batch, n in obj.batches():
         total += n * float(_batch_loss(obj.loss, params, batch))

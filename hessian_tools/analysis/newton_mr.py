@@ -21,7 +21,8 @@ from hessian_tools import tree
 from hessian_tools.analysis.critical import classify, default_grad_tol
 from hessian_tools.linalg.minres import minres
 from hessian_tools.objective import Objective
-from hessian_tools.operators import _product_groups, _value_and_grad, hessian, value_and_grad
+from hessian_tools._chunking import product_groups
+from hessian_tools.operators import _value_and_grad, hessian, value_and_grad
 from hessian_tools.results import CriticalPointSearch, FoundPoint
 
 __all__ = ["find_critical_points"]
@@ -31,7 +32,7 @@ def _value_grad_at(obj: Objective, params):
     """Loss and gradient at ``params`` without re-validating the objective (hot loop)."""
     if obj.streaming:
         return value_and_grad(obj.with_params(params))
-    return _value_and_grad(obj.loss, params, _product_groups(obj, "auto"))
+    return _value_and_grad(obj.loss, params, product_groups(obj, "auto"))
 
 
 def _phi(obj, params):
