@@ -215,7 +215,6 @@ import sys
 import jax, numpy as np
 from jax._src import monitoring
 import hessian_tools as ht
-from hessian_tools import _chunking
 events = []
 monitoring.register_event_listener(lambda name, **kw: events.append(name))
 assert ht.enable_compilation_cache(sys.argv[1]) is not None
