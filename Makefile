@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-all bench lint clean
+.PHONY: demo test test-slow test-all bench lint docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ bench: $(STAMP)  ## peers for side-by-side benchmarks: torch 2.13.0 (CPU), PyHes
 	$(PY) -m pip install -q -e '.[dev,compare]'
 	$(PY) benchmarks/bench_eigs.py
 
+docs: $(STAMP)  ## the reference documentation (API from the docstrings, notebooks), warnings as errors
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)  ## pyflakes-level checks (undefined and unused names)
 	$(VENV)/bin/ruff check --select F hessian_tools tests benchmarks
 
 clean:
-	rm -rf $(VENV) hessian_tools_out .pytest_cache
+	rm -rf $(VENV) hessian_tools_out .pytest_cache site

@@ -127,7 +127,7 @@ def critical_points(name, args, batch):
     obj = ht.Objective(loss, starts[0][1], batch)
     t0 = time.perf_counter()
     search = ht.find_critical_points(obj, [p for _, p in starts], key=key,
-                                     max_iters=args.newton_iters, krylov_iters=100,
+                                     newton_steps=args.newton_iters, minres_matvecs=100,
                                      progress=not args.quiet)
     rows = []
     for (label, start), point in zip(starts, search):
@@ -136,7 +136,7 @@ def critical_points(name, args, batch):
                      "verdict": point.verdict, "loss": point.loss, "grad_norm": point.grad_norm,
                      "index": point.index, "index_fraction": point.index_fraction,
                      "num_flat": point.report.num_flat, "lambda_min": point.report.lambda_min,
-                     "lambda_max": point.report.lambda_max, "iterations": point.num_iters,
+                     "lambda_max": point.report.lambda_max, "iterations": point.newton_steps,
                      "hvps": point.num_matvecs})
     return {"model": name, "num_params": obj.num_params, "num_examples": obj.num_examples,
             "wall_time_s": time.perf_counter() - t0, "points": rows,
@@ -152,7 +152,7 @@ def _optimizer(name, value, krylov_dim):
     """``(optax transform, matvecs per step)``; ``value`` is the learning rate (SGD, Adam) or
     the damping (saddle-free Newton, learning rate 1)."""
     if name == "sfn":
-        return ht.saddle_free_newton(ae_loss, learning_rate=1.0, krylov_dim=krylov_dim,
+        return ht.saddle_free_newton(ae_loss, learning_rate=1.0, num_steps=krylov_dim,
                                      damping=value), 1 + krylov_dim
     return {"sgd": optax.sgd, "adam": optax.adam}[name](value), 1
 

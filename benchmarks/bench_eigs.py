@@ -266,7 +266,7 @@ def _loop_section(ops, args):
         v0 = op.random_vector(jax.random.key(1))
         entry = {"python_hvp": timeit(lambda: block(op(v0)), repeats=3, budget_s=20.0)}
         for form, unroll in (("fori_rolled", 1), ("fori_unroll_true", True)):
-            fn = jax.jit(functools.partial(ht.linalg.lanczos_tridiag, num_iters=iters,
+            fn = jax.jit(functools.partial(ht.linalg.lanczos_tridiag, num_steps=iters,
                                            unroll=unroll))
             t0 = time.perf_counter()
             lowered = fn.lower(op.matvec_fn, v0)

@@ -78,8 +78,8 @@ def eos_run(lr: float, steps: int, every: int) -> dict:
     """Full-batch GD at step size ``lr``; sharpness on the full data every ``every`` steps."""
     loss_fn, params, data = _eos_setup()
     opt = optax.sgd(lr)
-    tracker = ht.SharpnessTracker(loss_fn, data, every=every, key=jax.random.key(1),
-                                  optimizer=opt)
+    tracker = ht.SharpnessTracker(ht.Objective(loss_fn, params, data), every=every,
+                                  key=jax.random.key(1), optimizer=opt)
 
     @jax.jit
     def step(params, state):
@@ -156,8 +156,8 @@ def _timed_training(loss_fn, params, data, steps, every, tracker_kwargs):
     tracker = None
     if tracker_kwargs is not None:
         kwargs = dict(tracker_kwargs)
-        tracker = ht.SharpnessTracker(loss_fn, kwargs.pop("measure_data"), every=every,
-                                      key=jax.random.key(2), **kwargs)
+        tracker = ht.SharpnessTracker(ht.Objective(loss_fn, params, kwargs.pop("measure_data")),
+                                      every=every, key=jax.random.key(2), **kwargs)
     state = opt.init(params)
     jax.block_until_ready(step(params, state))                       # compiled before timing
     measure_s, start = 0.0, time.perf_counter()
@@ -198,7 +198,8 @@ def overhead(steps: int, every: int, sizes, repeats: int) -> dict:
         later = step(*later)[:2]
     first = {}
     for n in sizes:     # one-time costs: compiling, a cold start, then the warm path
-        tracker = ht.SharpnessTracker(loss_fn, subsets[n], key=jax.random.key(3))
+        tracker = ht.SharpnessTracker(ht.Objective(loss_fn, params, subsets[n]),
+                                      key=jax.random.key(3))
         t0 = time.perf_counter()
         rec = tracker.update(0, params)
         first[n] = {"seconds": time.perf_counter() - t0, "num_matvecs": rec["num_matvecs"]}
@@ -275,9 +276,10 @@ def _subset_vs_full(loss_fn, params, data, subsets, step, opt, steps) -> dict:
     state = opt.init(params)
     for _ in range(steps):
         params, state, _ = step(params, state)
-    full = ht.sharpness(loss_fn, params, data, key=jax.random.key(7), tol=1e-6).value
-    return {"full": full, **{n: ht.sharpness(loss_fn, params, sub, key=jax.random.key(7),
-                                             tol=1e-6).value / full - 1.0
+    full = ht.sharpness(ht.Objective(loss_fn, params, data), key=jax.random.key(7),
+                        tol=1e-6).value
+    return {"full": full, **{n: ht.sharpness(ht.Objective(loss_fn, params, sub),
+                                             key=jax.random.key(7), tol=1e-6).value / full - 1.0
                              for n, sub in subsets.items()}}
 
 

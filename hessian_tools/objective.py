@@ -272,6 +272,10 @@ class Objective:
         new = self if state is None else self.with_state(state)
         return self._keep_caches(dataclasses.replace(new, params=params))
 
+    def with_data(self, data) -> "Objective":
+        """The same loss at the same point on other data (one batch, a list, or a stream)."""
+        return dataclasses.replace(self, data=data)
+
     def _keep_caches(self, new: "Objective") -> "Objective":
         for cached in ("_groups", "_coupled"):       # same data and function: keep them
             if cached in self.__dict__:
@@ -341,7 +345,7 @@ class Objective:
     # ---- adapters ----------------------------------------------------------------------
 
     @classmethod
-    def from_nnx(cls, model, loss_fn: Callable, data, *, inputs: Callable | None = None,
+    def from_nnx(cls, model, output_loss: Callable, data, *, inputs: Callable | None = None,
                  wrt=None, precision: str | None = "highest", bn_mode: str = "eval",
                  dtype=None) -> "Objective":
         """An objective from a flax NNX model.
@@ -354,7 +358,7 @@ class Objective:
 
         Args:
           model: an ``nnx.Module``.
-          loss_fn: ``loss_fn(outputs, batch) -> scalar`` mean loss, where
+          output_loss: ``output_loss(outputs, batch) -> scalar`` mean loss, where
             ``outputs = model(inputs(batch))``.
           data: see :class:`Objective`.
           inputs: picks the model input from a batch; default ``batch[0]`` for tuples and
@@ -382,12 +386,12 @@ class Objective:
                                  "no nnx.BatchNorm layer. Use bn_mode='eval'.")
             model.set_attributes(nnx.BatchNorm, use_running_average=False)
         predict = _split_nnx(model, wrt, as_pytree_fn(inputs or default_inputs), bn_mode)
-        obj = cls(None, predict.params, data, predict=predict.predict, output_loss=loss_fn,
+        obj = cls(None, predict.params, data, predict=predict.predict, output_loss=output_loss,
                   precision=precision, couples_examples=True if bn_mode == "batch" else None)
         return obj if dtype is None else obj.astype(dtype)
 
     @classmethod
-    def from_linen(cls, module, variables, loss_fn: Callable, data, *,
+    def from_linen(cls, module, variables, output_loss: Callable, data, *,
                    inputs: Callable | None = None, apply_kwargs: dict | None = None,
                    precision: str | None = "highest", bn_mode: str = "eval",
                    dtype=None) -> "Objective":
@@ -413,7 +417,7 @@ class Objective:
                                inputs=as_pytree_fn(inputs or default_inputs),
                                kwargs=tuple(sorted((apply_kwargs or {}).items())), state=rest,
                                bn_mode=bn_mode)
-        obj = cls(None, variables["params"], data, predict=predict, output_loss=loss_fn,
+        obj = cls(None, variables["params"], data, predict=predict, output_loss=output_loss,
                   precision=precision, couples_examples=True if bn_mode == "batch" else None)
         if bn_mode == "batch":
             _check_linen_batch_mode(obj, module, predict)

@@ -79,7 +79,8 @@ def plot_density(dens: SpectralDensity, ax=None, *, eig=None, sigma: float | Non
         magnitude); values below ``max / dynamic_range`` are clipped.
       counts: plot eigenvalues per unit (``dim * pdf``) instead of a probability density.
       mark_ends: dashed lines at the extreme Ritz values ``lambda_min``/``lambda_max``.
-      label, color: for the curve.
+      label: for the curve.
+      color: see ``label``.
       tau: if given, shade ``[-tau, tau]`` (the band treated as zero by negative counts).
       eig_label: the legend entry of the ``eig`` lines.
 
@@ -120,7 +121,12 @@ def plot_densities(densities: Sequence[SpectralDensity], ax=None, *,
       densities: a sequence of :class:`SpectralDensity`.
       ax: matplotlib axes (a new figure if ``None``).
       labels: one label per density.
-      sigma, num_points, log, counts, dynamic_range, mark_ends: as in :func:`plot_density`.
+      sigma: as in :func:`plot_density`.
+      num_points: see ``sigma``.
+      log: see ``sigma``.
+      counts: see ``sigma``.
+      dynamic_range: see ``sigma``.
+      mark_ends: see ``sigma``.
       colors: one matplotlib color per density.
 
     Returns:
@@ -183,10 +189,13 @@ def plot_sharpness(log: SharpnessLog, ax=None, *, learning_rate: float | None = 
     Args:
       log: a :class:`SharpnessLog` (``tracker.log`` or :func:`read_sharpness_log`).
       ax: a matplotlib axes (a new figure when ``None``).
-      learning_rate, momentum, kind: for the threshold line.
+      learning_rate: for the threshold line.
+      momentum: see ``learning_rate``.
+      kind: see ``learning_rate``.
       quantity: the column to plot (``"lambda_max"``, ``"precond_lambda_max"``, ...).
       threshold: an explicit threshold value.
-      label, color: for the curve.
+      label: for the curve.
+      color: see ``label``.
       show_threshold: draw the threshold line.
 
     Returns:

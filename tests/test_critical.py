@@ -341,8 +341,8 @@ def test_gradient_flat_region_is_not_reported_as_critical():
 def test_unconverged_search_is_labelled():
     obj = _objective(lambda p: jnp.sum(jnp.cos(3 * p["w"])) + 0.1 * jnp.sum(p["w"] ** 4),
                      {"w": np.full(4, 0.2)})
-    p = ht.find_critical_points(obj, [obj.params], key=KEY, max_iters=1)[0]
-    assert p.status == "not converged" and p.num_iters == 1
+    p = ht.find_critical_points(obj, [obj.params], key=KEY, newton_steps=1)[0]
+    assert p.status == "not converged" and p.newton_steps == 1
 
 
 def test_plot_index_vs_loss_returns_the_axes():

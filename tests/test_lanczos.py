@@ -81,7 +81,7 @@ def test_lanczos_tridiag_relation_and_orthonormality():
     a = spectrum_matrix(np.linspace(-2, 5, 40), seed=2)
     v0 = jnp.asarray(np.random.default_rng(0).normal(size=40))
     m = 15
-    dec = jax.jit(lambda v: lanczos_tridiag(lambda x: a @ x, v, num_iters=m))(v0)
+    dec = jax.jit(lambda v: lanczos_tridiag(lambda x: a @ x, v, num_steps=m))(v0)
     q = np.asarray(dec.basis)                    # (m + 1, n)
     np.testing.assert_allclose(q @ q.T, np.eye(m + 1), atol=1e-12)
     t = np.asarray(dec.tridiagonal())
@@ -94,7 +94,7 @@ def test_lanczos_tridiag_relation_and_orthonormality():
 def test_lanczos_tridiag_vmaps_over_start_vectors_and_handles_breakdown():
     a = np.diag(np.r_[2.0, 2.0, 1.0, 1.0, 0.0])  # 3 distinct values: breakdown after 3 steps
     v0 = jax.random.normal(jax.random.key(0), (4, 5))
-    dec = jax.jit(jax.vmap(lambda v: lanczos_tridiag(lambda x: a @ x, v, num_iters=5)))(v0)
+    dec = jax.jit(jax.vmap(lambda v: lanczos_tridiag(lambda x: a @ x, v, num_steps=5)))(v0)
     assert dec.alphas.shape == (4, 5)
     for i in range(4):
         t = np.asarray(dec.tridiagonal.__func__(jax.tree.map(lambda x: x[i], dec)))
@@ -113,7 +113,7 @@ def test_breakdown_is_judged_against_the_norm_of_the_matrix(size):
     second copies of 1 and 2 with weight (3 weighted nodes expected, 5 seen before)."""
     e = rounding_perturbed_diag(size)
     v0 = jax.random.normal(jax.random.key(0), (4, 5))
-    dec = jax.jit(jax.vmap(lambda v: lanczos_tridiag(lambda x: e @ x, v, num_iters=5)))(v0)
+    dec = jax.jit(jax.vmap(lambda v: lanczos_tridiag(lambda x: e @ x, v, num_steps=5)))(v0)
     for i in range(4):
         t = np.asarray(dec.tridiagonal.__func__(jax.tree.map(lambda x: x[i], dec)))
         w, s = np.linalg.eigh(t)
@@ -124,10 +124,10 @@ def test_power_iteration_matches_eigh():
     eigs = np.r_[9.0, 6.0, 3.0, np.linspace(-1, 1, 30)]
     a = spectrum_matrix(eigs, seed=3)
     out = power_eigs(lambda v: a @ v, jax.random.key(0), jnp.zeros(33), k=2, tol=1e-10,
-                     max_iters=2000)
+                     num_matvecs=2000)
     np.testing.assert_allclose(out["values"], [9.0, 6.0], atol=1e-7)
     out = power_eigs(lambda v: a @ v, jax.random.key(0), jnp.zeros(33), k=1, which="smallest",
-                     tol=1e-10, max_iters=5000)
+                     tol=1e-10, num_matvecs=5000)
     np.testing.assert_allclose(out["values"], [-1.0], atol=1e-6)
 
 

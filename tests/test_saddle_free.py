@@ -41,7 +41,7 @@ def _point(seed=0):
 @pytest.mark.parametrize("start", ["gradient", "random"])
 def test_full_krylov_space_gives_the_dense_saddle_free_step(start):
     params = _point()
-    opt = ht.saddle_free_newton(_quadratic_loss, learning_rate=0.7, krylov_dim=12, damping=0.1,
+    opt = ht.saddle_free_newton(_quadratic_loss, learning_rate=0.7, num_steps=12, damping=0.1,
                                 krylov_start=start, key=jax.random.key(1))
     g = jax.grad(_quadratic_loss)(params)
     updates, state = jax.jit(opt.update)(g, opt.init(params), params)
@@ -60,7 +60,7 @@ def test_invariant_subspace_step_and_complement_gradient():
     g = np.random.default_rng(4).normal(size=12)
     hvp = lambda v: jnp.asarray(A) @ v
     direction, theta = jax.jit(lambda g, v0: saddle_free_direction(
-        hvp, g, v0, krylov_dim=3, damping=0.2))(jnp.asarray(g), jnp.asarray(v0))
+        hvp, g, v0, num_steps=3, damping=0.2))(jnp.asarray(g), jnp.asarray(v0))
     us = q[:, subset]
     inside = us @ ((us.T @ g) / (np.abs(lam[subset]) + 0.2))
     outside = (g - us @ (us.T @ g)) / (np.max(np.abs(lam[subset])) + 0.2)
@@ -74,7 +74,7 @@ def test_gradient_start_contains_the_gradient():
     lam, q = np.linalg.eigh(A)
     g = q[:, [1, 6]] @ np.array([0.3, -1.2])                  # g in a 2-dim invariant subspace
     direction, _ = saddle_free_direction(lambda v: jnp.asarray(A) @ v, jnp.asarray(g),
-                                         jnp.asarray(g), krylov_dim=2, damping=0.0)
+                                         jnp.asarray(g), num_steps=2, damping=0.0)
     np.testing.assert_allclose(np.asarray(direction), -_dense_sfn(g, 0.0), rtol=1e-9)
 
 
@@ -118,7 +118,7 @@ def _newton(steps=BUDGET):
 
 @pytest.mark.parametrize("krylov_dim", [4, 12])
 def test_saddle_free_newton_escapes_where_gd_stalls_and_newton_is_attracted(krylov_dim):
-    sfn, state = _run(ht.saddle_free_newton(_saddle_loss, krylov_dim=krylov_dim, damping=1e-3))
+    sfn, state = _run(ht.saddle_free_newton(_saddle_loss, num_steps=krylov_dim, damping=1e-3))
     gd, _ = _run(optax.sgd(0.2))                              # 0.2 < 2 / lambda_max = 0.5
     newton = _newton()
     assert float(_saddle_loss(sfn)) == pytest.approx(MINIMUM, abs=1e-8)
@@ -131,7 +131,7 @@ def test_saddle_free_newton_escapes_where_gd_stalls_and_newton_is_attracted(kryl
 
 
 def test_negative_curvature_is_visible_in_the_ritz_values():
-    _, state = _run(ht.saddle_free_newton(_saddle_loss, krylov_dim=12, damping=1e-3), steps=1)
+    _, state = _run(ht.saddle_free_newton(_saddle_loss, num_steps=12, damping=1e-3), steps=1)
     assert float(jnp.min(state.ritz_values)) == pytest.approx(-1.0, abs=1e-3)
 
 
@@ -155,7 +155,7 @@ def test_batch_loss_in_a_jitted_optax_loop_compiles_once():
         return loss(p, b)
 
     opt = optax.chain(optax.clip_by_global_norm(100.0),
-                      ht.saddle_free_newton(counted, krylov_dim=12, damping=1e-8))
+                      ht.saddle_free_newton(counted, num_steps=12, damping=1e-8))
 
     @jax.jit
     def step(params, state, batch):
@@ -177,7 +177,7 @@ def test_batch_loss_in_a_jitted_optax_loop_compiles_once():
 
 
 def test_vmap_over_starting_points_and_keys():
-    opt = ht.saddle_free_newton(_quadratic_loss, krylov_dim=12, damping=0.1,
+    opt = ht.saddle_free_newton(_quadratic_loss, num_steps=12, damping=0.1,
                                 krylov_start="random", key=jax.random.key(0))
     points = jax.tree.map(lambda *xs: jnp.stack(xs), *[_point(s) for s in range(3)])
     keys = jax.random.split(jax.random.key(7), 3)
@@ -195,7 +195,7 @@ def test_vmap_over_starting_points_and_keys():
 
 def test_learning_rate_schedule():
     opt = ht.saddle_free_newton(_quadratic_loss, learning_rate=optax.linear_schedule(1.0, 0.0, 2),
-                                krylov_dim=12, damping=0.1)
+                                num_steps=12, damping=0.1)
     params = _point()
     g = jax.grad(_quadratic_loss)(params)
     state, update = opt.init(params), jax.jit(opt.update)
@@ -207,8 +207,8 @@ def test_learning_rate_schedule():
 # ---- errors ------------------------------------------------------------------------------------
 
 def test_errors():
-    with pytest.raises(ValueError, match="krylov_dim=0"):
-        ht.saddle_free_newton(_quadratic_loss, krylov_dim=0)
+    with pytest.raises(ValueError, match="num_steps=0"):
+        ht.saddle_free_newton(_quadratic_loss, num_steps=0)
     with pytest.raises(ValueError, match="damping=-1"):
         ht.saddle_free_newton(_quadratic_loss, damping=-1.0)
     with pytest.raises(ValueError, match="needs a PRNG key"):
@@ -220,6 +220,6 @@ def test_errors():
     with pytest.raises(ValueError, match=r"opt.update\(grads, state, params\)"):
         opt.update(params, opt.init(params))
     loss, params, batch = _regression()
-    opt = ht.saddle_free_newton(loss, krylov_dim=3)
+    opt = ht.saddle_free_newton(loss, num_steps=3)
     with pytest.raises(TypeError, match="batch=batch"):
         opt.update(params, opt.init(params), params)

@@ -33,7 +33,7 @@ def _rule(probes):
 def test_gauss_rule_integrates_polynomials_of_degree_2m_minus_1():
     m = 8
     v = np.asarray(random_probes(jax.random.key(0), jnp.zeros(N), 1)[0])
-    rule = jax.jit(lambda x: gauss_quadrature(lanczos_tridiag(MATVEC, x, num_iters=m)))(v)
+    rule = jax.jit(lambda x: gauss_quadrature(lanczos_tridiag(MATVEC, x, num_steps=m)))(v)
     lam, c = _probe_measure(v)
     scale = np.max(np.abs(EIGS))
     for k in range(2 * m):                          # exact up to degree 2m - 1
@@ -58,7 +58,7 @@ def test_slq_quadrature_is_batched_jitted_and_matches_per_probe_lanczos():
         part = run(probes, batch)
         np.testing.assert_allclose(part.nodes, full.nodes, atol=1e-12)
         np.testing.assert_allclose(part.weights, full.weights, atol=1e-12)
-    one = gauss_quadrature(lanczos_tridiag(MATVEC, probes[4], num_iters=12))   # eager
+    one = gauss_quadrature(lanczos_tridiag(MATVEC, probes[4], num_steps=12))   # eager
     np.testing.assert_allclose(full.nodes[4], one.nodes, atol=1e-12)
 
 

@@ -44,7 +44,7 @@ def _flat(p):
 def test_sharpness_quadratic_exact():
     loss, params, data, h = _quadratic()
     evals = np.linalg.eigvalsh(h)
-    res = ht.sharpness(loss, params, data, key=jax.random.key(0), k=3, tol=1e-10)
+    res = ht.sharpness(ht.Objective(loss, params, data), key=jax.random.key(0), k=3, tol=1e-10)
     assert res.converged
     np.testing.assert_allclose(res.values, evals[::-1][:3], rtol=1e-9)
     assert res.value == pytest.approx(evals[-1], rel=1e-10)
@@ -54,14 +54,14 @@ def test_sharpness_quadratic_exact():
 
 def test_sharpness_prescribed_spectrum_doctest_style():
     a = spectrum_matrix([5.0, 2.0, 1.0, -1.0, -4.0], seed=2)
-    res = ht.sharpness(lambda p, b: 0.5 * p @ (a @ p), jnp.zeros(5), jnp.zeros((1, 1)),
-                       key=jax.random.key(1), tol=1e-12)
+    res = ht.sharpness(ht.Objective(lambda p, b: 0.5 * p @ (a @ p), jnp.zeros(5),
+                                    jnp.zeros((1, 1))), key=jax.random.key(1), tol=1e-12)
     assert res.value == pytest.approx(5.0, rel=1e-10)
 
 
 def test_sharpness_restarts_when_the_basis_fills():
     loss, params, data, h = _quadratic(seed=4)
-    res = ht.sharpness(loss, params, data, key=jax.random.key(0), k=2, tol=1e-9,
+    res = ht.sharpness(ht.Objective(loss, params, data), key=jax.random.key(0), k=2, tol=1e-9,
                        krylov_dim=5)
     assert res.converged and res.num_matvecs > 5
     np.testing.assert_allclose(res.values, np.linalg.eigvalsh(h)[::-1][:2], rtol=1e-8)
@@ -73,7 +73,7 @@ def test_sharpness_streamed_data_and_preconditioner():
     x = data[0]
     stream = lambda: iter([(x[:10],), (x[10:25],), (x[25:],)])       # ragged batches
     p_tree = jax.tree.map(lambda a: jnp.full(a.shape, 2.0), params)
-    res = ht.sharpness(loss, params, stream, key=jax.random.key(0), tol=1e-10,
+    res = ht.sharpness(ht.Objective(loss, params, stream), key=jax.random.key(0), tol=1e-10,
                        preconditioner=p_tree)
     assert res.value == pytest.approx(np.linalg.eigvalsh(h)[-1] / 2.0, rel=1e-9)
 
@@ -82,7 +82,7 @@ def test_tracker_quadratic_all_quantities():
     loss, params, data, h = _quadratic()
     evals, evecs = np.linalg.eigh(h)
     tracker = ht.SharpnessTracker(
-        loss, data, every=5, key=jax.random.key(0), k=3, tol=1e-9, num_trace_samples=12,
+        ht.Objective(loss, params, data), every=5, key=jax.random.key(0), k=3, tol=1e-9, trace_num_matvecs=12,
         quantities=("lambda_max", "top_k", "lambda_min", "trace", "grad_overlap", "loss"))
     assert tracker.update(3, params) is None                 # not due
     rec = tracker.update(5, params)
@@ -104,11 +104,11 @@ def test_preconditioned_matches_dense():
     p_tree = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.2, 3.0, size=a.shape)), params)
     d = 1.0 / np.sqrt(_flat(p_tree))
     expected = np.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1]
-    res = ht.sharpness(loss, params, data, key=jax.random.key(0), preconditioner=p_tree,
+    res = ht.sharpness(ht.Objective(loss, params, data), key=jax.random.key(0), preconditioner=p_tree,
                        tol=1e-10)
     assert res.preconditioned and res.value == pytest.approx(expected, rel=1e-9)
     assert not res.value == pytest.approx(np.linalg.eigvalsh(h)[-1], rel=1e-3)
-    tracker = ht.SharpnessTracker(loss, data, key=jax.random.key(1), tol=1e-10,
+    tracker = ht.SharpnessTracker(ht.Objective(loss, params, data), key=jax.random.key(1), tol=1e-10,
                                   preconditioner=lambda params, opt_state: p_tree)
     rec = tracker.update(0, params)
     assert rec["precond_lambda_max"] == pytest.approx(expected, rel=1e-9)
@@ -153,7 +153,7 @@ def test_tracker_reads_adam_preconditioner_and_threshold():
     state = opt.init(params)
     grads = jax.grad(loss)(params, data)
     _, state = opt.update(grads, state, params)
-    tracker = ht.SharpnessTracker(loss, data, key=jax.random.key(0), tol=1e-10, optimizer=opt)
+    tracker = ht.SharpnessTracker(ht.Objective(loss, params, data), key=jax.random.key(0), tol=1e-10, optimizer=opt)
     rec = tracker.update(0, params, opt_state=state)
     d = 1.0 / np.sqrt(_flat(ht.adaptive_preconditioner(state)))
     expected = np.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1]
@@ -178,7 +178,7 @@ def test_tracker_reads_an_nnx_optimizer_state():
     for _ in range(3):
         optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
     params = nnx.state(model, nnx.Param)
-    tracker = ht.SharpnessTracker(loss, (x,), key=jax.random.key(0), tol=1e-10,
+    tracker = ht.SharpnessTracker(ht.Objective(loss, params, (x,)), key=jax.random.key(0), tol=1e-10,
                                   optimizer=optax.adam(0.01))
     rec = tracker.update(0, params, opt_state=optimizer.opt_state)
     # dense reference: P from the raw moments, bias-corrected, eps outside the root
@@ -216,8 +216,8 @@ def _warm_and_cold(mats, tol):
     p0, prev, out = jnp.zeros(mats[0].shape[0]), None, []
     for t, m in enumerate(mats):
         data = (jnp.asarray(m)[None],)
-        r_cold = ht.sharpness(loss, p0, data, key=jax.random.key(t), tol=tol)
-        prev = ht.sharpness(loss, p0, data, key=jax.random.key(t), tol=tol, v0=prev)
+        r_cold = ht.sharpness(ht.Objective(loss, p0, data), key=jax.random.key(t), tol=tol)
+        prev = ht.sharpness(ht.Objective(loss, p0, data), key=jax.random.key(t), tol=tol, v0=prev)
         out.append((np.linalg.eigvalsh(m)[-1], prev, r_cold))
     return out
 
@@ -259,7 +259,7 @@ def test_tracker_compiles_once_and_never_retraces():
     traces = [0]
     loss, params, data = _tiny_mlp(traces)
     tracker = ht.SharpnessTracker(
-        loss, data, every=1, key=jax.random.key(0), k=2,
+        ht.Objective(loss, params, data), every=1, key=jax.random.key(0), k=2,
         quantities=("lambda_max", "top_k", "trace", "grad_overlap", "loss"))
     from hessian_tools.linalg import _space
     funcs = [_space._project, sharpness._apply, _space._start_basis, _space._combine,
@@ -280,7 +280,7 @@ def test_tracker_compiles_once_and_never_retraces():
 
 def _measured_log(tmp_path, steps=(0, 10, 20), **kwargs):
     loss, params, data, _ = _quadratic()
-    tracker = ht.SharpnessTracker(loss, data, every=10, key=jax.random.key(0),
+    tracker = ht.SharpnessTracker(ht.Objective(loss, params, data), every=10, key=jax.random.key(0),
                                   log_path=tmp_path / "run" / "sharpness.jsonl", **kwargs)
     for s in steps:
         tracker.update(s, jax.tree.map(lambda a: a * (1 + 0.01 * s), params),
@@ -304,7 +304,7 @@ def test_log_round_trip(tmp_path):
 def test_resume_appends_and_skips_logged_steps(tmp_path):
     _, loss, params, data = _measured_log(tmp_path, steps=(0, 10))
     path = tmp_path / "run" / "sharpness.jsonl"
-    resumed = ht.SharpnessTracker(loss, data, every=10, key=jax.random.key(1), log_path=path)
+    resumed = ht.SharpnessTracker(ht.Objective(loss, params, data), every=10, key=jax.random.key(1), log_path=path)
     assert len(resumed.log) == 2
     assert resumed.update(10, params) is None               # already logged
     assert resumed.update(20, params)["step"] == 20
@@ -312,7 +312,7 @@ def test_resume_appends_and_skips_logged_steps(tmp_path):
     np.testing.assert_array_equal(log.steps, [0, 10, 20])
     assert [m["resumed"] for m in log.meta] == [False, True]
     with pytest.raises(ValueError, match="exists.*resume=True"):
-        ht.SharpnessTracker(loss, data, key=jax.random.key(1), log_path=path, resume=False)
+        ht.SharpnessTracker(ht.Objective(loss, params, data), key=jax.random.key(1), log_path=path, resume=False)
 
 
 def test_truncated_last_line_is_skipped_with_a_warning(tmp_path):
@@ -324,7 +324,7 @@ def test_truncated_last_line_is_skipped_with_a_warning(tmp_path):
         log = ht.read_sharpness_log(path)
     np.testing.assert_array_equal(log.steps, [0, 10])
     with pytest.warns(RuntimeWarning, match="partial last record"):
-        resumed = ht.SharpnessTracker(loss, data, every=10, key=jax.random.key(1),
+        resumed = ht.SharpnessTracker(ht.Objective(loss, params, data), every=10, key=jax.random.key(1),
                                       log_path=path)
     resumed.update(20, params)
     np.testing.assert_array_equal(ht.read_sharpness_log(path).steps, [0, 10, 20])
@@ -339,7 +339,7 @@ def test_truncated_last_line_is_skipped_with_a_warning(tmp_path):
 
 def test_nonfinite_parameters_are_recorded_not_raised(tmp_path):
     loss, params, data, _ = _quadratic()
-    tracker = ht.SharpnessTracker(loss, data, key=jax.random.key(0),
+    tracker = ht.SharpnessTracker(ht.Objective(loss, params, data), key=jax.random.key(0),
                                   log_path=tmp_path / "log.jsonl")
     bad = jax.tree.map(lambda a: a.at[0].set(jnp.nan) if a.ndim == 1 else a, params)
     with pytest.warns(RuntimeWarning, match="non-finite"):
@@ -413,7 +413,8 @@ def test_sharpness_monitor_transform_under_jit():
     h = spectrum_matrix([4.0, 2.5, 1.0, 0.5, -0.5, -1.0], seed=4)
     loss = lambda p, batch: 0.5 * p["w"] @ (jnp.asarray(h) @ p["w"]) + 0 * jnp.sum(batch[0])
     data = (jnp.zeros((2, 1)),)
-    tx = ht.sharpness_monitor(loss, data, every=2, num_iters=6, optimizer=optax.adam(0.01))
+    tx = ht.sharpness_monitor(loss, data, every=2, num_steps=6, optimizer=optax.adam(0.01),
+                              key=jax.random.key(0))
     plain = optax.adam(0.01)
 
     @jax.jit
@@ -456,7 +457,7 @@ def _digits_small(n=200):
 def test_compare_optimizers_same_start_and_table(tmp_path):
     obj = _digits_small()
     res = ht.compare_optimizers(obj, {"sgd": optax.sgd(0.1), "adam": optax.adam(0.01)},
-                                num_steps=20, every=10, key=jax.random.key(0), batch_size=50,
+                                train_steps=20, every=10, key=jax.random.key(0), batch_size=50,
                                 measure_size=64, log_dir=tmp_path)
     sgd, adam = res.runs["sgd"], res.runs["adam"]
     assert sgd.train_loss[0] == adam.train_loss[0]          # same init, same first batch
@@ -472,7 +473,7 @@ def test_compare_optimizers_same_start_and_table(tmp_path):
     json.dumps(res.to_dict())
     assert len(ht.read_sharpness_log(tmp_path / "adam.jsonl")) == 3
     with pytest.raises(ValueError, match="sgd.jsonl exists"):
-        ht.compare_optimizers(obj, {"sgd": optax.sgd(0.1)}, num_steps=1,
+        ht.compare_optimizers(obj, {"sgd": optax.sgd(0.1)}, train_steps=1,
                               key=jax.random.key(0), log_dir=tmp_path)
     axes = ht.plot_comparison(res)
     assert len(axes) == 4 and len(axes[1].lines) >= 3
@@ -482,7 +483,7 @@ def test_compare_optimizers_same_start_and_table(tmp_path):
 
 def test_plot_sharpness_draws_threshold():
     loss, params, data, _ = _quadratic()
-    tracker = ht.SharpnessTracker(loss, data, every=1, key=jax.random.key(0))
+    tracker = ht.SharpnessTracker(ht.Objective(loss, params, data), every=1, key=jax.random.key(0))
     for s in range(3):
         tracker.update(s, params, learning_rate=0.1)
     ax = ht.plot_sharpness(tracker.log, learning_rate=0.1)
@@ -594,14 +595,44 @@ def test_tracker_rejects_bad_options():
     loss, params, data, _ = _quadratic()
     key = jax.random.key(0)
     with pytest.raises(ValueError, match=r"Unknown quantities \['sharpness'\]"):
-        ht.SharpnessTracker(loss, data, key=key, quantities=("sharpness",))
+        ht.SharpnessTracker(ht.Objective(loss, params, data), key=key, quantities=("sharpness",))
     with pytest.raises(TypeError, match="quantities must be a tuple"):
-        ht.SharpnessTracker(loss, data, key=key, quantities="trace")
+        ht.SharpnessTracker(ht.Objective(loss, params, data), key=key, quantities="trace")
     with pytest.raises(ValueError, match="every=0 must be a positive integer"):
-        ht.SharpnessTracker(loss, data, key=key, every=0)
+        ht.SharpnessTracker(ht.Objective(loss, params, data), key=key, every=0)
     with pytest.raises(ValueError, match="explicit PRNG key"):
-        ht.SharpnessTracker(loss, data)
+        ht.SharpnessTracker(ht.Objective(loss, params, data))
     with pytest.raises(ValueError, match="tol=2.0 must lie in"):
-        ht.sharpness(loss, params, data, key=key, tol=2.0)
+        ht.sharpness(ht.Objective(loss, params, data), key=key, tol=2.0)
     with pytest.raises(ValueError, match="v0 must be shaped like the parameters"):
-        ht.sharpness(loss, params, data, key=key, v0=jnp.zeros(3))
+        ht.sharpness(ht.Objective(loss, params, data), key=key, v0=jnp.zeros(3))
+
+
+def test_tracker_nnx_form_reads_batchnorm_statistics_from_the_model():
+    """tracker.update(step, model, optimizer): parameters and BatchNorm statistics are read
+    from the model at each step, so the measurement is the current model's function."""
+    from flax import nnx
+
+    from _models import ConvBN, cross_entropy, signal_data
+    x, y = signal_data(n=48)
+    model = ConvBN(rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(3e-2), wrt=nnx.Param)
+    tracker = ht.SharpnessTracker(ht.Objective.from_nnx(model, cross_entropy, (x, y)), every=1,
+                                  key=jax.random.key(0), tol=1e-6)
+
+    @nnx.jit
+    def step(model, optimizer):
+        grads = nnx.grad(lambda m: cross_entropy(m(x), (x, y)))(model)
+        optimizer.update(model, grads)
+
+    model.train()
+    for i in range(3):
+        step(model, optimizer)                  # BatchNorm statistics move in training
+    model.eval()
+    rec = tracker.update(3, model, optimizer)
+    now = ht.sharpness(ht.Objective.from_nnx(model, cross_entropy, (x, y)),
+                       key=jax.random.key(1), tol=1e-6)
+    assert rec["lambda_max"] == pytest.approx(now.value, rel=1e-4)
+    assert rec["precond_lambda_max"] is not None                   # Adam's state was read
+    with pytest.raises(ValueError, match="pass the model itself"):
+        tracker.update(4, nnx.state(model, nnx.Param))

@@ -50,7 +50,7 @@ def test_solver_algebra_and_dense_products_are_full_precision():
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
     op = ht.from_dense(np.diag(np.arange(1.0, 7.0)).astype(np.float32))
     v0 = jnp.ones(6, jnp.float32)
-    fns = [lambda v: lanczos_tridiag(op.matvec_fn, v, num_iters=3).alphas,
+    fns = [lambda v: lanczos_tridiag(op.matvec_fn, v, num_steps=3).alphas,
            lambda v: tree.basis_combine(jnp.ones((2, 3), v.dtype), jnp.stack([v, v]))]
     for fn in fns:
         seen = dot_precisions(fn, v0)

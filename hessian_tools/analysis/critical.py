@@ -294,8 +294,9 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
       dense_max_params: largest model handled by the dense Hessian (0: always Lanczos).
       max_lanczos_index: largest index counted exactly by Lanczos.
       probe_scales: probe radii relative to ``max(1, ||params||)``.
-      max_probe_eigvecs, num_random_probes: how many flat eigenvectors, and random unit
+      max_probe_eigvecs: how many flat eigenvectors, and random unit
         combinations of them, are probed.
+      num_random_probes: see ``max_probe_eigvecs``.
       decrease_tol: loss change treated as noise in the probe (default
         ``1e3 eps max(1, |loss|)``).
       probe: run the flat-direction probe at all.
@@ -306,7 +307,7 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
     Raises:
       ValueError: no key, or a negative / non-finite threshold.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, hessian_tools as ht
       >>> loss = lambda p, batch: p[0] ** 2 - p[1] ** 2
       >>> obj = ht.Objective(loss, jnp.zeros(2), jnp.zeros((1, 1)))

@@ -115,7 +115,7 @@ def _progress(total, enabled, desc):
 
 def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", key=None,
                 tol: float | None = None, method: str = "lanczos",
-                krylov_dim: int | None = None, max_matvecs: int | None = None,
+                krylov_dim: int | None = None, num_matvecs: int | None = None,
                 verify: bool = True, residuals: str = "explicit",
                 progress: bool = False) -> Eigenpairs:
     """Extreme eigenvalues (and eigenvectors) of a symmetric curvature operator.
@@ -146,7 +146,8 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
       key: a ``jax.random`` key (required for Lanczos and power iteration).
       tol: relative residual tolerance (default :func:`default_tol` of the operator dtype).
       method: ``"lanczos"``, ``"power"`` or ``"dense"``.
-      krylov_dim, max_matvecs: Lanczos run length and total budget (see ``lanczos_eigs``).
+      krylov_dim: Lanczos run length and total budget (see ``lanczos_eigs``).
+      num_matvecs: see ``krylov_dim``.
       verify: the final search for missed copies of repeated eigenvalues (see
         ``lanczos_eigs``; ``False`` saves about a third of the matvecs).
       residuals: how ``Eigenpairs.residuals`` is obtained.
@@ -170,7 +171,7 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
     Raises:
       ValueError: ``k`` larger than the dimension, an unknown ``which``/``method``, no key.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np, hessian_tools as ht
       >>> H = ht.from_dense(np.diag([3.0, 1.0, -2.0]))
       >>> eig = ht.eigenvalues(H, k=1, which="both", key=jax.random.key(0))
@@ -186,15 +187,15 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
     if method in ("dense", "exact"):
         return _dense_eigs(op, k, which, tol, start, before)
     if method == "power":
-        return _power(op, k, which, key, tol, max_matvecs, start, before)
-    budget = max_matvecs or 50 * buffer_rows(op.dim, k, which, krylov_dim)[0]
+        return _power(op, k, which, key, tol, num_matvecs, start, before)
+    budget = num_matvecs or 50 * buffer_rows(op.dim, k, which, krylov_dim)[0]
     update, close = _progress(budget, progress, f"Lanczos ({op.kind})")
     if residuals == "explicit" and _kept_product_bytes(op, k, which, krylov_dim) > \
             KEPT_PRODUCTS_MAX_BYTES:
         residuals = "recompute"      # the same residuals, for k products instead of memory
     try:
         res = lanczos_eigs(op.apply_unchecked, key, op.params_like, k=k, which=which, tol=tol,
-                           krylov_dim=krylov_dim, max_matvecs=max_matvecs, verify=verify,
+                           krylov_dim=krylov_dim, num_matvecs=num_matvecs, verify=verify,
                            callback=update, keep_products=residuals == "explicit")
     finally:
         close()
@@ -240,13 +241,13 @@ def _dense_eigs(op, k, which, tol, start, before):
                       operator=op.kind, wall_time=time.perf_counter() - start)
 
 
-def _power(op, k, which, key, tol, max_matvecs, start, before):
+def _power(op, k, which, key, tol, num_matvecs, start, before):
     ends = ["largest", "smallest"] if which == "both" else [which]
     values, vectors, ok = [], [], True
     for end in ends:
         key, sub = jax.random.split(key)
         out = power_eigs(op.apply_unchecked, sub, op.params_like, k=k, which=end, tol=tol,
-                         max_iters=max_matvecs or 1000)
+                         num_matvecs=num_matvecs or 1000)
         values += list(out["values"])
         vectors += out["vectors"]
         ok &= out["converged"]

@@ -42,7 +42,7 @@ def _phi(obj, params):
     return (phi if np.isfinite(phi) and np.isfinite(float(loss)) else np.inf), g, float(loss)
 
 
-def _newton_mr_step(obj, point, h_scale, *, krylov_iters, flat_tol, c1=1e-4,
+def _newton_mr_step(obj, point, h_scale, *, minres_matvecs, flat_tol, c1=1e-4,
                     min_step=2.0 ** -30):
     """One Newton-MR iteration: ``d = argmin ||H d + g||`` by MINRES, Armijo on ``phi``.
 
@@ -54,7 +54,7 @@ def _newton_mr_step(obj, point, h_scale, *, krylov_iters, flat_tol, c1=1e-4,
     params, g, phi, _ = point
     H = hessian(obj.with_params(params))
     rtol = min(0.5, float(np.sqrt(np.sqrt(2 * phi))))        # inexact Newton (Eisenstat-Walker)
-    sol = minres(H.apply_unchecked, tree.scale(-1.0, g), num_matvecs=krylov_iters, rtol=rtol,
+    sol = minres(H.apply_unchecked, tree.scale(-1.0, g), num_matvecs=minres_matvecs, rtol=rtol,
                  anorm_hint=h_scale)
     h_scale = max(h_scale, sol.anorm)
     if sol.ab_norm <= flat_tol * h_scale * np.sqrt(2 * phi):
@@ -70,22 +70,22 @@ def _newton_mr_step(obj, point, h_scale, *, krylov_iters, flat_tol, c1=1e-4,
     return point, H.num_matvecs, h_scale, False
 
 
-def _newton_mr(obj, params, *, grad_tol, max_iters, krylov_iters, patience, flat_tol):
+def _newton_mr(obj, params, *, grad_tol, newton_steps, minres_matvecs, patience, flat_tol):
     """Drive ``||grad L||`` down from ``params``; returns ``(params, norms, iters, matvecs)``."""
     phi, g, loss = _phi(obj, params)
     point, norms, matvecs, stalled, h_scale = (params, g, phi, loss), [float(np.sqrt(2 * phi))], 0, 0, 0.0
-    for it in range(max_iters):
+    for it in range(newton_steps):
         tol = default_grad_tol(obj.dtype, point[3]) if grad_tol is None else grad_tol
         if norms[-1] <= tol:
             return point[0], norms, it, matvecs
         point, used, h_scale, accepted = _newton_mr_step(
-            obj, point, h_scale, krylov_iters=krylov_iters, flat_tol=flat_tol)
+            obj, point, h_scale, minres_matvecs=minres_matvecs, flat_tol=flat_tol)
         matvecs += used
         norms.append(float(np.sqrt(2 * point[2])))
         stalled = stalled + 1 if norms[-1] > 0.9 * norms[-2] else 0
         if not accepted or stalled >= patience:
             return point[0], norms, it + 1, matvecs
-    return point[0], norms, max_iters, matvecs
+    return point[0], norms, newton_steps, matvecs
 
 
 def _flatness(obj, params, scale) -> float:
@@ -96,7 +96,7 @@ def _flatness(obj, params, scale) -> float:
 
 
 def find_critical_points(obj: Objective, starts: Sequence, *, key, grad_tol: float | None = None,
-                         max_iters: int = 50, krylov_iters: int = 100, patience: int = 10,
+                         newton_steps: int = 50, minres_matvecs: int = 100, patience: int = 10,
                          gradient_flat_tol: float = 1e-2, classify_options: dict | None = None,
                          progress: bool = False) -> CriticalPointSearch:
     """Find critical points (of any index) near each start by Newton-MR, and classify them.
@@ -116,7 +116,7 @@ def find_critical_points(obj: Objective, starts: Sequence, *, key, grad_tol: flo
     ``"not converged"``. Every point is then classified with :func:`classify` (index,
     verdict).
 
-    Cost per iteration: up to ``krylov_iters`` HVPs (MINRES) + 1 HVP + one gradient per
+    Cost per iteration: up to ``minres_matvecs`` HVPs (MINRES) + 1 HVP + one gradient per
     line-search trial; memory a few parameter-sized vectors. Per point, one
     :func:`classify` (``dim`` HVPs on the dense path).
 
@@ -125,8 +125,8 @@ def find_critical_points(obj: Objective, starts: Sequence, *, key, grad_tol: flo
       starts: a sequence of parameter pytrees shaped like ``obj.params``.
       key: a ``jax.random`` key for the classifications.
       grad_tol: the gradient norm that counts as zero (default :func:`default_grad_tol`).
-      max_iters: Newton iterations per start.
-      krylov_iters: MINRES iterations (HVPs) per Newton step.
+      newton_steps: Newton iterations per start.
+      minres_matvecs: MINRES iterations (HVPs) per Newton step.
       patience: stop after this many iterations without a 10% decrease of ``||g||``.
       gradient_flat_tol: the relative ``||H g||`` below which a stalled point is
         gradient-flat (the iteration itself stops once ``||H g||`` falls below 1% of this,
@@ -148,14 +148,14 @@ def find_critical_points(obj: Objective, starts: Sequence, *, key, grad_tol: flo
     if grad_tol is not None:
         options["grad_tol"] = grad_tol
     for i, (x0, sub) in enumerate(zip(starts, keys)):
-        found.append(_search_one(obj, x0, i, sub, grad_tol=grad_tol, max_iters=max_iters,
-                                 krylov_iters=krylov_iters, patience=patience,
+        found.append(_search_one(obj, x0, i, sub, grad_tol=grad_tol, newton_steps=newton_steps,
+                                 minres_matvecs=minres_matvecs, patience=patience,
                                  gradient_flat_tol=gradient_flat_tol, options=options))
         if progress:
             p = found[-1]
             print(f"start {i}: {p.status}, loss {p.loss:.5g}, |grad| {p.grad_norm:.2e}, "
-                  f"index {p.index}, {p.num_iters} iterations, {p.num_matvecs} HVPs", flush=True)
-    settings = dict(grad_tol=grad_tol, max_iters=max_iters, krylov_iters=krylov_iters,
+                  f"index {p.index}, {p.newton_steps} Newton steps, {p.num_matvecs} HVPs", flush=True)
+    settings = dict(grad_tol=grad_tol, newton_steps=newton_steps, minres_matvecs=minres_matvecs,
                     patience=patience, gradient_flat_tol=gradient_flat_tol,
                     classify_options=options)
     return CriticalPointSearch(points=tuple(found), options=settings,
@@ -176,11 +176,11 @@ def _check_starts(obj, starts, key):
         tree.check_same_structure(obj.params, x0, what=f"starts[{i}]")
 
 
-def _search_one(obj, x0, i, key, *, grad_tol, max_iters, krylov_iters, patience,
+def _search_one(obj, x0, i, key, *, grad_tol, newton_steps, minres_matvecs, patience,
                 gradient_flat_tol, options):
     x0 = jax.tree.map(lambda a, b: jnp.asarray(b, jnp.result_type(a)), obj.params, x0)
-    params, norms, iters, matvecs = _newton_mr(obj, x0, grad_tol=grad_tol, max_iters=max_iters,
-                                               krylov_iters=krylov_iters, patience=patience,
+    params, norms, iters, matvecs = _newton_mr(obj, x0, grad_tol=grad_tol, newton_steps=newton_steps,
+                                               minres_matvecs=minres_matvecs, patience=patience,
                                                flat_tol=1e-2 * gradient_flat_tol)
     rep = classify(obj.with_params(params), key=key, **options)
     flatness = _flatness(obj, params, max(abs(rep.lambda_max), abs(rep.lambda_min)))
@@ -190,6 +190,6 @@ def _search_one(obj, x0, i, key, *, grad_tol, max_iters, krylov_iters, patience,
         status = "gradient-flat" if flatness <= gradient_flat_tol else "not converged"
     return FoundPoint(status=status, loss=rep.loss, grad_norm=rep.grad_norm, index=rep.index,
                       index_fraction=rep.index_fraction, verdict=rep.verdict, flatness=flatness,
-                      start=i, num_iters=iters, num_matvecs=matvecs + rep.num_matvecs + 1,
+                      start=i, newton_steps=iters, num_matvecs=matvecs + rep.num_matvecs + 1,
                       grad_norms=tuple(norms), report=rep, params=params,
                       seed=tree.key_bits(key))

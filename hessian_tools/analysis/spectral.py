@@ -50,7 +50,7 @@ def default_threshold(scale: float, dtype=jnp.float32) -> float:
     precision (bfloat16: ~8%). For finer thresholds pass ``tau`` and use more Lanczos steps,
     or the exact ``"dense"``/``"lanczos"`` counts.
 
-    Example:
+    Examples:
       >>> default_threshold(2.0, "float32")
       0.02
     """
@@ -146,7 +146,7 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
       TypeError: ``op`` is not a CurvatureOperator.
       ValueError: no key, a bad ``probe``/``loop``, or ``num_steps`` larger than the dimension.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np, hessian_tools as ht
       >>> H = ht.from_dense(np.diag([3.0, 1.0, -2.0]))
       >>> dens = ht.density(H, num_probes=2, num_steps=3, key=jax.random.key(0))
@@ -208,7 +208,7 @@ def _dense_count(values, tau, before_matvecs, start, extra=None) -> EigenvalueCo
                            extra=dict(extra or {}))
 
 
-def _lanczos_count(op, key, tau, scale, k_start, max_exact, max_matvecs):
+def _lanczos_count(op, key, tau, scale, k_start, max_exact, num_matvecs):
     """Certify the count below ``-tau`` with converged smallest Ritz values.
 
     Returns ``(count, eig, reason)``; ``count`` is None when it could not be certified.
@@ -217,7 +217,7 @@ def _lanczos_count(op, key, tau, scale, k_start, max_exact, max_matvecs):
     k = max(1, min(k_start, max_exact + 1, op.dim))
     while True:
         key, sub = jax.random.split(key)
-        eig = eigenvalues(op, k=k, which="smallest", key=sub, tol=tol, max_matvecs=max_matvecs)
+        eig = eigenvalues(op, k=k, which="smallest", key=sub, tol=tol, num_matvecs=num_matvecs)
         vals, res = eig.smallest, eig.residuals[::-1]       # ascending, with residuals
         if not eig.converged:
             return None, eig, f"Lanczos did not converge for k={k} (tol={tol:.2g})"
@@ -233,7 +233,7 @@ def _lanczos_count(op, key, tau, scale, k_start, max_exact, max_matvecs):
 def negative_count(source, *, key=None, tau: float | None = None, method: str = "auto",
                    num_probes: int = DEFAULT_NUM_PROBES, num_steps: int | None = None,
                    confidence: float = 0.95, max_exact: int = 20,
-                   max_dense_dim: int = 2000, lanczos_max_matvecs: int | None = None,
+                   max_dense_dim: int = 2000, lanczos_num_matvecs: int | None = None,
                    probe: str = "rademacher") -> EigenvalueCount:
     """The number and fraction of eigenvalues below ``-tau``, with a confidence interval.
 
@@ -262,11 +262,13 @@ def negative_count(source, *, key=None, tau: float | None = None, method: str = 
       key: a ``jax.random`` key (required for ``"slq"``/``"lanczos"`` on an operator).
       tau: the threshold magnitude (``>= 0``); default as above.
       method: ``"auto"``, ``"slq"``, ``"lanczos"`` or ``"dense"``.
-      num_probes, num_steps, probe: SLQ parameters (see :func:`density`).
+      num_probes: SLQ parameters (see :func:`density`).
+      num_steps: see ``num_probes``.
+      probe: see ``num_probes``.
       confidence: the interval's nominal coverage.
       max_exact: the largest count the Lanczos path will certify.
       max_dense_dim: the largest dimension ``"auto"`` handles densely.
-      lanczos_max_matvecs: the budget of each Lanczos call (default: ``ht.eigenvalues``'s).
+      lanczos_num_matvecs: the budget of each Lanczos call (default: ``ht.eigenvalues``'s).
 
     Returns:
       An :class:`EigenvalueCount` (``count``, ``low``, ``high``, ``fraction``, ``exact``,
@@ -275,7 +277,7 @@ def negative_count(source, *, key=None, tau: float | None = None, method: str = 
     Raises:
       TypeError: an unsupported ``source``. ValueError: bad ``method``, ``tau`` or no key.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np, hessian_tools as ht
       >>> H = ht.from_dense(np.diag([3.0, 1.0, -2.0]))
       >>> neg = ht.negative_count(H, method="dense")
@@ -318,7 +320,7 @@ def negative_count(source, *, key=None, tau: float | None = None, method: str = 
         return slq
     count, eig, reason = _lanczos_count(op, key_lanczos, slq.tau, dens.scale,
                                         int(math.ceil(slq.high)) + 2, max_exact,
-                                        lanczos_max_matvecs)
+                                        lanczos_num_matvecs)
     spent = op.num_matvecs - before
     if count is None:
         return dataclasses.replace(slq, num_matvecs=spent, wall_time=time.perf_counter() - start,
@@ -370,7 +372,7 @@ def outliers(source, *, key=None, k: int = 30, gap_factor: float = 10.0,
       An :class:`OutlierSplit`. Cost (operator source): one ``ht.eigenvalues(k=k)`` call,
       typically ``k + 50-150`` matvecs.
 
-    Example:
+    Examples:
       >>> import numpy as np, hessian_tools as ht
       >>> split = ht.outliers(np.r_[10.0, 7.0, np.linspace(1.0, 0.0, 40)], k=20)
       >>> split.outliers.tolist(), split.bulk_edge

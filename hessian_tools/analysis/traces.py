@@ -186,7 +186,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
     Raises:
       ValueError: an unknown method or probe, no key, or too small a budget.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np, hessian_tools as ht
       >>> H = ht.from_dense(np.diag([3.0, 1.0, -2.0]))
       >>> tr = ht.trace(H, num_matvecs=9, key=jax.random.key(0), probe="gaussian")

@@ -80,7 +80,7 @@ def run_classify(args) -> int:
         search = find_critical_points(obj, [obj.params], key=key, grad_tol=args.grad_tol,
                                       classify_options=options)
         rep = search[0].report
-        say(f"Newton-MR from the point: {search[0].status} after {search[0].num_iters} "
+        say(f"Newton-MR from the point: {search[0].status} after {search[0].newton_steps} "
             f"iterations (|grad| {search[0].grad_norms[0]:.2e} -> {search[0].grad_norm:.2e})")
     else:
         rep = classify(obj, key=key, **options)

@@ -142,7 +142,7 @@ def _compare(args) -> int:
         f"every {args.every}")
     try:
         res = compare_optimizers(
-            obj, optimizers, num_steps=args.steps, every=args.every,
+            obj, optimizers, train_steps=args.steps, every=args.every,
             key=jax.random.key(args.seed), batch_size=args.batch_size or None,
             measure_size=args.measure_size or None, quantities=quantities, tol=args.tol,
             log_dir=out / "logs", overwrite=True, verbose=not args.quiet and not args.json)
@@ -186,7 +186,7 @@ def _markdown(name, args, res) -> str:
     cfg = res.config
     batch = "full batch" if cfg["batch_size"] is None else f"batch size {cfg['batch_size']}"
     return (f"# Optimizer comparison: {name}\n\n"
-            f"{cfg['num_steps']} steps, {batch}, {cfg['num_examples']} examples, sharpness "
+            f"{cfg['train_steps']} steps, {batch}, {cfg['num_examples']} examples, sharpness "
             f"measured every {cfg['every']} steps on {cfg['measure_size']} examples (seed "
             f"{args.seed}). The threshold is 2/η for SGD, (2+2β)/η for heavy-ball momentum, "
             "and (2+2β₁)/((1-β₁)η) on the preconditioned sharpness for Adam.\n\n"

@@ -13,7 +13,6 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
-from flax import nnx
 
 from hessian_tools._progress import interactive
 from hessian_tools.cli._common import (add_output_flags, check_output_folder, positive_int,
@@ -21,6 +20,7 @@ from hessian_tools.cli._common import (add_output_flags, check_output_folder, po
 from hessian_tools.analysis import classify, density, eigenvalues, negative_count, trace
 from hessian_tools.examples import digits
 from hessian_tools.files import save_figure, write_json
+from hessian_tools.objective import Objective
 from hessian_tools.operators import hessian, value_and_grad
 from hessian_tools.plots import plot_density, plot_eigenvalues, plot_sharpness
 from hessian_tools.training import SharpnessTracker, read_sharpness_log
@@ -110,17 +110,13 @@ def _train_with_sharpness(args, say):
             digits.trained_model(args.example, seed=args.seed, verbose=verbose)
             return log
     model = digits.make_model(args.example, seed=args.seed)
-    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss_fn(params, batch):
-        return digits.cross_entropy(nnx.merge(graphdef, params, rest)(batch[0]), batch)
-
     x, y = digits.load_digits_data(image=digits.CONFIGS[args.example]["kind"] == "cnn")
     log_path.unlink(missing_ok=True)
-    tracker = SharpnessTracker(loss_fn, (x[:512], y[:512]), every=25, log_path=log_path,
-                                  quantities=("lambda_max", "precond_lambda_max"),
-                                  optimizer=optax.adam(digits.LEARNING_RATE),
-                                  key=jax.random.key(args.seed), overwrite=True)
+    measured = Objective.from_nnx(model, digits.cross_entropy, (x[:512], y[:512]))
+    tracker = SharpnessTracker(measured, every=25, log_path=log_path,
+                               quantities=("lambda_max", "precond_lambda_max"),
+                               optimizer=optax.adam(digits.LEARNING_RATE),
+                               key=jax.random.key(args.seed), overwrite=True)
     say(f"training {args.example} with its sharpness (raw and Adam-preconditioned) measured "
         "every 25 steps ...")
     digits.trained_model(args.example, seed=args.seed, use_cache=not args.no_cache,

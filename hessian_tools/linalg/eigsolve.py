@@ -225,7 +225,7 @@ def default_krylov_dim(k: int, which: str) -> int:
 
 def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest",
                  tol: float = 1e-6, krylov_dim: int | None = None,
-                 max_matvecs: int | None = None, check_every: int = 1, verify: bool = True,
+                 num_matvecs: int | None = None, check_every: int = 1, verify: bool = True,
                  callback: Callable[[int], None] | None = None,
                  basis: str = "auto", keep_products: bool = False) -> LanczosEigsResult:
     """Extreme eigenpairs of a symmetric operator: Lanczos with Krylov-Schur restarts and locking.
@@ -249,7 +249,7 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
       tol: relative residual tolerance.
       krylov_dim: basis rows kept before a thick restart (default ``max(3k + 30, 60)`` for one
         end, ``max(6k + 40, 100)`` for both, capped by the dimension).
-      max_matvecs: total budget (default ``50 * krylov_dim``).
+      num_matvecs: total budget (default ``50 * krylov_dim``).
       check_every: steps between convergence checks (each check syncs with the host and
         solves a small eigenproblem; every step is cheap next to a Hessian product).
       verify: run the final check for missed copies of repeated eigenvalues (about a third of
@@ -278,7 +278,7 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
     k_top = k if which in ("largest", "both") else 0
     k_bottom = k if which in ("smallest", "both") else 0
     m_max, lock_rows = buffer_rows(dim, k, which, krylov_dim)
-    budget = max_matvecs or 50 * m_max
+    budget = num_matvecs or 50 * m_max
     space = space_for(like, basis)
     rng = np.random.default_rng(tree.key_bits(key))    # start vectors: drawn on the host
     lock = _Locked([], [], [], space.zeros(lock_rows), space,
@@ -409,7 +409,7 @@ step or two anyway."""
 
 def warm_eigs(matvec: Callable, v_like, key, *, start=None, k_top: int = 1, k_bottom: int = 0,
               num_guard: int = 1, tol: float = 1e-3, guard_tol: float | None = None,
-              krylov_dim: int = 40, max_matvecs: int = 300, min_steps: int = 3,
+              krylov_dim: int = 40, num_matvecs: int = 300, min_steps: int = 3,
               basis: str = "device") -> WarmEigsResult:
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs from a warm start.
 
@@ -451,7 +451,7 @@ def warm_eigs(matvec: Callable, v_like, key, *, start=None, k_top: int = 1, k_bo
     b0, q = space.start(v, None, None, 0, cap)
     with _blas(space):
         run, used, scale = krylov_schur(
-            matvec, space, b0, q, m_max=m_max, budget=max_matvecs, want=(n_top, k_bottom),
+            matvec, space, b0, q, m_max=m_max, budget=num_matvecs, want=(n_top, k_bottom),
             tols=tols, min_steps=min_steps, fresh=lambda: space.draw(rng), dim=dim)
     idx = wanted(run.theta, n_top, k_bottom)
     converged = len(idx) == n_top + k_bottom and bool(

@@ -1,6 +1,6 @@
 """Lanczos tridiagonalisation with full reorthogonalisation, as a pure function of a matvec.
 
-:func:`lanczos_tridiag` runs ``num_iters`` steps inside one ``lax.fori_loop``: pure,
+:func:`lanczos_tridiag` runs ``num_steps`` steps inside one ``lax.fori_loop``: pure,
 jittable and vmappable over start vectors (used by stochastic Lanczos quadrature and the
 optax sharpness monitor). Its step is the one Lanczos step of
 :mod:`hessian_tools.linalg._space`. :func:`ritz_pairs` turns a decomposition into Ritz
@@ -48,9 +48,9 @@ class LanczosDecomposition:
         return jnp.diag(self.alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
 
 
-def lanczos_tridiag(matvec: Callable, v0, *, num_iters: int, keep_basis: bool = True,
+def lanczos_tridiag(matvec: Callable, v0, *, num_steps: int, keep_basis: bool = True,
                     unroll: int | bool = 1) -> LanczosDecomposition:
-    """``num_iters`` steps of Lanczos with full reorthogonalisation, in one compiled loop.
+    """``num_steps`` steps of Lanczos with full reorthogonalisation, in one compiled loop.
 
     Pure and traceable: call it under ``jit`` and ``vmap`` (e.g. over SLQ probe vectors).
     The start vector is normalised internally. In exact arithmetic the eigenvalues of ``T``
@@ -59,7 +59,7 @@ def lanczos_tridiag(matvec: Callable, v0, *, num_iters: int, keep_basis: bool = 
     Args:
       matvec: ``v -> A v`` for symmetric ``A``, on pytrees shaped like ``v0``.
       v0: the start vector (any pytree; non-zero).
-      num_iters: ``m``, the number of steps (matvecs); at most the dimension.
+      num_steps: ``m``, the number of steps (matvecs); at most the dimension.
       keep_basis: return the basis (memory ``(m + 1) x dim``; it is built either way).
       unroll: passed to ``lax.fori_loop`` (``True`` unrolls fully; measure per model).
 
@@ -69,7 +69,7 @@ def lanczos_tridiag(matvec: Callable, v0, *, num_iters: int, keep_basis: bool = 
     """
     norm0 = tree.norm(v0)
     q0 = tree.scale(1.0 / norm0, v0)
-    basis = tree.basis_set(tree.zeros_basis(num_iters + 1, v0), 0, q0)
+    basis = tree.basis_set(tree.zeros_basis(num_steps + 1, v0), 0, q0)
     dtype = jnp.result_type(*jax.tree.leaves(v0))
     real = jnp.finfo(dtype).dtype
 
@@ -79,8 +79,8 @@ def lanczos_tridiag(matvec: Callable, v0, *, num_iters: int, keep_basis: bool = 
         basis, q_next, h, beta = project_step(basis, None, j, matvec(q), scale)
         return basis, q_next, alphas.at[j].set(h[j]), betas.at[j].set(beta)
 
-    init = (basis, q0, jnp.zeros(num_iters, real), jnp.zeros(num_iters, real))
-    basis, _, alphas, betas = jax.lax.fori_loop(0, num_iters, body, init, unroll=unroll)
+    init = (basis, q0, jnp.zeros(num_steps, real), jnp.zeros(num_steps, real))
+    basis, _, alphas, betas = jax.lax.fori_loop(0, num_steps, body, init, unroll=unroll)
     return LanczosDecomposition(alphas, betas, basis if keep_basis else None)
 
 
@@ -112,10 +112,10 @@ def ritz_pairs(decomp: LanczosDecomposition) -> RitzPairs:
     """Eigen-decompose the tridiagonal matrix: Ritz values, their coefficients, residual
     estimates and quadrature weights. Pure and jittable; cost ``O(m^3)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> a = jnp.diag(jnp.array([3.0, 1.0, -2.0]))
-      >>> pairs = ritz_pairs(lanczos_tridiag(lambda x: a @ x, jnp.ones(3), num_iters=3))
+      >>> pairs = ritz_pairs(lanczos_tridiag(lambda x: a @ x, jnp.ones(3), num_steps=3))
       >>> [round(float(x), 6) for x in pairs.values]
       [-2.0, 1.0, 3.0]
     """

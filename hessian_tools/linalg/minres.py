@@ -123,9 +123,9 @@ def minres(matvec: Callable, b, *, num_matvecs: int = 100, rtol: float = 1e-6,
         null space of ``A`` cannot be told from a tiny ``A``.
 
     Returns:
-      A :class:`MinresResult`. Cost: ``num_iters`` matvecs; one host sync per step.
+      A :class:`MinresResult`. Cost: ``num_matvecs`` matvecs at most; one host sync per step.
 
-    Example:
+    Examples:
       >>> import numpy as np, jax.numpy as jnp
       >>> A = jnp.diag(jnp.array([3.0, 1.0, -2.0]))
       >>> res = minres(lambda v: A @ v, jnp.array([3.0, 1.0, 4.0]), rtol=1e-10)

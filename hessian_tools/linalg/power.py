@@ -49,7 +49,7 @@ def _normalize(v, deflate):
     return tree.scale(1.0 / tree.norm(v), v)
 
 
-def power_iteration(matvec: Callable, v0, *, num_iters: int = 100, tol: float = 1e-4,
+def power_iteration(matvec: Callable, v0, *, num_matvecs: int = 100, tol: float = 1e-4,
                     shift: float = 0.0, deflate=None) -> PowerResult:
     """The dominant eigenpair of ``B = P (A - shift I) P`` by power iteration.
 
@@ -59,27 +59,27 @@ def power_iteration(matvec: Callable, v0, *, num_iters: int = 100, tol: float = 
     Args:
       matvec: ``v -> A v`` for symmetric ``A``.
       v0: start vector (pytree).
-      num_iters: maximum matvecs.
+      num_matvecs: the budget of products.
       tol: relative residual tolerance.
       shift: ``sigma`` in ``A - sigma I`` (use ``sigma = lambda_max`` to reach ``lambda_min``).
       deflate: optional stacked basis of orthonormal vectors to project out.
 
     Returns:
       A :class:`PowerResult` with ``value = mu + shift`` (an eigenvalue of ``A``). Cost: up to
-      ``num_iters`` matvecs; memory: three vectors plus ``deflate``.
+      ``num_matvecs`` matvecs; memory: three vectors plus ``deflate``.
     """
     v = _normalize(v0, deflate)
     value = residual = jnp.nan
-    for it in range(1, num_iters + 1):
+    for it in range(1, num_matvecs + 1):
         v_next, value, residual = _power_step(v, matvec(v), deflate, shift)
         if float(residual) <= tol * abs(float(value)):
             return PowerResult(float(value) + shift, v, float(residual), it, True)
         v = v_next
-    return PowerResult(float(value) + shift, v, float(residual), num_iters, False)
+    return PowerResult(float(value) + shift, v, float(residual), num_matvecs, False)
 
 
 def power_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest",
-               tol: float = 1e-4, max_iters: int = 1000) -> dict:
+               tol: float = 1e-4, num_matvecs: int = 1000) -> dict:
     """The ``k`` largest or smallest (algebraic) eigenpairs by power iteration + deflation.
 
     For ``"largest"``: power iteration finds the eigenvalue of largest magnitude; when that
@@ -96,7 +96,7 @@ def power_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest",
     def run(shift, deflate):
         nonlocal key, used
         key, sub = jax.random.split(key)
-        res = power_iteration(matvec, tree.normal_like(sub, like), num_iters=max_iters,
+        res = power_iteration(matvec, tree.normal_like(sub, like), num_matvecs=num_matvecs,
                               tol=tol, shift=shift, deflate=deflate)
         used += res.num_matvecs
         return res

@@ -61,11 +61,11 @@ class SLQQuadrature:
 def gauss_quadrature(decomp: LanczosDecomposition) -> SLQQuadrature:
     """The Gauss quadrature rule of a Lanczos decomposition: eigen-decompose ``T``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from hessian_tools.linalg import lanczos_tridiag
       >>> a = jnp.diag(jnp.array([3.0, 1.0, -2.0]))
-      >>> rule = gauss_quadrature(lanczos_tridiag(lambda x: a @ x, jnp.ones(3), num_iters=3))
+      >>> rule = gauss_quadrature(lanczos_tridiag(lambda x: a @ x, jnp.ones(3), num_steps=3))
       >>> [round(float(x), 6) for x in rule.nodes], [round(float(x), 6) for x in rule.weights]
       ([-2.0, 1.0, 3.0], [0.333333, 0.333333, 0.333333])
     """
@@ -93,7 +93,7 @@ def slq_quadrature(matvec: Callable, probes, *, num_steps: int,
       ``batch_size (m + 1)`` vectors for the Lanczos bases.
     """
     def one(v):
-        return gauss_quadrature(lanczos_tridiag(matvec, v, num_iters=num_steps,
+        return gauss_quadrature(lanczos_tridiag(matvec, v, num_steps=num_steps,
                                                 keep_basis=False))
     return jax.lax.map(one, probes, batch_size=batch_size)
 
@@ -276,7 +276,8 @@ def gaussian_smoothing(nodes, weights, grid, sigma: float) -> np.ndarray:
     integrates to 1 over the real line.
 
     Args:
-      nodes, weights: ``(P, m)`` (or ``(m,)``) arrays of a quadrature rule.
+      nodes: ``(P, m)`` (or ``(m,)``) arrays of a quadrature rule.
+      weights: see ``nodes``.
       grid: points ``x`` (any shape).
       sigma: the Gaussian width (``> 0``).
 
@@ -328,7 +329,8 @@ def quadrature_count_bounds(nodes, weights, threshold: float, residuals=None):
       (all ``r_j = 0``: the Krylov space is invariant) gives a bracket of zero width.
 
     Args:
-      nodes, weights: ``(P, m)`` arrays (or ``(m,)`` for one probe).
+      nodes: ``(P, m)`` arrays (or ``(m,)`` for one probe).
+      weights: see ``nodes``.
       threshold: ``t``.
       residuals: optional ``(P, m)`` Ritz residuals ``|beta_m s_{m,j}|``.
 
@@ -365,7 +367,7 @@ def wasserstein1(nodes_a, weights_a, nodes_b, weights_b=None) -> float:
     ``(P, m)`` node/weight arrays are averaged over probes (each probe's weights summing to
     1); ``weights_b=None`` means uniform weights (e.g. exact eigenvalues).
 
-    Example:
+    Examples:
       >>> wasserstein1([0.0, 1.0], [0.5, 0.5], [0.0, 2.0])
       0.5
     """

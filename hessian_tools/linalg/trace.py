@@ -73,7 +73,7 @@ def hutchinson_samples(matvec: Callable, probes, *, batch_size: int | None = Non
     sample standard deviation over ``sqrt(num_probes)`` is the standard error. Pure and
     jittable. Cost: one matvec per probe.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> a = jnp.diag(jnp.array([3.0, 1.0, -2.0]))
       >>> v = random_probes(jax.random.key(0), jnp.zeros(3), 4)
@@ -155,7 +155,7 @@ def hutchpp(matvec: Callable, sketch, probes, *, batch_size: int | None = None):
       samples. Estimate: ``low_rank_trace + mean(samples)``. Cost ``2k + l`` matvecs; memory
       ``3k + 2l`` vectors.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> a = jnp.diag(jnp.array([3.0, 1.0, -2.0]))
       >>> s = random_probes(jax.random.key(0), jnp.zeros(3), 3, kind="gaussian")  # exact

@@ -165,7 +165,7 @@ class FoundPoint(Result):
       flatness: ``||H g|| / (max|lambda| ||g||)`` at the final point (0 = the gradient is
         exactly flat).
       start: position of the start in ``starts``.
-      num_iters, num_matvecs: Newton iterations and HVPs (MINRES and classification).
+      newton_steps, num_matvecs: Newton iterations and HVPs (MINRES and classification).
       grad_norms: the gradient norm after every iteration (the first is at the start).
       report: the :class:`CriticalPointReport` at the final point.
       params: the final parameters (a pytree; ``None`` after a JSON round trip).
@@ -179,7 +179,7 @@ class FoundPoint(Result):
     verdict: str
     flatness: float
     start: int
-    num_iters: int
+    newton_steps: int
     grad_norms: tuple
     report: CriticalPointReport
     params: Any = None
@@ -239,7 +239,7 @@ class CriticalPointSearch(Result):
             idx = "?" if p.index is None else str(p.index)
             rows.append(f"{i:>3} {p.status:>14} {p.verdict:>19} {p.loss:>11.5g} "
                         f"{p.grad_norm:>9.2e} {idx:>6} {p.report._flat_str():>5} "
-                        f"{p.num_iters:>5} {p.num_matvecs:>6}")
+                        f"{p.newton_steps:>5} {p.num_matvecs:>6}")
         return "\n".join(rows)
 
     def __str__(self) -> str:

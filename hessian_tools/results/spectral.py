@@ -182,7 +182,7 @@ class SpectralDensity(Result):
       num_matvecs: ``P m``. operator: the operator kind. seed: the key's data.
       dtype: the operator dtype. loop: ``"compiled"`` or ``"host"``. wall_time: seconds.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np, hessian_tools as ht
       >>> H = ht.from_dense(np.diag([3.0, 1.0, -2.0]))
       >>> dens = ht.density(H, num_probes=4, num_steps=3, key=jax.random.key(0))

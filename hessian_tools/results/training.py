@@ -46,7 +46,7 @@ def stability_threshold(learning_rate: float, *, momentum: float = 0.0,
       ValueError: a non-positive learning rate, a momentum outside ``[0, 1)`` or an unknown
         kind.
 
-    Example:
+    Examples:
       >>> stability_threshold(0.1)
       20.0
       >>> round(stability_threshold(1e-3, momentum=0.9, kind="ema"), 6)
@@ -198,7 +198,7 @@ class OptimizerRun(Result):
     Attributes:
       name: the label.
       info: what the optimizer is (:class:`OptimizerInfo`).
-      train_loss: ``(num_steps,)`` the minibatch loss at every step (before its update).
+      train_loss: ``(train_steps,)`` the minibatch loss at every step (before its update).
       eval_steps, eval_loss, eval_accuracy: loss and accuracy on the full data at every
         measurement (accuracy ``NaN`` when not a classification problem).
       log: the :class:`SharpnessLog`.

@@ -46,11 +46,11 @@ def _accuracy(outputs, batch):
     return jnp.mean(jnp.argmax(outputs, axis=-1) == labels)
 
 
-def _validate_compare(data, optimizers, num_steps, every, batch_size):
+def _validate_compare(data, optimizers, train_steps, every, batch_size):
     if not isinstance(optimizers, Mapping) or not optimizers:
         raise TypeError("optimizers must be a non-empty dict {name: optax optimizer}.")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps={num_steps!r} must be a positive integer.")
+    if not isinstance(train_steps, int) or train_steps < 1:
+        raise ValueError(f"train_steps={train_steps!r} must be a positive integer.")
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"every={every!r} must be a positive integer.")
     n = int(jax.tree.leaves(data)[0].shape[0])
@@ -60,19 +60,19 @@ def _validate_compare(data, optimizers, num_steps, every, batch_size):
     return n
 
 
-def _batch_order(key, n, batch_size, num_steps):
+def _batch_order(key, n, batch_size, train_steps):
     """Indices of every step's minibatch: epochs of a fixed random permutation."""
     if batch_size is None:
         return None
     per_epoch = n // batch_size
-    epochs = -(-num_steps // per_epoch)
+    epochs = -(-train_steps // per_epoch)
     keys = jax.random.split(key, epochs)
     perms = [np.asarray(jax.random.permutation(k, n))[:per_epoch * batch_size] for k in keys]
-    return np.concatenate(perms).reshape(-1, batch_size)[:num_steps]
+    return np.concatenate(perms).reshape(-1, batch_size)[:train_steps]
 
 
 def compare_optimizers(obj: Objective, optimizers: Mapping, *,
-                       num_steps: int, every: int = 10, key, batch_size: int | None = None,
+                       train_steps: int, every: int = 10, key, batch_size: int | None = None,
                        measure_data=None, measure_size: int | None = 512,
                        quantities=("lambda_max",), tol: float = 1e-3,
                        learning_rates: Mapping | None = None, log_dir=None,
@@ -89,7 +89,7 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
     loss and accuracy on the full ``data`` are recorded. Thresholds come from
     :func:`optimizer_info` (probed) unless ``learning_rates`` are given.
 
-    Cost: ``num_steps`` training steps per optimizer plus about ``num_steps / every``
+    Cost: ``train_steps`` training steps per optimizer plus about ``train_steps / every``
     warm-started measurements (a few HVPs each on the measurement set; see
     :class:`SharpnessTracker`). Memory: one model and optimizer state at a time.
 
@@ -99,7 +99,7 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
         ``obj.predict`` the accuracy is recorded too (e.g.
         ``Objective.from_nnx(MyNet(rngs=nnx.Rngs(0)), loss_fn, (x, y))``).
       optimizers: ``{name: optax optimizer}``.
-      num_steps: training steps per optimizer.
+      train_steps: training steps per optimizer.
       every: measurement period.
       key: a ``jax.random`` key (data order, measurement set, solver).
       batch_size: minibatch size (``None``: full-batch gradient descent).
@@ -121,33 +121,33 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
 
     Raises:
       TypeError: ``optimizers`` is not a non-empty dict.
-      ValueError: a bad ``num_steps``, ``every`` or ``batch_size``, or an existing log in
+      ValueError: a bad ``train_steps``, ``every`` or ``batch_size``, or an existing log in
         ``log_dir`` without ``overwrite``.
     """
     data = _training_data(obj)
-    n = _validate_compare(data, optimizers, num_steps, every, batch_size)
+    n = _validate_compare(data, optimizers, train_steps, every, batch_size)
     _, k_data, k_measure, k_track = jax.random.split(key, 4)
     params0, full_loss = obj.params, obj.loss
     if measure_data is None:
         measure_data = measurement_subset(data, measure_size, key=k_measure)
-    order = _batch_order(k_data, n, batch_size, num_steps)
+    order = _batch_order(k_data, n, batch_size, train_steps)
     evaluate = _make_eval(obj, accuracy_fn or _accuracy)
     runs = {}
     for name, opt in optimizers.items():
         lr = (learning_rates or {}).get(name)
         info = optimizer_info(opt, learning_rate=lr)
         log_path = None if log_dir is None else Path(log_dir) / f"{safe_name(name)}.jsonl"
-        tracker = SharpnessTracker(full_loss, measure_data, every=every, log_path=log_path,
+        tracker = SharpnessTracker(obj.with_data(measure_data), every=every, log_path=log_path,
                                    quantities=quantities, key=k_track, k=k, tol=tol,
                                    optimizer=info, resume=False, overwrite=overwrite)
-        runs[name] = _train_one(name, opt, info, full_loss, params0, data, order, num_steps,
+        runs[name] = _train_one(name, opt, info, full_loss, params0, data, order, train_steps,
                                 tracker, evaluate)
         if verbose:
             s = runs[name].summary()
             print(f"{name}: final loss {s['final_loss']:.4g}, final sharpness "
                   f"{s['final_sharpness']}, {s['num_matvecs']} HVPs, "
                   f"{s['train_time']:.1f}+{s['measure_time']:.1f} s")
-    config = {"num_steps": num_steps, "every": every, "batch_size": batch_size,
+    config = {"train_steps": train_steps, "every": every, "batch_size": batch_size,
               "measure_size": int(jax.tree.leaves(measure_data)[0].shape[0]),
               "num_examples": n, "quantities": list(quantities), "tol": tol}
     return OptimizerComparison(runs=runs, config=config)
@@ -188,7 +188,7 @@ def _make_train_step(full_loss, opt):
     return step
 
 
-def _train_one(name, opt, info, full_loss, params, data, order, num_steps, tracker, evaluate):
+def _train_one(name, opt, info, full_loss, params, data, order, train_steps, tracker, evaluate):
     """Train, measuring at every due step; times training and measuring separately."""
     step_fn = _make_train_step(full_loss, opt)
     opt_state = opt.init(params)
@@ -196,8 +196,8 @@ def _train_one(name, opt, info, full_loss, params, data, order, num_steps, track
     train_time = measure_time = 0.0
     diverged = False
     segment = time.perf_counter()
-    for step in range(num_steps + 1):
-        if step % tracker.every == 0 or step == num_steps:
+    for step in range(train_steps + 1):
+        if step % tracker.every == 0 or step == train_steps:
             jax.block_until_ready((params, losses[-1:]))
             now = time.perf_counter()
             train_time += now - segment
@@ -208,7 +208,7 @@ def _train_one(name, opt, info, full_loss, params, data, order, num_steps, track
             measure_time += time.perf_counter() - now
             diverged = bool(losses) and not np.isfinite(float(losses[-1]))
             segment = time.perf_counter()
-        if step == num_steps or diverged:
+        if step == train_steps or diverged:
             break
         idx = None if order is None else jnp.asarray(order[step])
         params, opt_state, loss = step_fn(params, opt_state, data, idx)

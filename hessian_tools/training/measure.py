@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,6 +18,7 @@ from hessian_tools.linalg import WarmEigsResult, warm_eigs
 from hessian_tools.objective import Objective
 from hessian_tools.operators import CurvatureOperator, hessian
 from hessian_tools import tree
+from hessian_tools._checks import check_key
 from hessian_tools.results import SharpnessResult, Status
 from hessian_tools.training.optimizers import _inverse_sqrt
 
@@ -56,9 +56,9 @@ def _make_apply(op: CurvatureOperator, matvec_fn, d):
 _scale_by = jax.jit(functools.partial(jax.tree.map, jnp.multiply))
 
 
-def _validate_solver_options(k, tol, krylov_dim, max_matvecs, min_iters):
-    for name, value in (("k", k), ("krylov_dim", krylov_dim), ("max_matvecs", max_matvecs),
-                        ("min_iters", min_iters)):
+def _validate_solver_options(k, tol, krylov_dim, num_matvecs, min_steps):
+    for name, value in (("k", k), ("krylov_dim", krylov_dim), ("num_matvecs", num_matvecs),
+                        ("min_steps", min_steps)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer.")
     if not 0 < float(tol) < 1:
@@ -87,7 +87,7 @@ def _as_warm(v0, params):
 
 
 def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_guard=1,
-         tol, guard_tol=None, krylov_dim, max_matvecs, min_iters) -> WarmEigsResult:
+         tol, guard_tol=None, krylov_dim, num_matvecs, min_steps) -> WarmEigsResult:
     """Lanczos on ``H`` (or ``D H D``) from a warm (or random) start:
     :func:`hessian_tools.linalg.warm_eigs` with the operator's compiled product.
 
@@ -99,15 +99,17 @@ def _top(op, matvec_fn, params, warm, key, *, d=None, k_top=1, k_bottom=0, num_g
     """
     return warm_eigs(_make_apply(op, matvec_fn, d), params, key, start=warm, k_top=k_top,
                      k_bottom=k_bottom, num_guard=num_guard, tol=tol, guard_tol=guard_tol,
-                     krylov_dim=krylov_dim, max_matvecs=max_matvecs, min_steps=min_iters)
+                     krylov_dim=krylov_dim, num_matvecs=num_matvecs, min_steps=min_steps)
 
 
-def sharpness(loss_fn: Callable, params, data, *, key, v0=None, k: int = 1, tol: float = 1e-3,
-              preconditioner=None, krylov_dim: int = 40, max_matvecs: int = 300,
-              min_iters: int = 3, linearize="auto") -> SharpnessResult:
-    """The sharpness ``lambda_max(H)`` (or ``lambda_max(P^{-1/2} H P^{-1/2})``) at ``params``.
+def sharpness(source, *, key, v0=None, k: int = 1, tol: float = 1e-3, preconditioner=None,
+              krylov_dim: int = 40, num_matvecs: int = 300,
+              min_steps: int = 3) -> SharpnessResult:
+    """The sharpness ``lambda_max(A)`` (or ``lambda_max(P^{-1/2} A P^{-1/2})``) of an operator.
 
-    ``H`` is the Hessian of the dataset-mean loss. Lanczos with full reorthogonalisation
+    ``A`` is ``source`` (a :class:`~hessian_tools.CurvatureOperator`), or the Hessian of an
+    :class:`~hessian_tools.Objective`'s dataset-mean loss at its parameters (linearised
+    when it fits: :func:`hessian_tools.hessian`). Lanczos with full reorthogonalisation
     runs from ``v0`` (warm start: a previous result, its ``warm_start`` or any vector) or from
     a random vector, and stops when the ``k`` top Ritz pairs have residual estimate
     ``<= tol * |lambda_max|`` and one *guard*, the next Ritz pair, has residual ``<= 10 tol *
@@ -117,51 +119,55 @@ def sharpness(loss_fn: Callable, params, data, *, key, v0=None, k: int = 1, tol:
 
     Cost: from a random start typically 15-60 HVPs (more when the top eigenvalues cluster);
     from a warm start at nearby parameters a handful. Each HVP is a forward-over-reverse pass
-    over ``data``. Memory ``(krylov_dim + k + 3) x P`` for ``P`` parameters. Accuracy: the
+    over the data. Memory ``(krylov_dim + k + 3) x P`` for ``P`` parameters. Accuracy: the
     eigenvalue error is at most the residual, ``tol * |lambda_max|``, and about
     ``residual^2 / gap`` when the top eigenvalue is separated.
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss.
-      params: the point (pytree of float arrays).
-      data: one batch, a list of batches or a callable streaming batches (see
-        :class:`hessian_tools.Objective`).
+      source: an Objective (its Hessian at its parameters) or a curvature operator.
       key: a ``jax.random`` key (the random start vector; with a warm start, only used to
         restart if the start vector spans too small an invariant subspace).
-      v0: warm start: a :class:`SharpnessResult`, a vector shaped like ``params``, or a
+      v0: warm start: a :class:`SharpnessResult`, a vector shaped like the parameters, or a
         stacked basis of such vectors.
       k: how many top eigenvalues to converge.
       tol: relative residual tolerance.
-      preconditioner: ``None`` or a pytree ``P`` like ``params`` with positive entries (a
+      preconditioner: ``None`` or a pytree ``P`` like the parameters, positive (a
         diagonal preconditioner, e.g. from :func:`adaptive_preconditioner`).
       krylov_dim: basis size before an explicit restart.
-      max_matvecs: budget of HVPs.
-      min_iters: at least this many Lanczos steps, so that every warm-start direction
+      num_matvecs: budget of HVPs.
+      min_steps: at least this many Lanczos steps, so that every warm-start direction
         (the top vectors and the guard) is in the Krylov space before convergence is
         declared.
-      linearize: passed to :func:`hessian_tools.hessian`.
 
     Returns:
       A :class:`SharpnessResult`.
 
     Raises:
-      ValueError: bad options, or parameters/data that :class:`Objective` rejects.
+      TypeError: ``source`` is neither an Objective nor an operator.
+      ValueError: bad options, or no key.
 
-    Example:
-      >>> import jax, jax.numpy as jnp, numpy as np
+    Examples:
+      >>> import jax, jax.numpy as jnp, hessian_tools as ht
       >>> A = jnp.diag(jnp.array([3.0, 1.0, -2.0]))
-      >>> loss = lambda p, batch: 0.5 * p @ A @ p
-      >>> res = sharpness(loss, jnp.zeros(3), jnp.zeros((1, 1)), key=jax.random.key(0))
-      >>> round(res.value, 4)
+      >>> obj = ht.Objective(lambda p, batch: 0.5 * p @ A @ p, jnp.zeros(3), jnp.zeros((1, 1)))
+      >>> round(sharpness(obj, key=jax.random.key(0)).value, 4)
       3.0
     """
-    _validate_solver_options(k, tol, krylov_dim, max_matvecs, min_iters)
+    _validate_solver_options(k, tol, krylov_dim, num_matvecs, min_steps)
+    check_key(key, "sharpness")
     start = time.perf_counter()
-    obj = Objective(loss_fn, params, data)
-    op = hessian(obj, linearize=linearize)
-    d = None if preconditioner is None else _inverse_sqrt(preconditioner, obj.params)
-    res = _top(op, op.matvec_fn, obj.params, _as_warm(v0, obj.params), key, d=d, k_top=k,
-               tol=tol, krylov_dim=krylov_dim, max_matvecs=max_matvecs, min_iters=min_iters)
+    if isinstance(source, Objective):
+        op = hessian(source)
+    elif isinstance(source, CurvatureOperator):
+        op = source
+    else:
+        raise TypeError(f"sharpness takes an Objective or a CurvatureOperator, got "
+                        f"{type(source).__name__}: pass ht.Objective(loss, params, data).")
+    like = op.params_like
+    d = None if preconditioner is None else _inverse_sqrt(preconditioner, jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype), like))
+    res = _top(op, op.matvec_fn, like, _as_warm(v0, like), key, d=d, k_top=k,
+               tol=tol, krylov_dim=krylov_dim, num_matvecs=num_matvecs, min_steps=min_steps)
     return SharpnessResult(value=float(res.values[0]), values=np.asarray(res.values, np.float64),
                            residuals=np.asarray(res.residuals, np.float64), vectors=res.vectors,
                            warm_start=res.warm, num_matvecs=res.num_matvecs,

@@ -14,6 +14,7 @@ import optax
 
 from hessian_tools import tree
 from hessian_tools._callables import as_pytree_fn
+from hessian_tools._checks import check_key
 from hessian_tools.data import group_batches
 from hessian_tools.linalg import lanczos_tridiag, ritz_pairs
 from hessian_tools.operators import _mean_grad
@@ -38,23 +39,23 @@ class SharpnessMonitorState(NamedTuple):
     inner_state: Any
 
 
-def _lanczos_top(matvec, v0, num_iters):
-    """Top Ritz pair after ``num_iters`` Lanczos steps from ``v0`` (traceable)."""
-    dec = lanczos_tridiag(matvec, v0, num_iters=num_iters)
+def _lanczos_top(matvec, v0, num_steps):
+    """Top Ritz pair after ``num_steps`` Lanczos steps from ``v0`` (traceable)."""
+    dec = lanczos_tridiag(matvec, v0, num_steps=num_steps)
     pairs = ritz_pairs(dec)
     return pairs.values[-1], pairs.residuals[-1], pairs.vector(dec, -1)
 
 
-def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_iters: int = 10,
-                      name: str = "sharpness", key=None, optimizer=None,
+def sharpness_monitor(loss: Callable, measure_data, *, key, every: int = 10, num_steps: int = 10,
+                      name: str = "sharpness", optimizer=None,
                       preconditioned: bool | str = "auto"):
     """An optax transformation that measures the sharpness every ``every`` updates.
 
     Modelled on ``optax.snapshot``/``optax.monitor``: it passes updates through unchanged
     (or, with ``optimizer``, wraps that optimizer and passes on *its* updates) and stores the
-    latest ``lambda_max(H)`` of ``loss_fn`` on ``measure_data`` at the current params in its
+    latest ``lambda_max(H)`` of ``loss`` on ``measure_data`` at the current params in its
     state, readable with ``optax.tree.get(state, name)``. Each measurement runs
-    ``num_iters`` Lanczos steps from the previous measurement's top Ritz vector, so the
+    ``num_steps`` Lanczos steps from the previous measurement's top Ritz vector, so the
     estimate keeps improving across measurements (a restarted Lanczos spread over
     training). With ``optimizer`` given and adaptive, it also stores
     ``name + "_preconditioned"``: ``lambda_max(P^{-1/2} H P^{-1/2})`` with ``P`` from the
@@ -62,30 +63,31 @@ def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_i
     ``lax.cond`` skips the work between measurements).
 
     Cost per measurement: one linearisation of the gradient (about one gradient pass) plus
-    ``num_iters`` HVPs on ``measure_data`` (twice with the preconditioned value); memory
-    ``(num_iters + 2) x P`` and one or two warm-start vectors in the state. The data are
+    ``num_steps`` HVPs on ``measure_data`` (twice with the preconditioned value); memory
+    ``(num_steps + 2) x P`` and one or two warm-start vectors in the state. The data are
     compiled into the train step as constants: keep ``measure_data`` small (a subset).
     Accuracy: ``name + "_residual"`` holds the Lanczos residual estimate, an upper bound on
     the eigenvalue error.
 
     Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar``.
+      loss: ``loss(params, batch) -> scalar``.
       measure_data: one batch or a list of batches.
       every: measure when ``count % every == 0`` (the first update measures).
-      num_iters: Lanczos steps per measurement.
+      num_steps: Lanczos steps per measurement.
       name: the key under which the value is stored.
-      key: PRNG key for the initial random vector (default ``jax.random.key(0)``).
+      key: a ``jax.random`` key for the initial random vector (required).
       optimizer: optional optax transformation to wrap (needed for the preconditioned value).
       preconditioned: ``"auto"`` (if ``optimizer`` is adaptive), ``True`` or ``False``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its ``update`` requires ``params``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> A = jnp.diag(jnp.array([3.0, 1.0, 0.5]))
       >>> loss = lambda p, batch: 0.5 * p @ A @ p
-      >>> tx = sharpness_monitor(loss, jnp.zeros((1, 1)), every=1, num_iters=3,
+      >>> tx = sharpness_monitor(loss, jnp.zeros((1, 1)), every=1, num_steps=3,
+      ...                        key=jax.random.key(0),
       ...                        optimizer=optax.sgd(0.1))
       >>> params = jnp.ones(3); state = tx.init(params)
       >>> updates, state = tx.update(jax.grad(loss)(params, None), state, params)
@@ -94,11 +96,11 @@ def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_i
     """
     if not isinstance(every, int) or every < 1:
         raise ValueError(f"every={every!r} must be a positive integer.")
-    if not isinstance(num_iters, int) or num_iters < 1:
-        raise ValueError(f"num_iters={num_iters!r} must be a positive integer.")
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} must be a positive integer.")
     groups = group_batches(measure_data if isinstance(measure_data, list) else [measure_data])
-    pytree_loss = as_pytree_fn(loss_fn)
-    key = jax.random.key(0) if key is None else key
+    check_key(key, "sharpness_monitor")
+    pytree_loss = as_pytree_fn(loss)
     inner = None if optimizer is None else optax.with_extra_args_support(optimizer)
     info = None if optimizer is None else optimizer_info(optimizer)
     if preconditioned == "auto":
@@ -128,13 +130,13 @@ def sharpness_monitor(loss_fn: Callable, measure_data, *, every: int = 10, num_i
 
         def measure(_):
             lin = jax.linearize(lambda p: _mean_grad(pytree_loss, p, groups), params)[1]
-            lam, res, vec = _lanczos_top(lin, state.warm_vector, num_iters)
+            lam, res, vec = _lanczos_top(lin, state.warm_vector, num_steps)
             meas = {name: lam, name + "_residual": res}
             pvec = state.precond_warm_vector
             if preconditioned:
                 p = adaptive_preconditioner(inner_state, info=info)
                 d = _inverse_sqrt(p, params) if p is not None else tree.zeros_like(params)
-                lam_p, res_p, pvec = _lanczos_top(_ScaledMatvec(lin, d), pvec, num_iters)
+                lam_p, res_p, pvec = _lanczos_top(_ScaledMatvec(lin, d), pvec, num_steps)
                 meas |= {name + "_preconditioned": lam_p,
                          name + "_preconditioned_residual": res_p}
             meas = {n: v.astype(state.measurements[n].dtype) for n, v in meas.items()}

@@ -210,7 +210,8 @@ def adaptive_preconditioner(opt_state, *, info: OptimizerInfo | None = None,
     Args:
       opt_state: an optax optimizer state (any nesting of chains and wrappers).
       info: an :class:`OptimizerInfo` for the hyperparameters.
-      b2, eps: explicit hyperparameters.
+      b2: explicit hyperparameters.
+      eps: see ``b2``.
 
     Returns:
       A pytree like the parameters (positive entries; ``inf`` where adagrad has seen no

@@ -74,16 +74,16 @@ def _start_vector(g, gnorm):
     return jax.tree.map(lambda a: jnp.where(gnorm > 0, a, jnp.ones_like(a)), g)
 
 
-def saddle_free_direction(hvp: Callable, g, v0, *, krylov_dim: int, damping: float,
+def saddle_free_direction(hvp: Callable, g, v0, *, num_steps: int, damping: float,
                           complement_learning_rate: float | None = None):
     """The saddle-free Newton direction ``(|H_k| + damping)^-1 g`` (+ complement gradient).
 
     Pure and jittable. ``hvp`` is ``v -> H v`` on pytrees shaped like ``g``; ``v0`` the
     Lanczos start vector. Returns ``(direction, ritz_values)``: subtract
-    ``learning_rate * direction`` from the parameters. ``krylov_dim`` HVPs.
+    ``learning_rate * direction`` from the parameters. ``num_steps`` HVPs.
     """
-    dec = lanczos_tridiag(hvp, v0, num_iters=krylov_dim)
-    basis = jax.tree.map(lambda b: b[:krylov_dim], dec.basis)
+    dec = lanczos_tridiag(hvp, v0, num_steps=num_steps)
+    basis = jax.tree.map(lambda b: b[:num_steps], dec.basis)
     theta, s, _, _ = ritz_pairs(dec)
     coeffs = tree.basis_dot(basis, g)                         # Q g, (k,)
     scaled = jnp.abs(theta) + damping
@@ -97,10 +97,10 @@ def saddle_free_direction(hvp: Callable, g, v0, *, krylov_dim: int, damping: flo
     return tree.axpy(lr_c, outside, inside), theta
 
 
-def _validate(krylov_dim, damping, learning_rate, complement_learning_rate, krylov_start, key):
-    if not isinstance(krylov_dim, (int, np.integer)) or isinstance(krylov_dim, bool) \
-            or krylov_dim < 1:
-        raise ValueError(f"krylov_dim={krylov_dim!r} must be a positive integer (typically "
+def _validate(num_steps, damping, learning_rate, complement_learning_rate, krylov_start, key):
+    if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) \
+            or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} must be a positive integer (typically "
                          "5-50: the number of HVPs per step).")
     if not (np.isfinite(damping) and damping >= 0):
         raise ValueError(f"damping={damping!r} must be a finite number >= 0 (> 0 recommended: "
@@ -117,29 +117,29 @@ def _validate(krylov_dim, damping, learning_rate, complement_learning_rate, kryl
         raise ValueError("krylov_start='random' needs a PRNG key: pass key=jax.random.key(0).")
 
 
-def saddle_free_newton(loss_fn: Callable, *, learning_rate: float | Callable = 1.0,
-                       krylov_dim: int = 10, damping: float = 1e-3,
+def saddle_free_newton(loss: Callable, *, learning_rate: float | Callable = 1.0,
+                       num_steps: int = 10, damping: float = 1e-3,
                        complement_learning_rate: float | None = None,
                        krylov_start: str = "gradient",
                        key=None) -> optax.GradientTransformationExtraArgs:
     """Saddle-free Newton: ``-(|H_k| + damping I)^-1 g`` in a Lanczos subspace of the Hessian.
 
     See the module docstring for the maths. Use it like any optax optimizer; it needs the
-    parameters (``update(grads, state, params)``) because it differentiates ``loss_fn`` at
+    parameters (``update(grads, state, params)``) because it differentiates ``loss`` at
     them, and the batch when the loss takes one::
 
-        opt = ht.saddle_free_newton(loss_fn, learning_rate=1.0, krylov_dim=10, damping=1e-2)
+        opt = ht.saddle_free_newton(loss, learning_rate=1.0, num_steps=10, damping=1e-2)
         state = opt.init(params)
-        grads = jax.grad(loss_fn)(params, batch)
+        grads = jax.grad(loss)(params, batch)
         updates, state = opt.update(grads, state, params, batch=batch)
         params = optax.apply_updates(params, updates)
 
     Args:
-      loss_fn: ``loss_fn(params)`` or ``loss_fn(params, batch)`` (then pass ``batch=`` to
+      loss: ``loss(params)`` or ``loss(params, batch)`` (then pass ``batch=`` to
         ``update``): the scalar loss whose Hessian is used.
       learning_rate: scales the whole step (a float or an optax schedule of the step count);
         1.0 is a full saddle-free Newton step.
-      krylov_dim: ``k``, the subspace dimension = HVPs per step (capped at the number of
+      num_steps: ``k``, the subspace dimension = HVPs per step (capped at the number of
         parameters).
       damping: added to ``|theta|``: limits steps along near-flat directions
         (Levenberg-Marquardt style).
@@ -155,11 +155,11 @@ def saddle_free_newton(loss_fn: Callable, *, learning_rate: float | Callable = 1
     Raises:
       ValueError: a bad option (at construction), or ``update`` called without params.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, hessian_tools as ht
       >>> loss = lambda p: p["x"] ** 2 - p["y"] ** 2 + p["y"] ** 4
       >>> params = {"x": jnp.array(0.5), "y": jnp.array(1e-3)}
-      >>> opt = ht.saddle_free_newton(loss, krylov_dim=2, damping=0.0)
+      >>> opt = ht.saddle_free_newton(loss, num_steps=2, damping=0.0)
       >>> state = opt.init(params)
       >>> for _ in range(20):
       ...     updates, state = opt.update(jax.grad(loss)(params), state, params)
@@ -167,12 +167,12 @@ def saddle_free_newton(loss_fn: Callable, *, learning_rate: float | Callable = 1
       >>> round(float(params["x"]), 6), round(abs(float(params["y"])), 4)
       (0.0, 0.7071)
     """
-    _validate(krylov_dim, damping, learning_rate, complement_learning_rate, krylov_start, key)
+    _validate(num_steps, damping, learning_rate, complement_learning_rate, krylov_start, key)
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
     def init_fn(params):
         dtype = jnp.result_type(*jax.tree.leaves(params))
-        k = min(krylov_dim, tree.size(params))
+        k = min(num_steps, tree.size(params))
         return SaddleFreeNewtonState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
                                      jnp.zeros((k,), jnp.finfo(dtype).dtype),
                                      key if krylov_start == "random" else None)
@@ -182,20 +182,20 @@ def saddle_free_newton(loss_fn: Callable, *, learning_rate: float | Callable = 1
             raise ValueError("saddle_free_newton differentiates the loss at the current "
                              "parameters: call opt.update(grads, state, params).")
         batch = extra_args.get("batch")
-        fn = loss_fn if batch is None else (lambda p: loss_fn(p, batch))
+        fn = loss if batch is None else (lambda p: loss(p, batch))
         try:
             hvp = jax.linearize(jax.grad(fn), params)[1]
         except TypeError as err:
-            raise TypeError(f"saddle_free_newton could not evaluate loss_fn at the params "
-                            f"({err}). A loss_fn(params, batch) needs the batch: call "
+            raise TypeError(f"saddle_free_newton could not evaluate loss at the params "
+                            f"({err}). A loss(params, batch) needs the batch: call "
                             "opt.update(grads, state, params, batch=batch).") from err
         key, v0 = state.key, _start_vector(updates, tree.norm(updates))
         if krylov_start == "random":
             key, sub = jax.random.split(state.key)
             v0 = tree.normal_like(sub, updates)
-        k = min(krylov_dim, tree.size(params))
+        k = min(num_steps, tree.size(params))
         direction, theta = saddle_free_direction(
-            hvp, updates, v0, krylov_dim=k, damping=damping,
+            hvp, updates, v0, num_steps=k, damping=damping,
             complement_learning_rate=complement_learning_rate)
         step = tree.scale(-schedule(state.count), direction)
         return step, SaddleFreeNewtonState(state.count + 1, state.num_matvecs + k,

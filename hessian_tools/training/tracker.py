@@ -4,18 +4,15 @@ started, into a crash-safe JSON-lines log.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from hessian_tools import tree
 from hessian_tools.objective import Objective
@@ -42,15 +39,24 @@ _LOG_VERSION = 1
 class SharpnessTracker:
     """Measures curvature every ``every`` steps of a training loop, warm started.
 
-    ``update(step, params, opt_state=..., learning_rate=...)`` measures when ``step % every
-    == 0`` and returns the record (else ``None``). Every measurement computes
-    ``lambda_max`` of the Hessian of ``loss_fn`` on the fixed ``measure_data`` (its top-k
-    Ritz pairs, converged to ``tol``), and optionally:
+    ``update(step, params, opt_state)`` measures when ``step % every == 0`` and returns the
+    record (else ``None``). ``params`` is a pytree like the objective's parameters, or a
+    flax NNX model (its parameters *and* its state, BatchNorm statistics included, are read
+    from it), and ``opt_state`` an optax state or an ``nnx.Optimizer``::
+
+        tracker = ht.SharpnessTracker(ht.Objective.from_nnx(model, output_loss, measure),
+                                      every=10, key=key)
+        for step in range(steps):
+            tracker.update(step, model, optimizer)     # NNX
+            ...
+
+    Every measurement computes ``lambda_max`` of the Hessian of the objective's loss on its
+    fixed data (its top-k Ritz pairs, converged to ``tol``), and optionally:
 
     * ``"top_k"``: the ``k`` largest eigenvalues (``k`` Ritz pairs converged);
     * ``"lambda_min"``: the smallest eigenvalue (in the same Lanczos run; slower to
       converge, since the bottom of a Hessian spectrum is a dense bulk);
-    * ``"trace"``: a stochastic estimate with ``num_trace_samples`` products and its standard
+    * ``"trace"``: a stochastic estimate with ``trace_num_matvecs`` products and its standard
       error (Hutch++ via :func:`hessian_tools.trace`; Hutchinson if that is unavailable);
     * ``"grad_overlap"``: ``||P_k g||^2 / ||g||^2``, the fraction of the gradient in the
       top-k eigenspace (Gur-Ari et al. 2018), and ``"loss"`` on the measurement set;
@@ -65,18 +71,26 @@ class SharpnessTracker:
 
     Cost per measurement: with a warm start typically 3-10 HVPs for ``lambda_max`` (reported
     per record as ``num_matvecs``), the same again for the preconditioned value,
-    ``num_trace_samples`` for the trace, one gradient for ``grad_overlap``/``loss``, and one
+    ``trace_num_matvecs`` for the trace, one gradient for ``grad_overlap``/``loss``, and one
     linearisation of the gradient (about one gradient pass) when the operator is
     linearised. Memory: the Lanczos basis ``(krylov_dim + 1) x P`` during a measurement,
     ``(k + 2) x P`` warm-start vectors between measurements (top ``k``, one guard, and the
     bottom vector with ``"lambda_min"``) per operator. Compiled functions take the
     parameters as arguments: compiled at the first measurement, never re-traced.
 
+    Cost in minibatch training: a measurement costs a few gradient passes over the
+    measurement data, so its share of the run is about ``(measure / batch) x (HVPs per
+    measurement) / every``: measuring every 10 steps on 512 examples while training on
+    batches of 32 costs several training steps' worth per measurement. Three knobs bound it:
+    a smaller measurement set (:func:`measurement_subset`), a larger ``every``, and a
+    smaller ``num_matvecs`` budget (``benchmarks/RESULTS_sharpness.md`` measures them).
+
     Args:
-      loss_fn: ``loss_fn(params, batch) -> scalar`` mean loss.
-      measure_data: the fixed measurement set: one batch, a list of batches, or a callable
-        streaming batches (see :class:`hessian_tools.Objective`); a subset of the training
-        data (:func:`measurement_subset`) keeps measurements cheap.
+      objective: what is measured: the loss, a template of the parameters (structure and
+        shapes), and the fixed measurement set as its data (one batch, a list of batches, or
+        a stream; a subset of the training data keeps measurements cheap). Build it with
+        ``Objective(loss, params, data)`` or ``Objective.from_nnx(model, output_loss, data,
+        bn_mode=...)``: its ``bn_mode`` and dtype are those of every measurement.
       every: measurement period in steps.
       log_path: optional ``.jsonl`` path (parent folders are created).
       quantities: names from :data:`QUANTITIES`.
@@ -90,11 +104,13 @@ class SharpnessTracker:
         learning rate, momentum and ``b2``/``eps`` used for thresholds and ``P`` (or an
         :class:`OptimizerInfo`). Without it the threshold is ``2/eta`` for a plain state,
         read from ``optax.inject_hyperparams`` values, or Adam's for an Adam state.
-      num_trace_samples: operator products per trace estimate (at least 2; 4 or more for
+      trace_num_matvecs: operator products per trace estimate (at least 2; 4 or more for
         Hutch++).
       warm_start: start each measurement from the previous one (``False``: random start,
         for comparison).
-      krylov_dim, max_matvecs, min_iters: solver options (see :func:`sharpness`).
+      krylov_dim: solver options (see :func:`sharpness`).
+      num_matvecs: see ``krylov_dim``.
+      min_steps: see ``krylov_dim``.
       resume: append to an existing log (``False`` with an existing file raises unless
         ``overwrite``).
       overwrite: replace an existing log.
@@ -104,26 +120,25 @@ class SharpnessTracker:
       ValueError: unknown quantities, bad options, an existing log with ``resume=False``.
     """
 
-    def __init__(self, loss_fn: Callable, measure_data, *, every: int = 10,
+    def __init__(self, objective: Objective, *, every: int = 10,
                  log_path=None, quantities=("lambda_max",), key=None, k: int = 10,
                  tol: float = 1e-3, preconditioner="auto", optimizer=None,
-                 num_trace_samples: int = 10, warm_start: bool = True, krylov_dim: int = 40,
-                 max_matvecs: int = 300, min_iters: int = 3, linearize="auto",
+                 trace_num_matvecs: int = 10, warm_start: bool = True, krylov_dim: int = 40,
+                 num_matvecs: int = 300, min_steps: int = 3, linearize="auto",
                  resume: bool = True, overwrite: bool = False, fsync: bool = True):
-        self._validate(loss_fn, every, quantities, key, k, preconditioner, num_trace_samples)
-        self.loss_fn, self.measure_data, self.every = loss_fn, measure_data, every
+        self._validate(objective, every, quantities, key, k, preconditioner, trace_num_matvecs)
+        self.objective, self.every = objective, every
         self.quantities = tuple(dict.fromkeys(("lambda_max",) + tuple(quantities)))
         self.k = k if ("top_k" in self.quantities or "grad_overlap" in self.quantities) else 1
-        _validate_solver_options(self.k, tol, krylov_dim, max_matvecs, min_iters)
-        self.tol, self.krylov_dim, self.max_matvecs = float(tol), krylov_dim, max_matvecs
-        self.min_iters, self.linearize, self.fsync = min_iters, linearize, fsync
-        self.preconditioner, self.num_trace_samples = preconditioner, num_trace_samples
+        _validate_solver_options(self.k, tol, krylov_dim, num_matvecs, min_steps)
+        self.tol, self.krylov_dim, self.num_matvecs = float(tol), krylov_dim, num_matvecs
+        self.min_steps, self.linearize, self.fsync = min_steps, linearize, fsync
+        self.preconditioner, self.trace_num_matvecs = preconditioner, trace_num_matvecs
         self.warm_start = warm_start
         self.info = (optimizer if isinstance(optimizer, OptimizerInfo) or optimizer is None
                      else optimizer_info(optimizer))
         self._key = key
-        self._obj: Objective | None = None
-        self._treedef = None
+        self._obj: Objective | None = None           # the objective on a dict of leaves
         self._warm: dict = {}
         self._records: list = []
         self._meta: list = []
@@ -135,9 +150,13 @@ class SharpnessTracker:
     # ---- setup ------------------------------------------------------------------------
 
     @staticmethod
-    def _validate(loss_fn, every, quantities, key, k, preconditioner, num_trace_samples):
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+    def _validate(objective, every, quantities, key, k, preconditioner, trace_num_matvecs):
+        if not isinstance(objective, Objective):
+            raise TypeError(f"SharpnessTracker takes an Objective (the loss, a template of the "
+                            f"parameters and the measurement data), got "
+                            f"{type(objective).__name__}: pass ht.Objective(loss, params, "
+                            "measure_data) or ht.Objective.from_nnx(model, output_loss, "
+                            "measure_data).")
         if not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 1:
             raise ValueError(f"every={every!r} must be a positive integer (steps between "
                              "measurements).")
@@ -155,8 +174,8 @@ class SharpnessTracker:
         if not (preconditioner in ("auto", None) or callable(preconditioner)):
             raise ValueError(f"preconditioner={preconditioner!r} must be 'auto', None or a "
                              "callable preconditioner(params, opt_state) -> P.")
-        if not isinstance(num_trace_samples, int) or num_trace_samples < 2:
-            raise ValueError(f"num_trace_samples={num_trace_samples!r} must be an integer >= "
+        if not isinstance(trace_num_matvecs, int) or trace_num_matvecs < 2:
+            raise ValueError(f"trace_num_matvecs={trace_num_matvecs!r} must be an integer >= "
                              "2 (the standard error needs two probes).")
 
     def _open_log(self, resume, overwrite):
@@ -199,15 +218,19 @@ class SharpnessTracker:
         """Whether ``update(step, ...)`` would measure."""
         return int(step) % self.every == 0 and not self._logged(int(step))
 
-    def update(self, step: int, params, *, opt_state=None, learning_rate=None,
+    def update(self, step: int, params, opt_state=None, *, learning_rate=None, state=None,
                force: bool = False) -> dict | None:
         """Measure if ``step`` is due (or ``force``); return the record or ``None``.
 
         Args:
           step: the training step (an int).
-          params: the current parameters (pytree).
-          opt_state: the optimizer state (for the preconditioner, and for hyperparameters
-            recorded by ``optax.inject_hyperparams``).
+          params: the current parameters (a pytree like the objective's), or the flax NNX
+            model itself (then its non-parameter state, BatchNorm statistics included, is
+            measured with it).
+          opt_state: the optimizer state, or an ``nnx.Optimizer`` (for the preconditioner,
+            and for hyperparameters recorded by ``optax.inject_hyperparams``).
+          state: the model state at this step, for objectives with one (linen's
+            ``batch_stats``; read from the model in the NNX form).
           learning_rate: the step size now (for the thresholds); defaults to an injected
             value or the probed optimizer's.
           force: measure even when not due (a step already logged is still skipped).
@@ -215,15 +238,18 @@ class SharpnessTracker:
         step = int(step)
         if not (force or step % self.every == 0) or self._logged(step):
             return None
-        return self.measure(step, params, opt_state=opt_state, learning_rate=learning_rate)
+        return self.measure(step, params, opt_state, learning_rate=learning_rate, state=state)
 
-    def measure(self, step: int, params, *, opt_state=None, learning_rate=None) -> dict:
-        """Measure now, append the record to the log, and return it."""
+    def measure(self, step: int, params, opt_state=None, *, learning_rate=None,
+                state=None) -> dict:
+        """Measure now, append the record to the log, and return it (see :meth:`update`)."""
         start = time.perf_counter()
         record = {"step": int(step), "time": time.time()}
+        params, state = _from_model(params, state)
+        opt_state = opt_state.opt_state if isinstance(opt_state, nnx.Optimizer) else opt_state
         if not bool(_all_finite(params)):          # a diverged run: nothing to measure
             return self._record_failure(record, "non-finite parameters", start)
-        obj = self._objective(params)
+        obj = self._objective(params, state)
         op = hessian(obj, linearize=self.linearize)
         self._measure_hessian(record, op, obj.params)
         self._measure_preconditioned(record, op, params, obj.params, opt_state)
@@ -238,19 +264,23 @@ class SharpnessTracker:
 
     # ---- measurements -----------------------------------------------------------------
 
-    def _objective(self, params) -> Objective:
-        """The measurement objective at ``params``, on the parameters' leaves.
+    def _objective(self, params, state) -> Objective:
+        """The measurement objective at ``params`` (and the model ``state``), as a function of
+        a flat dict of the parameters' leaves (``Objective.restrict`` to all of them).
 
-        Internally the vectors are plain lists of arrays: a pytree such as ``nnx.State``
+        Internally the vectors are plain dicts of arrays: a pytree such as ``nnx.State``
         builds Python ``Variable`` objects whenever a compiled step returns a vector, which
         cost about 7 ms per measurement on the wide digits MLP (160 unflattenings).
         """
-        leaves, treedef = jax.tree.flatten(params)
-        if self._obj is None or treedef != self._treedef:
-            self._treedef, self._warm = treedef, {}
-            self._obj = Objective(_LeafLoss(self.loss_fn, treedef), leaves, self.measure_data)
-            return self._obj
-        return self._obj.with_params(leaves)
+        tree.check_same_structure(self.objective.params, params, what="The parameters")
+        if state is None and jax.tree.leaves(self.objective.required_state):
+            raise ValueError("This objective has model state the loss depends on (BatchNorm "
+                             "statistics or other variables), which changes in training: pass "
+                             "the model itself, tracker.update(step, model, optimizer), or "
+                             "state=... with the parameters.")
+        if self._obj is None:
+            self._obj = self.objective.restrict(lambda path, leaf: True)
+        return self._obj.with_params(tree.flat_paths(params), state=state)
 
     def _next_key(self):
         self._key, sub = jax.random.split(self._key)
@@ -260,7 +290,7 @@ class SharpnessTracker:
         warm = self._warm.get(name) if self.warm_start else None
         res = _top(op, op.matvec_fn, params, warm, self._next_key(), d=d, k_top=k_top,
                    k_bottom=k_bottom, tol=self.tol, krylov_dim=self.krylov_dim,
-                   max_matvecs=self.max_matvecs, min_iters=self.min_iters)
+                   num_matvecs=self.num_matvecs, min_steps=self.min_steps)
         self._warm[name] = res.warm
         return res
 
@@ -287,7 +317,7 @@ class SharpnessTracker:
             return None
         else:
             p = adaptive_preconditioner(opt_state, info=self.info)
-        return None if p is None else jax.tree.leaves(_align_to_params(p, params))
+        return None if p is None else tree.flat_paths(_align_to_params(p, params))
 
     def _measure_preconditioned(self, record, op, user_params, params, opt_state):
         p = self._resolve_preconditioner(user_params, opt_state)
@@ -309,7 +339,7 @@ class SharpnessTracker:
                       matvecs_precond=res.num_matvecs)
 
     def _measure_trace(self, record, op, params):
-        mean, stderr, n = _trace(op, self._next_key(), self.num_trace_samples)
+        mean, stderr, n = _trace(op, self._next_key(), self.trace_num_matvecs)
         record.update(trace=mean, trace_stderr=stderr, matvecs_trace=n)
 
     def _measure_gradient(self, record, obj):
@@ -402,13 +432,10 @@ def _trace(op: CurvatureOperator, key, num_matvecs: int):
     return float(est.value), float(est.stderr), int(est.num_matvecs)
 
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class _LeafLoss:
-    """``loss(params, batch)`` as a function of the parameters' leaves (a list of arrays)."""
-
-    loss: Callable
-    treedef: Any
-
-    def __call__(self, leaves, batch):
-        return self.loss(jax.tree.unflatten(self.treedef, leaves), batch)
+def _from_model(params, state):
+    """``(params, state)`` of an NNX model (the ``nnx.Param`` variables and the rest but the
+    RNG state, as ``Objective.from_nnx`` splits it), or the arguments as given."""
+    if not isinstance(params, nnx.Module):
+        return params, state
+    _, model_params, _, model_state = nnx.split(params, nnx.Param, nnx.RngState, ...)
+    return model_params, (model_state if jax.tree.leaves(model_state) else None)
