@@ -23,7 +23,7 @@ from hessian_tools.symmetry import (
     reset_batch_stats,
     weight_matching,
 )
-from tests.test_symmetry import BNCNN, _filled, _random_like
+from test_spec import BNCNN, _filled, _random_like
 
 
 def _train(model, x, y, steps=60):
