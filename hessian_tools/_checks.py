@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["check_key", "check_count", "check_choice", "check_confidence", "check_tol",
+__all__ = ["NonFiniteLoss", "check_finite_loss", "check_key", "check_count", "check_choice", "check_confidence", "check_tol",
            "check_positive"]
 
 
@@ -55,3 +55,16 @@ def check_positive(name: str, value, *, allow_zero: bool = False) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} must be a finite number "
                          f"{'>= 0' if allow_zero else '> 0'}.")
+
+
+class NonFiniteLoss(ValueError):
+    """The loss is NaN or infinite at the point analysed: its curvature is undefined."""
+
+
+def check_finite_loss(loss, where: str = "at this point") -> float:
+    """The loss as a float, or :class:`NonFiniteLoss` naming the value and the likely causes."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"the loss is {value} {where}: the curvature of a non-finite loss is "
+                            "undefined (a diverged checkpoint, or a log of zero in the loss?).")
+    return value

@@ -75,6 +75,9 @@ def single_threaded_blas():
 class FlatLayout:
     """How a pytree vector (one dtype) maps to one flat NumPy array, and back.
 
+    The flat array is float32 for 16-bit leaves (bfloat16, float16), the leaves' dtype
+    otherwise; :meth:`tree` casts back.
+
     For host-side vector algebra on a single CPU device (:func:`host_is_device`), where
     reading a ``jax.Array`` into NumPy costs no copy. Leaves are concatenated in tree order.
     """
@@ -85,7 +88,8 @@ class FlatLayout:
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
         self.splits = np.cumsum(self.sizes)[:-1]
         self.dtypes = [np.dtype(jnp.result_type(a)) for a in leaves]
-        self.dtype = np.dtype(jnp.result_type(*leaves))
+        # host algebra never runs in 16 bits (NumPy has no bfloat16 BLAS): at least float32
+        self.dtype = np.promote_types(jnp.result_type(*leaves), np.float32)
         self.dim = sum(self.sizes)
 
     def flat(self, x, rows: int | None = None) -> np.ndarray:

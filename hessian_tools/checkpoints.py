@@ -14,14 +14,18 @@ Checkpoints are only ever opened for reading.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
+import os
 import re
 import stat
+import warnings
 from pathlib import Path
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
 import safetensors.numpy
@@ -48,11 +52,26 @@ def _is_orbax_dir(path: Path) -> bool:
     return (path / "_METADATA").exists() or (path / "_CHECKPOINT_METADATA").exists()
 
 
+def _check_exists(path: Path) -> None:
+    """Raise a CheckpointError that says what is wrong with a path that cannot be used."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise CheckpointError(f"{path}: a symbolic link loop (the link points, directly "
+                                  "or not, back to itself).") from None
+        if err.errno == errno.EACCES:
+            raise CheckpointError(f"{path}: permission denied.") from None
+        if os.path.islink(path):
+            raise CheckpointError(f"{path}: a broken symbolic link (its target "
+                                  f"{os.readlink(path)} does not exist).") from None
+        raise CheckpointError(f"{path}: no such file or directory.") from None
+
+
 def checkpoint_format(path) -> str:
     """``"orbax"``, ``"msgpack"``, ``"npz"`` or ``"safetensors"``; raises for anything else."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory.")
+    _check_exists(path)
     if path.is_dir():
         if _is_orbax_dir(path):
             return "orbax"
@@ -93,7 +112,18 @@ def _nest(flat: dict, sep: str) -> dict:
 
 def _read_npz(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as f:
-        return _nest({k: np.asarray(f[k]) for k in f.files}, r"[/.]")
+        return _nest({k: _npz_array(f[k]) for k in f.files}, r"[/.]")
+
+
+def _npz_array(a) -> np.ndarray:
+    """NumPy writes bfloat16 arrays (ml_dtypes) to ``.npz`` as 2-byte raw values: read them
+    back as bfloat16. Other raw (void) dtypes are not numbers."""
+    a = np.asarray(a)
+    if a.dtype.kind == "V" and a.dtype.itemsize == 2 and a.dtype.fields is None:
+        return a.view(ml_dtypes.bfloat16)
+    if a.dtype.kind not in "fiub":
+        raise CheckpointError(f"an array has dtype {a.dtype}, which is not a number type.")
+    return a
 
 
 def _read_msgpack(path: Path) -> dict:
@@ -318,23 +348,26 @@ def find_checkpoints(path) -> list[Path]:
     returned in order of the last number in their names (the step).
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory.")
-    if path.is_file():
+    _check_exists(path)
+    if not path.is_dir():
+        return [path]
+    if _is_orbax_dir(path):
         return [path]
     try:
-        checkpoint_format(path)
-        return [path]
-    except CheckpointError:
-        pass
+        entries = sorted(path.iterdir())
+    except PermissionError:
+        raise CheckpointError(f"{path}: permission denied (cannot list the folder).") from None
     found = []
-    for entry in path.iterdir():
+    for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and entry.suffix.lower() in set(FILE_FORMATS) | PICKLE_SUFFIXES:
+        if entry.suffix.lower() in set(FILE_FORMATS) | PICKLE_SUFFIXES and not entry.is_dir():
             found.append(entry)
-        elif entry.is_dir() and (_is_orbax_dir(entry) or _STEP.search(entry.name)):
+        elif entry.is_dir() and _holds_checkpoint(entry):
             found.append(entry)
+        elif entry.is_dir() and _STEP.search(entry.name):
+            warnings.warn(f"{entry}: skipped, a folder that holds no checkpoint (no orbax "
+                          "_METADATA).", UserWarning, stacklevel=2)
     if not found:
         raise CheckpointError(f"{path}: no checkpoints found in this directory (looked for "
                               ".msgpack, .npz, .safetensors files and orbax directories).")
@@ -343,6 +376,14 @@ def find_checkpoints(path) -> list[Path]:
         m = _STEP.search(p.stem if p.is_file() else p.name)
         return (int(m.group(1)) if m else -1, p.name)
     return sorted(found, key=step)
+
+
+def _holds_checkpoint(folder: Path) -> bool:
+    """An orbax checkpoint, or a CheckpointManager step folder (``<step>/<item>/_METADATA``)."""
+    try:
+        return _is_orbax_dir(folder) or bool(_orbax_items(folder))
+    except OSError:
+        return False
 
 
 def step_of(path) -> int | None:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
+from hessian_tools._checks import check_finite_loss
 from hessian_tools.analysis.spectral import default_threshold, negative_count
 from hessian_tools.analysis.eigen import default_tol, eigenvalues
 from hessian_tools.data import dataset_mean
@@ -318,7 +319,7 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
     _check_options(key, grad_tol, tau, probe_scales, dense_max_params, max_lanczos_index)
     start, dtype = time.perf_counter(), _param_dtype(obj)
     loss, grad = value_and_grad(obj)
-    loss, grad_norm = float(loss), float(tree.norm(grad))
+    loss, grad_norm = check_finite_loss(loss), float(tree.norm(grad))
     grad_tol = default_grad_tol(dtype, loss) if grad_tol is None else float(grad_tol)
     if eig_tol is None:
         eig_tol = max(default_tol(dtype), 1e-3) if tau is None else default_tol(dtype)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _host, tree
+from hessian_tools._checks import check_tol
 from hessian_tools._progress import progress_bar
 from hessian_tools.linalg.eigsolve import buffer_rows, lanczos_eigs
 from hessian_tools.linalg.power import power_eigs
@@ -28,7 +29,7 @@ def default_tol(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
-def _validate(op, k, which, key, method):
+def _validate(op, k, which, key, method, tol):
     if not isinstance(op, CurvatureOperator):
         raise TypeError(f"Expected a CurvatureOperator (ht.hessian(obj), ht.gauss_newton(obj), "
                         f"ht.from_dense(A)), got {type(op).__name__}.")
@@ -44,6 +45,7 @@ def _validate(op, k, which, key, method):
     if method not in ("lanczos", "power", "dense", "exact"):
         raise ValueError(f"method={method!r} is not one of 'lanczos', 'power', 'dense' "
                          "('exact' is an alias of 'dense').")
+    check_tol("tol", tol)
     if key is None and method not in ("dense", "exact"):
         raise ValueError("eigenvalues needs an explicit PRNG key for its start vectors: pass "
                          "key=jax.random.key(0).")
@@ -178,7 +180,7 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
       >>> np.round(eig.values, 6).tolist()
       [3.0, -2.0]
     """
-    _validate(op, k, which, key, method)
+    _validate(op, k, which, key, method, tol)
     if residuals not in ("explicit", "recompute", "estimate"):
         raise ValueError(f"residuals={residuals!r} is not one of 'explicit', 'recompute', "
                          "'estimate'.")

@@ -200,11 +200,14 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
     if probe not in PROBES:
         raise ValueError(f"probe={probe!r} is not one of {PROBES}.")
     start, before = time.perf_counter(), op.num_matvecs
-    if method == "dense":
+    exact = (method == "xtrace" and num_matvecs is not None and
+             isinstance(num_matvecs, int) and num_matvecs // 2 >= op.dim)
+    if method == "dense" or exact:        # XTrace with as many test vectors as dimensions
         value = float(np.trace(to_dense(op)))
         return TraceEstimate(value=value, stderr=0.0, num_matvecs=op.num_matvecs - before,
                              method="dense", num_samples=0, samples=np.zeros(0), dim=op.dim,
-                             probe="", operator=op.kind, wall_time=time.perf_counter() - start)
+                             probe="", operator=op.kind, wall_time=time.perf_counter() - start,
+                             extra={"requested": method} if exact else {})
     check_key(key, "trace")
     num_matvecs = DEFAULT_TRACE_MATVECS if num_matvecs is None else num_matvecs
     minimum = {"hutch++": 4, "xtrace": 6, "hutchinson": 2, "slq": 2 * num_steps}[method]

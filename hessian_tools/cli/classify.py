@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 
 from hessian_tools.checkpoints import CheckpointError, restore
+from hessian_tools._checks import NonFiniteLoss
 from hessian_tools.cli._common import (UserError, add_model_flags, add_output_flags,
                                        check_output_folder, nonnegative_int, objective_from_args,
                                        positive_float, positive_int, speaker, versions)
@@ -83,7 +84,11 @@ def run_classify(args) -> int:
         say(f"Newton-MR from the point: {search[0].status} after {search[0].newton_steps} "
             f"iterations (|grad| {search[0].grad_norms[0]:.2e} -> {search[0].grad_norm:.2e})")
     else:
-        rep = classify(obj, key=key, **options)
+        try:
+            rep = classify(obj, key=key, **options)
+        except NonFiniteLoss as err:
+            print(f"error: {name}: {err}", file=sys.stderr)
+            return 1
     summary = {"model": name, "analysed": obj.describe(), "seed": args.seed,
                "report": rep.to_dict(), "wall_time": time.perf_counter() - start,
                "versions": versions()}

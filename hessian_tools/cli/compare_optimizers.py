@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,9 +55,10 @@ def parse_optimizer(spec: str):
     except ValueError:
         raise ValueError(f"Optimizer spec {spec!r}: the learning rate and beta must be "
                          "numbers.") from None
-    if not lr > 0:
-        raise ValueError(f"Optimizer spec {spec!r}: the learning rate must be positive.")
-    if beta is not None and not 0 <= beta < 1:
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"Optimizer spec {spec!r}: the learning rate must be a positive, finite "
+                         "number.")
+    if beta is not None and not (0 <= beta < 1):
         raise ValueError(f"Optimizer spec {spec!r}: beta must lie in [0, 1).")
     make = {
         "sgd": lambda: optax.sgd(lr),

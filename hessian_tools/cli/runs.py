@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from hessian_tools import tree
+from hessian_tools._checks import NonFiniteLoss, check_finite_loss
 from hessian_tools._progress import progress_bar
 from hessian_tools.checkpoints import CheckpointError, restore, step_of
 from hessian_tools.cli._common import UserError
@@ -183,10 +184,10 @@ def analyze(obj: Objective, config: AnalysisConfig, *, progress: bool = False,
         H.observe(on_matvec)
         progress = False
     loss, grad = value_and_grad(obj)
-    if not np.isfinite(float(loss)):
-        raise AnalysisError(f"the loss is {float(loss)} at this point: the curvature of a "
-                            "non-finite loss is undefined (a diverged checkpoint, or a "
-                            "log of zero in the loss?).")
+    try:
+        check_finite_loss(loss)
+    except NonFiniteLoss as err:
+        raise AnalysisError(str(err)) from None
     if config.check_determinism:
         try:
             H.check_determinism(jax.random.fold_in(key, 98))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,8 +16,8 @@ from hessian_tools.cli.reports import plot_records, row, table, write_reports
 from hessian_tools.cli._common import (UserError, add_model_flags, add_output_flags,
                                        check_output_folder, nonnegative_int, objective_from_args,
                                        positive_float, positive_int, speaker, versions)
-from hessian_tools.cli.runs import (OPERATORS, AnalysisConfig, BatchProgress, CheckpointResult,
-                                    OutputLock, analyze, run_checkpoints, stored_result)
+from hessian_tools.cli.runs import (OPERATORS, AnalysisConfig, AnalysisError, BatchProgress,
+                                    CheckpointResult, OutputLock, analyze, run_checkpoints, stored_result)
 from hessian_tools.files import save_figure, write_json
 from hessian_tools.plots import plot_densities, plot_eigenvalues
 from hessian_tools.results import Eigenpairs, SpectralDensity
@@ -106,7 +107,12 @@ def _paths(args) -> list[Path]:
     paths = []
     for item in args.checkpoints:
         try:
-            found = find_checkpoints(item)
+            with warnings.catch_warnings(record=True) as notes:
+                warnings.simplefilter("always", UserWarning)
+                found = find_checkpoints(item)
+            for note in notes:             # e.g. a folder of the run holding no checkpoint
+                if not args.quiet:
+                    print(f"note: {note.message}", file=sys.stderr)
         except CheckpointError as err:
             if len(args.checkpoints) == 1:
                 raise UserError(str(err)) from None
@@ -156,6 +162,10 @@ def _own_weights(obj, config, out, args, say):
     bars = BatchProgress(1, config) if _interactive(args) else None
     try:
         rec.result = analyze(obj, config, on_matvec=bars and bars.start("model"))
+    except AnalysisError as err:        # a non-finite loss: one line, named, exit 1
+        rec.status, rec.error = "failed", f"the model's own weights: {err}"
+        print(f"error: {rec.error}", file=sys.stderr)
+        return rec
     finally:
         if bars is not None:
             bars.close()

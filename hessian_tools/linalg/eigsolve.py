@@ -113,6 +113,11 @@ def krylov_schur(matvec: Callable, space, basis, q, *, m_max: int, budget: int,
             continue
         for j, h, beta in pending:       # one host sync per check
             h = np.asarray(h, np.float64)
+            if not (np.all(np.isfinite(h)) and np.isfinite(float(beta))):
+                raise FloatingPointError(
+                    f"The operator returned non-finite values (NaN or inf) at Lanczos step "
+                    f"{j}: the loss or its derivatives are not finite at this point (a "
+                    "diverged checkpoint, or log(0) in the loss?). Check ht.value_and_grad.")
             run.proj[:j + 1, j] = run.proj[j, :j + 1] = h[:j + 1]
             run.beta = float(beta)
         pending = []

@@ -67,6 +67,12 @@ def lanczos_tridiag(matvec: Callable, v0, *, num_steps: int, keep_basis: bool = 
       A :class:`LanczosDecomposition`. Cost: ``m`` matvecs, ``O(m^2 dim)`` flops for the
       reorthogonalisation, memory ``(m + 1) x dim``.
     """
+    dim = tree.size(v0)
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} must be a positive integer (Lanczos steps).")
+    if num_steps > dim:
+        raise ValueError(f"num_steps={num_steps} exceeds the dimension {dim}: after {dim} steps "
+                         f"the Krylov space is the whole space. Pass num_steps <= {dim}.")
     norm0 = tree.norm(v0)
     q0 = tree.scale(1.0 / norm0, v0)
     basis = tree.basis_set(tree.zeros_basis(num_steps + 1, v0), 0, q0)

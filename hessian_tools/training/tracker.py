@@ -5,6 +5,7 @@ started, into a crash-safe JSON-lines log.
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 import warnings
 from pathlib import Path
@@ -182,7 +183,7 @@ class SharpnessTracker:
         path = self.log_path
         header = {"type": "meta", "version": _LOG_VERSION, "every": self.every,
                   "quantities": list(self.quantities), "tol": self.tol, "k": self.k,
-                  "created": time.time(), "resumed": False}
+                  "identity": self._identity(), "created": time.time(), "resumed": False}
         if path.exists() and path.stat().st_size > 0:
             if overwrite:
                 path.unlink()
@@ -192,11 +193,20 @@ class SharpnessTracker:
             else:
                 _drop_partial_line(path)
                 old = read_sharpness_log(path)
+                _check_same_run(path, old.meta, header["identity"])
                 self._records, self._meta = list(old.records), list(old.meta)
                 header["resumed"] = True
         path.parent.mkdir(parents=True, exist_ok=True)
         self._meta.append(header)
         _append_line(path, header, self.fsync)
+
+    def _identity(self) -> dict:
+        """The settings that make two logs comparable: a resumed log must have the same."""
+        leaves = tree.flat_paths(self.objective.params)
+        layout = ";".join(f"{k}:{tuple(v.shape)}" for k, v in leaves.items())
+        return jsonable({"every": self.every, "quantities": list(self.quantities),
+                         "tol": self.tol, "k": self.k, "objective": self.objective.describe(),
+                         "parameters": hashlib.sha256(layout.encode()).hexdigest()[:16]})
 
     # ---- public -----------------------------------------------------------------------
 
@@ -236,7 +246,10 @@ class SharpnessTracker:
           force: measure even when not due (a step already logged is still skipped).
         """
         step = int(step)
-        if not (force or step % self.every == 0) or self._logged(step):
+        if not (force or step % self.every == 0):
+            return None
+        if self._logged(step):
+            self._check_logged_params(step, _from_model(params, state)[0])
             return None
         return self.measure(step, params, opt_state, learning_rate=learning_rate, state=state)
 
@@ -250,6 +263,7 @@ class SharpnessTracker:
         if not bool(_all_finite(params)):          # a diverged run: nothing to measure
             return self._record_failure(record, "non-finite parameters", start)
         obj = self._objective(params, state)
+        record["params_fingerprint"] = _fingerprint(params)
         op = hessian(obj, linearize=self.linearize)
         self._measure_hessian(record, op, obj.params)
         self._measure_preconditioned(record, op, params, obj.params, opt_state)
@@ -383,6 +397,20 @@ class SharpnessTracker:
             _append_line(self.log_path, record, self.fsync)
         return record
 
+    def _check_logged_params(self, step, params):
+        """A step already in the log is skipped only if these are (up to round-off) the
+        parameters measured then: anything else is another run given this log."""
+        old = next((r.get("params_fingerprint") for r in self._records
+                    if r["step"] == step), None)
+        if old is None:
+            return
+        new = _fingerprint(params)
+        if not np.allclose(new, old, rtol=1e-3, atol=1e-6 * abs(old[0])):
+            raise ValueError(
+                f"Step {step} is already in the log {self.log_path}, measured at other "
+                f"parameters (norm {old[0]:.6g} then, {new[0]:.6g} now): this is another run. "
+                "Give it its own log_path, or pass overwrite=True to replace the log.")
+
     def _logged(self, step: int) -> bool:
         if not self._records:
             return False
@@ -412,6 +440,32 @@ def _info_from_state(opt_state, inj: dict) -> OptimizerInfo:
 @jax.jit
 def _all_finite(params):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(params)]))
+
+
+def _fingerprint(params) -> list:
+    """Three numbers that tell parameter vectors apart (norm, sum, sum of magnitudes),
+    stable under the round-off of a replayed run."""
+    return [float(v) for v in _fingerprint_device(params)]
+
+
+@jax.jit
+def _fingerprint_device(params):
+    leaves = [a.astype(jnp.float32).ravel() for a in jax.tree.leaves(params)]
+    return jnp.stack([jnp.sqrt(sum(jnp.vdot(a, a) for a in leaves)),
+                      sum(jnp.sum(a) for a in leaves), sum(jnp.sum(jnp.abs(a)) for a in leaves)])
+
+
+def _check_same_run(path, meta, identity):
+    """Refuse to resume a log written with other settings or another model."""
+    previous = next((m["identity"] for m in reversed(meta) if "identity" in m), None)
+    if previous is None or previous == identity:
+        return
+    changed = sorted(k for k in set(previous) | set(identity)
+                     if previous.get(k) != identity.get(k))
+    detail = "; ".join(f"{k}: {previous.get(k)!r} in the log, {identity.get(k)!r} now"
+                       for k in changed)
+    raise ValueError(f"The log {path} was written by another run ({detail}). Give this run "
+                     "its own log_path, or pass overwrite=True to replace the log.")
 
 
 @functools.partial(jax.jit, static_argnums=(1,))

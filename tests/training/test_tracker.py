@@ -306,7 +306,8 @@ def test_resume_appends_and_skips_logged_steps(tmp_path):
     path = tmp_path / "run" / "sharpness.jsonl"
     resumed = ht.SharpnessTracker(ht.Objective(loss, params, data), every=10, key=jax.random.key(1), log_path=path)
     assert len(resumed.log) == 2
-    assert resumed.update(10, params) is None               # already logged
+    logged = jax.tree.map(lambda a: a * 1.1, params)         # the parameters logged at 10
+    assert resumed.update(10, logged) is None               # already logged
     assert resumed.update(20, params)["step"] == 20
     log = ht.read_sharpness_log(path)
     np.testing.assert_array_equal(log.steps, [0, 10, 20])
@@ -509,7 +510,7 @@ def test_cli_validates_before_any_work(tmp_path, capsys):
     with pytest.raises(UserError, match="already exist.*--overwrite"):
         args.func(args)
     for bad, match in ((["--optimizer", "lbfgs:1"], "Unknown optimizer 'lbfgs'"),
-                       (["--optimizer", "sgd:-1"], "learning rate must be positive"),
+                       (["--optimizer", "sgd:-1"], "learning rate must be a positive, finite number"),
                        (["--optimizer", "sgd:0.1", "--optimizer", "sgd:0.1"], "share a label"),
                        (["--quantities", "lambda_max,curvature"], "Unknown quantities")):
         args = parser.parse_args(["compare-optimizers", "--out", str(tmp_path / "new")] + bad)
