@@ -22,12 +22,21 @@ def _axes(ax):
     return ax
 
 
-def plot_eigenvalues(eig: Eigenpairs, ax=None, *, label: str | None = None, color=None):
+def plot_eigenvalues(eig: Eigenpairs, ax=None, *, label: str | None = None, color=None,
+                     tau: float | None = None):
     """The eigenvalues found, largest and smallest, on a symmetric-log axis.
 
     Points are ranked from the top (``1, 2, ...``) and from the bottom (``-1, -2, ...``);
-    error bars show the residual bound ``|lambda - lambda_true| <= ||H v - lambda v||``;
-    the zero line separates positive from negative curvature.
+    error bars show the residual bound ``|lambda - lambda_true| <= ||H v - lambda v||``.
+    The axis is linear inside ``[-tau, tau]``, the band that counts and verdicts treat as
+    zero (shaded), and logarithmic outside it.
+
+    Args:
+      eig: an :class:`~hessian_tools.Eigenpairs`.
+      ax: matplotlib axes (a new figure if ``None``).
+      label: for the points (default: the operator's name).
+      color: see ``label``.
+      tau: the zero band (default ``ht.default_threshold``: 1% of ``max|lambda|``).
     """
     ax = _axes(ax)
     top, bottom = eig.largest, eig.smallest
@@ -35,15 +44,44 @@ def plot_eigenvalues(eig: Eigenpairs, ax=None, *, label: str | None = None, colo
     xs = list(range(1, len(top) + 1)) + [-i for i in range(1, len(bottom) + 1)]
     ys = list(top) + list(bottom)
     errs = [res.get(v, 0.0) for v in ys]
+    scale = max((abs(v) for v in ys), default=1.0) or 1.0
+    tau = 1e-2 * scale if tau is None else float(tau)
     ax.errorbar(xs, ys, yerr=errs, fmt="o", color=color, label=label or eig.operator, capsize=3)
+    earlier = any(patch.get_gid() == "tau-band" for patch in ax.patches)  # drawn here before
+    if not earlier:
+        ax.axhspan(-tau, tau, color="0.85", alpha=0.6, lw=0, gid="tau-band",
+                   label=f"|λ| ≤ τ = {tau:.2g} (treated as zero)")
     ax.axhline(0.0, color="0.5", lw=0.8)
-    linthresh = max(1e-6, 1e-4 * max(abs(v) for v in ys)) if ys else 1.0
-    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.set_yscale("symlog", linthresh=tau, linscale=0.6)
+    lo0, hi0 = ax.get_ylim() if earlier else (0.0, 0.0)
+    hi = max(max(ys, default=tau) * 2.0, tau * 2.0, hi0)
+    lo = min(min(ys, default=-tau) * 2.0, -tau * 2.0, lo0)
+    ax.set_ylim(lo, hi)
+    ticks = _symlog_ticks(lo, hi, tau)
+    ax.set_yticks(ticks, [_decade_label(t) for t in ticks])
     ax.set_xlabel("rank (1 = largest, -1 = smallest)")
     ax.set_ylabel("eigenvalue")
     ax.set_title(f"{eig.operator or 'operator'}: extreme eigenvalues ({eig.num_matvecs} matvecs)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return ax
+
+
+def _symlog_ticks(lo: float, hi: float, tau: float) -> list:
+    """Zero and the decades outside the linear band ``[-tau, tau]`` (ticks inside the band
+    crowd onto one another)."""
+    first = int(np.ceil(np.log10(tau) - 0.05))      # a decade at the band's edge counts
+    ticks = [0.0]
+    for sign, end in ((1.0, hi), (-1.0, -lo)):
+        if end > tau:
+            ticks += [sign * 10.0 ** k for k in range(first, int(np.floor(np.log10(end))) + 1)]
+    return sorted(ticks)
+
+
+def _decade_label(value: float) -> str:
+    if value == 0:
+        return "0"
+    return f"{'−' if value < 0 else ''}$10^{{{int(round(np.log10(abs(value))))}}}$"
 
 
 def _curve(dens: SpectralDensity, grid, sigma, counts: bool):
@@ -172,8 +210,11 @@ def _finish(ax, log, floor, counts, title):
 
 
 _YLABELS = {"lambda_max": "sharpness λmax(H)",
-            "precond_lambda_max": "preconditioned sharpness λmax(P⁻¹ᐟ²HP⁻¹ᐟ²)",
+            "precond_lambda_max": "λmax(P⁻¹ᐟ²HP⁻¹ᐟ²)",
             "lambda_min": "λmin(H)", "trace": "trace(H)", "grad_overlap": "gradient overlap"}
+_LEGEND = {"lambda_max": "λmax(H)", "precond_lambda_max": "λmax(P⁻¹ᐟ²HP⁻¹ᐟ²)",
+           "lambda_min": "λmin(H)", "trace": "trace(H)",
+           "grad_overlap": "overlap of the gradient with the top eigenvectors"}
 
 
 def plot_sharpness(log: SharpnessLog, ax=None, *, learning_rate: float | None = None,
@@ -206,7 +247,7 @@ def plot_sharpness(log: SharpnessLog, ax=None, *, learning_rate: float | None = 
     if values.ndim == 2:
         values = values[:, 0]
     line, = ax.plot(steps, values, marker=".", ms=3, lw=1.2, color=color,
-                    label=label or quantity)
+                    label=label or _LEGEND.get(quantity, quantity))
     if show_threshold:
         _draw_threshold(ax, log, steps, quantity, learning_rate, momentum, kind, threshold,
                         line.get_color())
@@ -222,7 +263,7 @@ def _draw_threshold(ax, log, steps, quantity, learning_rate, momentum, kind, thr
         threshold = stability_threshold(learning_rate, momentum=momentum, kind=kind)
     if threshold is not None:
         name = "2/η" if momentum == 0 and learning_rate is not None else "threshold"
-        ax.axhline(threshold, ls="--", lw=1, color=color, label=f"{name} = {threshold:.4g}")
+        ax.axhline(threshold, ls="--", lw=1, color=color, label=f"{name} = {threshold:.3g}")
         return
     column = "precond_threshold" if quantity == "precond_lambda_max" else "threshold"
     values = log[column] if len(log) else np.array([])
@@ -244,7 +285,7 @@ def plot_comparison(comparison: OptimizerComparison, axes=None):
     """
     if axes is None:
         import matplotlib.pyplot as plt
-        _, grid = plt.subplots(2, 2, figsize=(11, 7))
+        _, grid = plt.subplots(2, 2, figsize=(11, 7), layout="constrained")
         axes = grid.ravel()
     ax_loss, ax_raw, ax_pre, ax_acc = axes
     for i, (name, run) in enumerate(comparison.runs.items()):
@@ -264,6 +305,7 @@ def plot_comparison(comparison: OptimizerComparison, axes=None):
     ax_raw.set_title("sharpness (dashed: 2/η or (2+2β)/η)")
     ax_raw.set_yscale("log")
     ax_pre.set_title("preconditioned sharpness (dashed: adaptive threshold)")
+    ax_pre.set_xlabel("step")
     if ax_pre.has_data():
         ax_pre.set_yscale("log")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy (full data)")

@@ -153,7 +153,7 @@ def _demo_extras(obj, H, key, out, sharp_log) -> dict:
         precond = sharp_log["precond_lambda_max"]
         extras["sharpness"]["precond_lambda_max"] = [None if not np.isfinite(v) else float(v)
                                                      for v in precond]
-        fig, (ax_raw, ax_pre) = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, (ax_raw, ax_pre) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
         # Adam: 2/eta is gradient descent's threshold and does not apply to the raw value;
         # the preconditioned sharpness is compared with Adam's (Cohen et al. 2022)
         plot_sharpness(sharp_log, ax=ax_raw, show_threshold=False)

@@ -137,11 +137,20 @@ def plot_records(records, out: Path) -> dict:
 def _eigen_figure(rec, out):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for d in rec.result["eigenvalues"]:
-        plot_eigenvalues(Eigenpairs.from_dict(d), ax=ax, color="C0")
+        plot_eigenvalues(Eigenpairs.from_dict(d), ax=ax, color="C0", tau=record_tau(rec))
     ax.set_title(f"{rec.name}: extreme {rec.result['analysed']['operator']} eigenvalues")
     path = save_figure(fig, out / "checkpoints" / f"{rec.name}.png")
     plt.close(fig)
     return path
+
+
+def record_tau(rec) -> float | None:
+    """The zero band of a checkpoint's result: its ``tau``, else 1% of its largest
+    ``|lambda|`` over all the eigenvalues found (the default rule)."""
+    if rec.result.get("tau") is not None:
+        return float(rec.result["tau"])
+    values = [abs(v) for d in rec.result.get("eigenvalues", []) for v in d["values"]]
+    return 1e-2 * max(values) if values and max(values) > 0 else None
 
 
 def _density_figure(rec, out):
@@ -172,7 +181,7 @@ def _trajectory_figure(recs, path):
         ax.plot(xs, ys, "o-", ms=4)
         ax.set_ylabel(label, fontsize=9)
         if key == "negative_fraction":
-            ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.1%}"))
+            ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.2g}%"))
         elif np.all(ys[np.isfinite(ys)] > 0) and np.nanmax(ys) > 30 * np.nanmin(ys):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 
 from hessian_tools._progress import interactive
 from hessian_tools.checkpoints import CheckpointError, find_checkpoints
-from hessian_tools.cli.reports import plot_records, row, table, write_reports
+from hessian_tools.cli.reports import plot_records, record_tau, row, table, write_reports
 from hessian_tools.cli._common import (UserError, add_model_flags, add_output_flags,
                                        check_output_folder, nonnegative_int, objective_from_args,
                                        positive_float, positive_int, speaker, versions)
@@ -247,10 +247,11 @@ def run_compare(args) -> int:
 
 def _compare_figures(records, out, config) -> list:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for i, rec in enumerate(records):
+    taus = [t for t in map(record_tau, records) if t is not None]
+    for i, rec in enumerate(records):      # one zero band for both: the larger tau
         for j, d in enumerate(rec.result["eigenvalues"]):
             plot_eigenvalues(Eigenpairs.from_dict(d), ax=ax, color=f"C{i}",
-                             label=rec.name if j == 0 else None)
+                             label=rec.name if j == 0 else None, tau=max(taus, default=None))
     ax.legend(fontsize=8)
     ax.set_title("extreme eigenvalues: " + " vs ".join(r.name for r in records), fontsize=10)
     save_figure(fig, out / "compare.png")
