@@ -172,7 +172,8 @@ class CurvatureOperator:
 
     Attributes:
       kind: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"dense"``.
-      tags: what the operator is known to be (``"symmetric"``, ``"psd"``).
+      tags: what the operator is known to be (``"symmetric"``, ``"psd"``): by ``kind``
+        unless given (:mod:`hessian_tools.algebra` derives them for its results).
       matvec_fn: a pytree callable ``v -> A v`` usable inside ``jit``; ``None`` when the
         data are streamed (then every product is a Python loop over batches).
       slow_in_loops: products must not be put inside compiled loops or ``vmap`` (streamed
@@ -185,9 +186,11 @@ class CurvatureOperator:
     """
 
     def __init__(self, kind: str, params_like, matvec_fn=None, stream_fn=None, *,
-                 slow_in_loops: bool | None = None, meta: dict | None = None):
+                 slow_in_loops: bool | None = None, meta: dict | None = None,
+                 tags=None):
         self.kind = kind
-        self.tags = TAGS.get(kind, frozenset({"symmetric"}))
+        self.tags = frozenset(tags) if tags is not None else TAGS.get(kind,
+                                                                     frozenset({"symmetric"}))
         self.params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
                                                                        jnp.result_type(a)),
                                         params_like)
