@@ -218,19 +218,33 @@ def diagonal(op: CurvatureOperator, *, method: str = "hutchinson", num_matvecs: 
 # ---- the exact Gauss-Newton diagonal -------------------------------------------------------
 
 @jax.jit
-def _ggn_diagonal_chunk(predict, output_loss, params, chunk):
-    """``sum_i sum_c lambda_ic (J_i^T u_ic)^2`` over the examples ``i`` of ``chunk``, with
-    ``h_i = sum_c lambda_ic u_ic u_ic^T`` the Hessian of example ``i``'s loss in its
-    outputs: one forward pass and ``C`` backward passes (VJPs) per example."""
-    def one(example):
+def _ggn_diagonal_chunk(predict, output_loss, params, chunk, mask):
+    """``sum_i mask_i sum_c lambda_ic (J_i^T u_ic)^2`` over the examples ``i`` of ``chunk``,
+    with ``h_i = sum_c lambda_ic u_ic u_ic^T`` the Hessian of example ``i``'s loss in its
+    outputs: one forward pass and ``C`` backward passes (VJPs) per example. ``mask`` zeroes
+    the padding of a short chunk (one compiled shape for every chunk)."""
+    def one(example, weight):
         batch = jax.tree.map(lambda a: a[None], example)
         out, vjp = jax.vjp(lambda p: predict(p, batch), params)
         flat, unravel = jax.flatten_util.ravel_pytree(out)
         h = jax.hessian(lambda o: output_loss(unravel(o), batch))(flat)
         lam, u = jnp.linalg.eigh((h + h.T) / 2)
         cols = jax.vmap(lambda col: vjp(unravel(col.astype(flat.dtype)))[0])(u.T)
+        lam = weight * lam
         return jax.tree.map(lambda g: jnp.tensordot(lam.astype(g.dtype), g * g, axes=1), cols)
-    return jax.tree.map(lambda a: jnp.sum(a, axis=0), jax.vmap(one)(chunk))
+    return jax.tree.map(lambda a: jnp.sum(a, axis=0), jax.vmap(one)(chunk, mask))
+
+
+def _padded_chunks(batch, n: int, chunk: int):
+    """``(examples, mask)`` pieces of ``chunk`` examples; the last is padded with copies of
+    the batch's first example, masked out."""
+    for lo in range(0, n, chunk):
+        part = take_examples(batch, lo, lo + chunk)
+        size = min(chunk, n - lo)
+        if size < chunk:
+            pad = jax.tree.map(lambda a: jnp.repeat(a[:1], chunk - size, axis=0), batch)
+            part = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), part, pad)
+        yield part, jnp.arange(chunk) < size
 
 
 def ggn_diagonal(obj: Objective, *, max_bytes: int = 256 * 1024**2) -> DiagonalEstimate:
@@ -244,7 +258,9 @@ def ggn_diagonal(obj: Objective, *, max_bytes: int = 256 * 1024**2) -> DiagonalE
     factorisation of BackPACK's DiagGGN (Dangel, Kunstner & Hennig 2020), written with the
     eigenvectors so that an output loss that is not convex (``h_i`` indefinite) is exact
     too. The examples are processed in chunks whose ``C`` per-example gradients fit in
-    ``max_bytes``, each chunk one compiled, vmapped call.
+    ``max_bytes``, each chunk one call of one compiled, vmapped function (a short last
+    chunk is padded and masked, so nothing is compiled twice; streamed data make one pass
+    to find the largest batch).
 
     Cost: ``N`` forward passes and ``N C`` backward passes (for the digits MLP, ``C = 10``:
     about 10 gradients' worth of work, against 100+ HVPs for a stochastic estimate of
@@ -284,13 +300,15 @@ def ggn_diagonal(obj: Objective, *, max_bytes: int = 256 * 1024**2) -> DiagonalE
     outputs = jax.eval_shape(obj.predict, obj.params, take_examples(first, 0, 1))
     num_outputs = tree.size(outputs)
     per_example = num_outputs * tree.size(obj.params) * jnp.dtype(obj.dtype).itemsize
-    chunk = max(1, int(max_bytes) // max(per_example, 1))
+    largest = max(n for _, n in obj.batches()) if obj.streaming else max(
+        int(jax.tree.leaves(stack)[0].shape[1]) for stack in obj.groups.stacks)
+    chunk = max(1, min(int(max_bytes) // max(per_example, 1), largest))
     total, count = None, 0
     for batch, n in obj.batches():
-        for lo in range(0, n, chunk):
-            part = _ggn_diagonal_chunk(obj.predict, obj.output_loss, obj.params,
-                                       take_examples(batch, lo, lo + chunk))
-            total = part if total is None else tree.add(total, part)
+        for part, mask in _padded_chunks(batch, n, chunk):
+            out = _ggn_diagonal_chunk(obj.predict, obj.output_loss, obj.params, part,
+                                      mask.astype(obj.dtype))
+            total = out if total is None else tree.add(total, out)
         count += n
     layout = _host.FlatLayout(obj.params)
     flat = layout.flat(total).astype(np.float64) / count

@@ -282,9 +282,15 @@ class SpectralDensity(Result):
         """How close to zero the quadrature resolves eigenvalues: the median over probes of
         the larger ``|theta|`` of the two Ritz values around zero (the nearest on each side).
         Eigenvalues with ``|lambda|`` below it are lumped onto those two nodes, so their
-        sign and size are not resolved: the log-scale spectrum is meaningful above it."""
+        sign and size are not resolved: the log-scale spectrum is meaningful above it. A
+        probe whose Ritz residuals all vanish (its Krylov space is invariant: the rule is
+        its probe measure exactly) resolves everything (width 0)."""
         widths = []
-        for nodes, weights in zip(self.nodes, self.weights):
+        exact = 100 * float(np.finfo(np.dtype(self.dtype)).eps) * self.scale
+        for nodes, weights, residuals in zip(self.nodes, self.weights, self.residuals):
+            if np.all(residuals[weights > 0] <= exact):
+                widths.append(0.0)
+                continue
             x = nodes[weights > 0]
             sides = [np.max(x[x < 0], initial=-np.inf), np.min(x[x > 0], initial=np.inf)]
             finite = [abs(v) for v in sides if np.isfinite(v)]
