@@ -93,7 +93,12 @@ def test_estimates_are_unbiased_calibrated_and_xdiag_beats_hutchinson():
                 for s in range(20)]
         errors[method] = np.mean([np.linalg.norm(r.flat - exact) for r in runs])
         z2[method] = np.mean([np.mean(((r.flat - exact) / r.flat_stderr) ** 2) for r in runs])
-        if method == "hutchinson":
+        if method == "hutchinson":      # the jackknife's correction, in closed form
+            for r in runs:
+                assert r.sum_of_squares == pytest.approx(
+                    r.flat @ r.flat - r.flat_stderr @ r.flat_stderr, rel=1e-10)
+            spread = np.std([r.sum_of_squares for r in runs], ddof=1)
+            assert 0.5 < np.mean([r.sum_of_squares_stderr for r in runs]) / spread < 2
             sums["hutchinson"] = [r.sum_of_squares for r in runs]
             sums["plug-in"] = [float(r.flat @ r.flat) for r in runs]
             mean = np.mean([r.flat for r in runs], axis=0)

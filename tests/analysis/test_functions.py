@@ -84,6 +84,10 @@ def test_spectral_entropy_of_a_singular_psd_operator():
     flat = spectral_entropy(ht.from_dense(np.eye(8)), num_probes=2, num_steps=1,
                             key=jax.random.key(0))
     assert flat.value == pytest.approx(np.log(8), abs=1e-12) and flat.stderr < 1e-12
+    # a diagonal operator, Rademacher probes, m = n: every probe's rule is exact
+    diag = spectral_entropy(ht.from_dense(np.diag(eigs)), num_probes=2, num_steps=len(eigs),
+                            key=jax.random.key(0))
+    assert diag.value == pytest.approx(exact, abs=1e-9) and diag.stderr < 1e-9
 
 
 def test_indefinite_and_undefined_are_refused():
