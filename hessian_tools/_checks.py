@@ -39,13 +39,13 @@ def check_confidence(confidence) -> None:
         raise ValueError(f"confidence={confidence!r} must lie strictly between 0 and 1, e.g. 0.95.")
 
 
-def check_tol(name: str, value) -> None:
+def check_tol(name: str, value, *, relative_to: str = "the largest eigenvalue") -> None:
     """A relative tolerance in ``(0, 1)`` (``None`` means the default)."""
     if value is None:
         return
     if not (isinstance(value, (int, float, np.floating)) and 0.0 < float(value) < 1.0):
         raise ValueError(f"{name}={value!r} must lie in (0, 1): it is a residual relative to "
-                         "the largest eigenvalue, e.g. 1e-4.")
+                         f"{relative_to}, e.g. 1e-4.")
 
 
 def check_positive(name: str, value, *, allow_zero: bool = False) -> None:

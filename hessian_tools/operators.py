@@ -172,7 +172,8 @@ class CurvatureOperator:
 
     Attributes:
       kind: ``"hessian"``, ``"ggn"``, ``"fisher"`` or ``"dense"``.
-      tags: what the operator is known to be (``"symmetric"``, ``"psd"``).
+      tags: what the operator is known to be (``"symmetric"``, ``"psd"``): by ``kind``
+        unless given (:mod:`hessian_tools.algebra` derives them for its results).
       matvec_fn: a pytree callable ``v -> A v`` usable inside ``jit``; ``None`` when the
         data are streamed (then every product is a Python loop over batches).
       slow_in_loops: products must not be put inside compiled loops or ``vmap`` (streamed
@@ -185,9 +186,11 @@ class CurvatureOperator:
     """
 
     def __init__(self, kind: str, params_like, matvec_fn=None, stream_fn=None, *,
-                 slow_in_loops: bool | None = None, meta: dict | None = None):
+                 slow_in_loops: bool | None = None, meta: dict | None = None,
+                 tags=None):
         self.kind = kind
-        self.tags = TAGS.get(kind, frozenset({"symmetric"}))
+        self.tags = frozenset(tags) if tags is not None else TAGS.get(kind,
+                                                                     frozenset({"symmetric"}))
         self.params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
                                                                        jnp.result_type(a)),
                                         params_like)
@@ -451,11 +454,18 @@ def empirical_fisher(obj: Objective, *, chunk_size="auto") -> CurvatureOperator:
                              meta={"batches": groups.num_batches})
 
 
-def from_dense(matrix) -> CurvatureOperator:
+def from_dense(matrix, *, tags=()) -> CurvatureOperator:
     """An operator from an explicit symmetric matrix (vectors are flat arrays).
 
+    Args:
+      matrix: a square symmetric matrix.
+      tags: further tags; ``("psd",)`` declares it positive semi-definite (checked with
+        ``eigvalsh``: the smallest eigenvalue must be ``>= -1e3 eps ||A||``), so that
+        conjugate gradients accept it.
+
     Raises:
-      ValueError: if ``matrix`` is not square or not symmetric.
+      ValueError: if ``matrix`` is not square or not symmetric, an unknown tag, or a
+        ``"psd"`` tag on a matrix with a negative eigenvalue.
     """
     matrix = jnp.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
@@ -465,8 +475,16 @@ def from_dense(matrix) -> CurvatureOperator:
     if asym > 1e3 * float(jnp.finfo(matrix.dtype).eps) * scale:
         raise ValueError(f"from_dense needs a symmetric matrix; max |A - A^T| = {asym:.3g}. "
                          "Symmetrise it with (A + A.T) / 2.")
+    tags = frozenset(tags)
+    if not tags <= {"symmetric", "psd"}:
+        raise ValueError(f"tags={sorted(tags)!r}: the known tags are 'symmetric' and 'psd'.")
+    lowest = float(np.linalg.eigvalsh(np.asarray(matrix, np.float64))[0]) if "psd" in tags else 0
+    if lowest < -1e3 * float(jnp.finfo(matrix.dtype).eps) * scale:
+        raise ValueError(f"from_dense(..., tags=('psd',)): the matrix has the eigenvalue "
+                         f"{lowest:.4g} < 0, so it is not positive semi-definite.")
     return CurvatureOperator("dense", jnp.zeros(matrix.shape[0], matrix.dtype),
-                             _DenseMatvec(matrix), slow_in_loops=False)
+                             _DenseMatvec(matrix), slow_in_loops=False,
+                             tags=tags | {"symmetric"})
 
 
 def to_dense(op: CurvatureOperator, *, chunk: int = 256) -> np.ndarray:

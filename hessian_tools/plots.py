@@ -12,7 +12,8 @@ import numpy as np
 from hessian_tools.results import (Eigenpairs, OptimizerComparison,
                                    SharpnessLog, SpectralDensity, stability_threshold)
 
-__all__ = ['plot_comparison', 'plot_densities', 'plot_density', 'plot_eigenvalues', 'plot_index_vs_loss', 'plot_sharpness']
+__all__ = ['plot_comparison', 'plot_densities', 'plot_density', 'plot_eigenvalues',
+           'plot_index_vs_loss', 'plot_log_density', 'plot_sharpness']
 
 
 def _axes(ax):
@@ -197,6 +198,66 @@ def plot_densities(densities: Sequence[SpectralDensity], ax=None, *,
     _finish(ax, log, floor, counts, f"eigenvalue densities (sigma = {s:.2g})")
     return ax
 
+
+def plot_log_density(dens: SpectralDensity, ax=None, *, sigma: float = 0.25,
+                     floor: float | None = None, num_points: int = 1000, counts: bool = False,
+                     dynamic_range: float = 1e4, eig=None, label: str | None = None,
+                     color=None):
+    """The log-scale spectrum (Papyan 2019): the density of ``log10 |lambda|``, positive
+    eigenvalues solid and negative ones dashed (:meth:`SpectralDensity.log_abs_pdf`).
+
+    The legend gives each sign's share of the eigenvalues; the mass of Ritz values below
+    ``floor`` (rounding) is in neither curve. The grey band marks ``|lambda|`` below
+    :attr:`SpectralDensity.zero_resolution`, where the quadrature lumps eigenvalues of
+    both signs onto the two Ritz values around zero: there neither the shape nor the split
+    between the signs is resolved.
+
+    Args:
+      dens: a :class:`SpectralDensity`.
+      ax: matplotlib axes (a new figure if ``None``).
+      sigma: the smoothing width in decades.
+      floor: ``|lambda|`` below which Ritz values are left out (default
+        ``dens.default_floor``).
+      num_points: grid size.
+      counts: eigenvalues per decade (``dim * pdf``) instead of a probability density.
+      dynamic_range: the density axis spans ``max / dynamic_range`` to ``max``.
+      eig: optional :class:`~hessian_tools.Eigenpairs` or array of eigenvalues, marked at
+        ``log10 |lambda|`` as dotted lines (red: positive, blue: negative).
+      label: a prefix for the legend entries.
+      color: the colour of both curves.
+
+    Returns:
+      The axes.
+    """
+    ax = _axes(ax)
+    t = dens.log_abs_grid(num_points, sigma=sigma, floor=floor)
+    scale = dens.dim if counts else 1.0
+    ys = {sign: dens.log_abs_pdf(t, sign=sign, sigma=sigma, floor=floor) * scale
+          for sign in (1, -1)}
+    bottom = _floor(list(ys.values()), dynamic_range)
+    prefix = f"{label}: " if label else ""
+    for sign, style in ((1, "-"), (-1, "--")):
+        share = float(np.trapezoid(ys[sign], t)) / scale
+        line, = ax.plot(t, np.maximum(ys[sign], bottom), ls=style, color=color,
+                        label=f"{prefix}λ {'>' if sign > 0 else '<'} 0 ({share:.0%} of eigenvalues)")
+        color = line.get_color() if color is None and sign > 0 else color
+    resolution = dens.zero_resolution
+    if resolution > 0 and np.log10(resolution) > t[0]:
+        ax.axvspan(t[0], np.log10(resolution), color="0.88", lw=0,
+                   label=f"unresolved: |λ| < {resolution:.2g}")
+    if eig is not None:
+        values = np.asarray(getattr(eig, "values", eig), np.float64).reshape(-1)
+        for i, v in enumerate(values[values != 0]):
+            ax.axvline(np.log10(abs(v)), color="tab:red" if v > 0 else "tab:blue", ls=":",
+                       lw=0.9, label="eigenvalues given" if i == 0 else None)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=bottom)
+    ax.set_xlabel("log10 |eigenvalue|")
+    ax.set_ylabel("eigenvalues per decade" if counts else "density per decade")
+    ax.set_title(f"log-scale spectrum (sigma = {sigma:g} decades, {dens.num_matvecs} matvecs)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
 
 def _finish(ax, log, floor, counts, title):
     if log:

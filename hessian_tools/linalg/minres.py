@@ -100,7 +100,7 @@ def _minres_step(s, av, anorm_hint):
 
 
 def minres(matvec: Callable, b, *, num_matvecs: int = 100, rtol: float = 1e-6,
-           anorm_hint: float = 0.0) -> MinresResult:
+           anorm_hint: float = 0.0, callback: Callable | None = None) -> MinresResult:
     """Solve ``A x = b`` (or ``min ||A x - b||``) for symmetric, possibly indefinite or
     singular ``A``, by MINRES (Paige & Saunders 1975), on pytree vectors.
 
@@ -121,6 +121,8 @@ def minres(matvec: Callable, b, *, num_matvecs: int = 100, rtol: float = 1e-6,
       anorm_hint: a known estimate of ``||A||`` (e.g. from an earlier solve). Breakdown and
         singularity are judged relative to it; without it, a ``b`` lying in the (near)
         null space of ``A`` cannot be told from a tiny ``A``.
+      callback: called as ``callback(k, residual_norm)`` after each step (the recurrence's
+        ``||r_k||``), e.g. to record the residual history.
 
     Returns:
       A :class:`MinresResult`. Cost: ``num_matvecs`` matvecs at most; one host sync per step.
@@ -143,6 +145,8 @@ def minres(matvec: Callable, b, *, num_matvecs: int = 100, rtol: float = 1e-6,
         state, stats = _minres_step(state, matvec(state["v"]), hint)
         rnorm, ar_norm, rel_beta, rel_gamma, anorm = (float(a) for a in stats)
         ab_norm = ar_norm if ab_norm is None else ab_norm       # ||A b|| from the first step
+        if callback is not None:
+            callback(k + 1, rnorm)
         normal = ar_norm / max(ab_norm, np.finfo(float).tiny)
         done = _minres_stop(k, rnorm <= rtol * bnorm, normal <= rtol, rel_gamma <= tiny,
                             rel_beta <= tiny)

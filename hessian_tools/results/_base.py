@@ -29,13 +29,17 @@ class Status(enum.Enum):
     least_squares = "a least-squares solution of an inconsistent (singular) system was reached"
     breakdown = "an invariant Krylov space was found: the answer is exact on it"
     zero_rhs = "the right-hand side is zero: the solution is zero"
+    negative_curvature = ("conjugate gradients met a direction with p^T A p <= 0: the operator "
+                          "is not positive definite on the Krylov space (indefinite, or "
+                          "singular with an inconsistent right-hand side): use method='minres'")
     budget = ("the budget of products ran out before every tolerance was met: raise "
               "num_matvecs, or loosen tol")
 
     @property
     def ok(self) -> bool:
-        """Whether a stopping test was met (anything but the budget running out)."""
-        return self is not Status.budget
+        """Whether a stopping test was met (anything but the budget running out or negative
+        curvature in conjugate gradients)."""
+        return self not in (Status.budget, Status.negative_curvature)
 
     def __str__(self) -> str:
         return self.name

@@ -4,38 +4,23 @@ warm-startable from the previous measurement.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
-from typing import Any
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from hessian_tools.algebra import congruence, inverse_sqrt
 from hessian_tools.linalg import WarmEigsResult, warm_eigs
 from hessian_tools.objective import Objective
 from hessian_tools.operators import CurvatureOperator, hessian
 from hessian_tools import tree
 from hessian_tools._checks import check_key
 from hessian_tools.results import SharpnessResult, Status
-from hessian_tools.training.optimizers import _inverse_sqrt
 
 __all__ = ['sharpness']
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class _ScaledMatvec:
-    """``v -> D A D v`` with ``D = diag(d)``: the operator ``P^{-1/2} A P^{-1/2}``."""
-
-    inner: Any
-    d: Any
-
-    def __call__(self, v):
-        mul = functools.partial(jax.tree.map, jnp.multiply)
-        return mul(self.d, self.inner(mul(self.d, v)))
 
 
 @jax.jit
@@ -44,16 +29,14 @@ def _apply(matvec_fn, v):
 
 
 def _make_apply(op: CurvatureOperator, matvec_fn, d):
-    """``v -> A v`` (or ``D A D v``): one compiled call, or a Python loop for streamed data."""
+    """``v -> A v`` (or ``D A D v``, :func:`hessian_tools.algebra.congruence`): one compiled
+    call, or a Python loop for streamed data."""
+    if d is not None:
+        op = congruence(op, d)
+        matvec_fn = op.matvec_fn
     if matvec_fn is not None:
-        fn = matvec_fn if d is None else _ScaledMatvec(matvec_fn, d)
-        return functools.partial(_apply, fn)
-    if d is None:
-        return op.apply_unchecked
-    return lambda v: _scale_by(d, op.apply_unchecked(_scale_by(d, v)))
-
-
-_scale_by = jax.jit(functools.partial(jax.tree.map, jnp.multiply))
+        return functools.partial(_apply, matvec_fn)
+    return op.apply_unchecked
 
 
 def _validate_solver_options(k, tol, krylov_dim, num_matvecs, min_steps):
@@ -164,7 +147,7 @@ def sharpness(source, *, key, v0=None, k: int = 1, tol: float = 1e-3, preconditi
         raise TypeError(f"sharpness takes an Objective or a CurvatureOperator, got "
                         f"{type(source).__name__}: pass ht.Objective(loss, params, data).")
     like = op.params_like
-    d = None if preconditioner is None else _inverse_sqrt(preconditioner, jax.tree.map(
+    d = None if preconditioner is None else inverse_sqrt(preconditioner, jax.tree.map(
         lambda a: jnp.zeros(a.shape, a.dtype), like))
     res = _top(op, op.matvec_fn, like, _as_warm(v0, like), key, d=d, k_top=k,
                tol=tol, krylov_dim=krylov_dim, num_matvecs=num_matvecs, min_steps=min_steps)

@@ -18,9 +18,8 @@ from hessian_tools._checks import check_key
 from hessian_tools.data import group_batches
 from hessian_tools.linalg import lanczos_tridiag, ritz_pairs
 from hessian_tools.operators import _mean_grad
-from hessian_tools.training.optimizers import (_inverse_sqrt, adaptive_preconditioner,
-                                              optimizer_info)
-from hessian_tools.training.measure import _ScaledMatvec
+from hessian_tools.algebra import CongruenceMatvec, inverse_sqrt
+from hessian_tools.training.optimizers import adaptive_preconditioner, optimizer_info
 
 __all__ = ['SharpnessMonitorState', 'sharpness_monitor']
 
@@ -135,8 +134,8 @@ def sharpness_monitor(loss: Callable, measure_data, *, key, every: int = 10, num
             pvec = state.precond_warm_vector
             if preconditioned:
                 p = adaptive_preconditioner(inner_state, info=info)
-                d = _inverse_sqrt(p, params) if p is not None else tree.zeros_like(params)
-                lam_p, res_p, pvec = _lanczos_top(_ScaledMatvec(lin, d), pvec, num_steps)
+                d = inverse_sqrt(p, params) if p is not None else tree.zeros_like(params)
+                lam_p, res_p, pvec = _lanczos_top(CongruenceMatvec(lin, d), pvec, num_steps)
                 meas |= {name + "_preconditioned": lam_p,
                          name + "_preconditioned_residual": res_p}
             meas = {n: v.astype(state.measurements[n].dtype) for n, v in meas.items()}

@@ -282,10 +282,3 @@ def _align_to_params(precond, params):
                              f"{np.shape(p)}, the parameter {np.shape(x)}: the optimizer state "
                              "does not belong to these parameters.")
     return jax.tree.unflatten(x_def, p_leaves)
-
-
-@jax.jit
-def _inverse_sqrt(precond, like):
-    """``P^{-1/2}`` cast to the dtypes of ``like`` (zero where ``P`` is infinite)."""
-    return jax.tree.map(lambda p, a: jnp.where(jnp.isinf(p), 0.0, jax.lax.rsqrt(p)).astype(
-        jnp.result_type(a)), precond, like)

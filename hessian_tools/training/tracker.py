@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from hessian_tools import tree
+from hessian_tools.algebra import inverse_sqrt
 from hessian_tools.objective import Objective
 from hessian_tools.operators import CurvatureOperator, hessian, value_and_grad
 from hessian_tools.analysis.traces import trace
@@ -23,7 +24,7 @@ from hessian_tools.results import SharpnessLog, jsonable
 from hessian_tools.training.log import _append_line, _drop_partial_line, read_sharpness_log
 from hessian_tools.training.optimizers import (_ADAM_STATES, _RMS_STATES, _RSS_STATES,
                                               _STDDEV_STATES, OptimizerInfo, _align_to_params,
-                                              _find_states, _injected_hyperparams, _inverse_sqrt,
+                                              _find_states, _injected_hyperparams,
                                               adaptive_preconditioner, optimizer_info)
 from hessian_tools.training.measure import _top, _validate_solver_options
 
@@ -346,7 +347,7 @@ class SharpnessTracker:
                                 "opt_state, or preconditioner=callable); recording None.")
                 record["precond_lambda_max"] = None
             return
-        d = _inverse_sqrt(p, params)
+        d = inverse_sqrt(p, params)
         res = self._solve("precond", op, params, d=d)
         record.update(precond_lambda_max=float(res.values[0]),
                       precond_residual=float(res.residuals[0]),
