@@ -17,6 +17,7 @@ from hessian_tools.landscape import (Directions, InterpolationPath, LossSurface,
                                      random_directions, read_surface_file, save_directions,
                                      trajectory_directions)
 from hessian_tools.landscape import evaluate as evaluate_module
+from hessian_tools.landscape.curvature import CurvatureMap, curvature_map, snake_order
 from hessian_tools.objective import Objective
 
 # ---- a quadratic with a known Hessian ---------------------------------------------------------
@@ -407,3 +408,48 @@ def test_surface_json_round_trip_keeps_missing_values_as_nan():
     back = LossSurface.from_json(text)
     np.testing.assert_array_equal(back.values, surf.values)
     assert back.grid[1].tolist() == [-1.0, 1.0] and back.ndim == 2
+
+
+# ---- curvature maps ----------------------------------------------------------------------------
+
+def _small_net(num_examples=200):
+    x, y = digits.load_digits_data(dtype=jnp.float64)
+    model = digits.MLP((4,), rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    return Objective.from_nnx(model, digits.cross_entropy, (x[:num_examples], y[:num_examples]))
+
+
+def test_curvature_map_equals_dense_solves_at_each_point():
+    import hessian_tools as ht
+    obj = _small_net()
+    dirs = random_directions(obj.params, jax.random.key(14))
+    grid = (np.linspace(-1, 1, 3), np.array([-0.5, 0.5]))
+    cmap = curvature_map(obj, dirs, grid=grid, key=jax.random.key(1), tol=1e-8)
+    cold = curvature_map(obj, dirs, grid=grid, key=jax.random.key(2), tol=1e-8,
+                         warm_start=False)
+    for i, x in enumerate(grid[0]):
+        for j, y in enumerate(grid[1]):
+            p = jax.tree.map(lambda o, a, b: o + x * a + y * b, obj.params, dirs[0], dirs[1])
+            w = np.linalg.eigvalsh(ht.dense_hessian(obj.with_params(p)))
+            for m in (cmap, cold):
+                assert m.lambda_max[i, j] == pytest.approx(w[-1], rel=1e-9)
+                assert m.lambda_min[i, j] == pytest.approx(w[0], abs=1e-9 * w[-1])
+            assert cmap.ratio[i, j] == pytest.approx(abs(w[0] / w[-1]), rel=1e-8)
+    assert cmap.converged.all() and cmap.total_matvecs == cmap.num_matvecs.sum()
+    assert np.all(cmap.residuals <= 1e-8 * np.abs(cmap.lambda_max)[..., None] * 1.0001)
+    back = CurvatureMap.from_json(cmap.to_json())
+    np.testing.assert_array_equal(back.num_matvecs, cmap.num_matvecs)
+    assert back.converged.dtype == bool and back.order == "snake" and cold.order == "independent"
+
+
+def test_warm_started_curvature_map_spends_fewer_products_on_a_fine_grid():
+    obj = _small_net(100)
+    dirs = random_directions(obj.params, jax.random.key(15), num=1)
+    grid = (np.linspace(-0.2, 0.2, 9),)
+    warm = curvature_map(obj, dirs, grid=grid, key=jax.random.key(3), tol=1e-6)
+    cold = curvature_map(obj, dirs, grid=grid, key=jax.random.key(3), tol=1e-6,
+                         warm_start=False)
+    np.testing.assert_allclose(warm.lambda_max, cold.lambda_max, rtol=1e-6)
+    assert warm.total_matvecs < 0.8 * cold.total_matvecs
+    assert snake_order((3, 2)).tolist() == [0, 1, 3, 2, 4, 5]
+    with pytest.raises(ValueError, match="explicit PRNG key"):
+        curvature_map(obj, dirs, grid=grid, key=None)
