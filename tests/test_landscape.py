@@ -14,8 +14,9 @@ from hessian_tools.landscape import (Directions, InterpolationPath, LossSurface,
                                      barrier, difference_direction, eigenvector_directions,
                                      evaluate_points, fingerprint, interpolate, load_directions,
                                      loss_surface, on_outputs, plane, plane_directions,
-                                     random_directions, read_surface_file, save_directions,
-                                     trajectory_directions)
+                                     plot_curvature_map, plot_interpolation, plot_surface,
+                                     plot_trajectory, random_directions, read_surface_file,
+                                     save_directions, trajectory_directions)
 from hessian_tools.landscape import evaluate as evaluate_module
 from hessian_tools.landscape.curvature import CurvatureMap, curvature_map, snake_order
 from hessian_tools.objective import Objective
@@ -444,12 +445,45 @@ def test_curvature_map_equals_dense_solves_at_each_point():
 def test_warm_started_curvature_map_spends_fewer_products_on_a_fine_grid():
     obj = _small_net(100)
     dirs = random_directions(obj.params, jax.random.key(15), num=1)
-    grid = (np.linspace(-0.2, 0.2, 9),)
-    warm = curvature_map(obj, dirs, grid=grid, key=jax.random.key(3), tol=1e-6)
-    cold = curvature_map(obj, dirs, grid=grid, key=jax.random.key(3), tol=1e-6,
+    grid = (np.linspace(-0.05, 0.05, 9),)
+    warm = curvature_map(obj, dirs, grid=grid, key=jax.random.key(3), tol=1e-4)
+    cold = curvature_map(obj, dirs, grid=grid, key=jax.random.key(3), tol=1e-4,
                          warm_start=False)
     np.testing.assert_allclose(warm.lambda_max, cold.lambda_max, rtol=1e-6)
-    assert warm.total_matvecs < 0.8 * cold.total_matvecs
+    assert warm.total_matvecs < 0.75 * cold.total_matvecs          # measured: 75 against 123
     assert snake_order((3, 2)).tolist() == [0, 1, 3, 2, 4, 5]
     with pytest.raises(ValueError, match="explicit PRNG key"):
         curvature_map(obj, dirs, grid=grid, key=None)
+
+
+# ---- plots ------------------------------------------------------------------------------------
+
+def test_plots_draw_labelled_axes_and_refuse_mismatched_inputs():
+    import matplotlib.pyplot as plt
+    obj, _ = _quadratic()
+    dirs = random_directions(obj.params, jax.random.key(16), normalization=None, ignore=None)
+    surf = loss_surface(obj, dirs, grid=(np.linspace(-1, 1, 5), np.linspace(-1, 1, 4)))
+    for kind in ("contour", "filled"):
+        ax = plot_surface(surf, kind=kind)
+        assert "direction 1" in ax.get_xlabel() and "direction 2" in ax.get_ylabel()
+    ax = plot_surface(surf, kind="3d")
+    assert ax.name == "3d"
+    with pytest.raises(ValueError, match="needs a 3-D axes"):
+        plot_surface(surf, kind="3d", ax=plt.figure().add_subplot())
+    with pytest.raises(ValueError, match="has no metric"):
+        plot_surface(surf, quantity="metric")
+    one = loss_surface(obj, Directions(vectors=jax.tree.map(lambda a: a[:1], dirs.vectors),
+                                       kind="custom"), grid=(np.linspace(-1, 1, 5),))
+    assert plot_surface(one).get_ylabel() == "loss"
+    path = interpolate(obj, obj.params, jax.tree.map(lambda a: -a, obj.params), num_points=5)
+    assert "barrier" in " ".join(t.get_text() for t in plot_interpolation(path)
+                                 .get_legend().get_texts())
+    cks = [jax.tree.map(lambda a, s=s: a * (1 + s) + s ** 2, obj.params) for s in (0.3, 0.2, 0.0)]
+    traj = trajectory_directions(cks)
+    tsurf = loss_surface(obj.with_params(cks[-1]), traj, grid=(np.linspace(-1, 1, 3),) * 2)
+    assert "% of variance" in plot_trajectory(tsurf, traj).get_xlabel()
+    with pytest.raises(ValueError, match="not computed with these trajectory directions"):
+        plot_trajectory(surf, traj)
+    cmap = curvature_map(obj, dirs, grid=(np.array([0.0, 1.0]),) * 2, key=jax.random.key(0))
+    assert plot_curvature_map(cmap).get_xlabel().startswith("direction 1")
+    plt.close("all")
