@@ -79,7 +79,7 @@ def test_every_plan_gives_the_same_surface():
         assert metric is None
         np.testing.assert_allclose(loss, want, rtol=1e-10)
     plan = evaluate_module._plan(obj, 11, 4, 3)
-    assert (plan.kind, plan.width, plan.chunk) == ("compiled", 3, 6)
+    assert (plan.kind, plan.width, plan.chunk) == ("compiled", 3, 4)
 
 
 # ---- filter normalisation -------------------------------------------------------------------

@@ -218,9 +218,8 @@ def _plan(obj: Objective, num_points: int, chunk_size, vmap_width) -> _Plan:
     else:
         chunk = _positive_int(chunk_size, "chunk_size")
     chunk = max(min(chunk, max(num_points, 1)), width)
-    parts = math.ceil(max(num_points, 1) / chunk)           # equal chunks: one compilation
-    chunk = math.ceil(math.ceil(max(num_points, 1) / parts) / width) * width
-    return _Plan(kind, width, chunk)
+    parts = math.ceil(max(num_points, 1) / chunk)      # equal chunks (one compilation), the
+    return _Plan(kind, width, math.ceil(max(num_points, 1) / parts))   # last padded by < parts
 
 
 def _positive_int(value, name) -> int:
