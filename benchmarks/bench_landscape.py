@@ -1,0 +1,309 @@
+"""Benchmark: loss surfaces and curvature maps (issue 18).
+
+For each digits model (default: the MLP 64-512-512-10 and the CNN), in one process, on the
+same trained weights and data (all 1,797 images, float32):
+
+* **floor**: one forward pass of the loss over the data, timed as a jitted call (the best of
+  the whole batch and the cache-sized chunks the operators use), times the grid points;
+* **ours**: ``loss_surface`` on a 51x51 filter-normalised grid, cold (compilation included)
+  and warm;
+* **plain JAX loop**: one jitted ``loss(params + a d1 + b d2, data)`` per grid point, the
+  point built with ``jax.tree.map`` (what a user writes first); timed on ``--loop-rows``
+  rows of the grid and extrapolated to the whole grid when fewer than 51;
+* **loss-landscapes 3.0.6** ``random_plane`` (PyTorch twin with the same weights and data,
+  filter normalisation, ``steps=--peer-steps``), extrapolated per point when fewer than 51;
+* **plans**: seconds per point of 32 points evaluated with each evaluation plan
+  (``lax.map`` with vmap widths 1, 4, 16, and one call per point), what ``_plan`` chooses;
+* **linearity** (MLPs): the first layer's pre-activation ``x W(c) = x W + c1 x D1 + c2 x D2``
+  computed once and combined per point, against the same hand-written forward pass
+  without it.
+
+Then the **curvature map** on an 11x11 grid (``--curvature-models``): products and accuracy
+of the warm-started map against independent cold solves by the same solver and by
+``ht.eigenvalues(k=1, which="both")``, at tolerances 1e-3 and 1e-4, errors against a
+tight reference (warm-started, ``tol=1e-5``).
+
+Usage (from the repository root, under the bench lock, from a snapshot of the package)::
+
+    mkdir -p /tmp/ht_snap && cp -r hessian_tools /tmp/ht_snap/
+    flock /tmp/bench.lock env PYTHONPATH=/tmp/ht_snap .venv/bin/python benchmarks/bench_landscape.py
+    ... --models cnn --peer-steps 21 --loop-rows 5 --curvature-models ''    # a quicker run
+
+Writes ``<out>/bench_landscape_<model>.json`` and ``bench_landscape_curvature_<model>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import hessian_tools as ht  # noqa: E402
+from hessian_tools import landscape as L  # noqa: E402
+from hessian_tools.examples import digits  # noqa: E402
+from hessian_tools.landscape import evaluate as ev  # noqa: E402
+from hessian_tools.objective import _path_str  # noqa: E402
+from hessian_tools.report import write_json  # noqa: E402
+from hessian_tools.results import _jsonable  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
+            "loadavg_start": os.getloadavg()}
+
+
+def _timed(fn, repeats: int):
+    """Median and min seconds of ``fn()`` (blocked until ready) over ``repeats`` calls."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), float(np.min(times))
+
+
+def forward_floor(obj, repeats: int) -> dict:
+    """One forward pass of the loss over the data, the faster of two layouts."""
+    data = obj.data
+    whole = jax.jit(lambda p, b: obj.loss(p, b))
+    groups = ev._product_groups(obj, "auto")
+    chunked = jax.jit(lambda p, g: ev._dataset_mean(lambda b: obj.loss(p, b), g))
+    t_whole = _timed(lambda: whole(obj.params, data), repeats)
+    t_chunked = _timed(lambda: chunked(obj.params, groups), repeats)
+    return {"whole_batch_s": t_whole, "chunked_s": t_chunked, "chunks": groups.num_batches,
+            "forward_s": min(t_whole[0], t_chunked[0])}
+
+
+def plain_loop(obj, dirs, grid, rows: int) -> dict:
+    """One jitted loss per grid point, the point built on the host side of the call."""
+    loss = jax.jit(lambda p, b: obj.loss(p, b))
+    p0, d1, d2 = obj.params, dirs[0], dirs[1]
+    at = lambda a, b: jax.tree.map(lambda o, u, v: o + a * u + b * v, p0, d1, d2)
+    float(loss(at(0.1, 0.2), obj.data))                       # compile
+    xs, ys = grid[0][:rows], grid[1]
+    t = time.perf_counter()
+    values = [[float(loss(at(a, b), obj.data)) for b in ys] for a in xs]
+    seconds = time.perf_counter() - t
+    n = len(xs) * len(ys)
+    return {"points_timed": n, "seconds": seconds, "per_point_s": seconds / n,
+            "values": np.asarray(values)}
+
+
+def loss_landscapes_peer(name, obj, steps: int) -> dict:
+    import loss_landscapes
+    import loss_landscapes.metrics
+    import torch
+    from _torch_twins import build_twin, torch_data
+    cfg = digits.CONFIGS[name]
+    twin = build_twin(cfg, obj.params)
+    x, y = torch_data(*obj.data, image=cfg["kind"] == "cnn")
+    criterion = torch.nn.CrossEntropyLoss()
+    with torch.no_grad():
+        origin = float(criterion(twin.model(x), y))
+    metric = loss_landscapes.metrics.Loss(criterion, x, y)
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    values = loss_landscapes.random_plane(twin.model, metric, distance=1, steps=steps,
+                                          normalization="filter", deepcopy_model=True)
+    seconds = time.perf_counter() - t
+    return {"steps": steps, "points": steps * steps, "seconds": seconds,
+            "per_point_s": seconds / steps ** 2, "torch_threads": torch.get_num_threads(),
+            "twin_origin_loss": origin, "finite": bool(np.all(np.isfinite(values)))}
+
+
+def plans(obj, dirs, num: int = 32, repeats: int = 3) -> dict:
+    """Seconds per point of ``num`` points with each evaluation plan."""
+    coords = np.random.default_rng(0).uniform(-1, 1, size=(num, 2))
+    out = {}
+    for label, kind, width in (("lax.map width 1", "compiled", 1),
+                               ("lax.map width 4", "compiled", 4),
+                               ("lax.map width 16", "compiled", 16),
+                               ("one call per point", "per_point", 1)):
+        e = ev._Evaluator(obj, obj.params, dirs.vectors, num_points=num, chunk_size=num,
+                          vmap_width=width)
+        e.plan = ev._Plan(kind, width, num)
+        out[label] = _timed(lambda: e(coords), repeats)[0] / num
+    out["chosen"] = ev._plan(obj, 2601, None, None).__dict__
+    return out
+
+
+def linearity(name, obj, dirs, num: int = 256, repeats: int = 3) -> dict:
+    """The MLP forward pass with and without the first layer's affine pre-activation shared."""
+    flat = lambda t: {_path_str(p): jnp.asarray(v) for p, v in
+                      jax.tree_util.tree_flatten_with_path(t)[0]}
+    p, d1, d2 = flat(obj.params), flat(dirs[0]), flat(dirs[1])
+    n = len(digits.CONFIGS[name]["widths"]) + 1
+    W = [[t[f"layers/{i}/kernel"] for i in range(n)] for t in (p, d1, d2)]
+    B = [[t[f"layers/{i}/bias"] for i in range(n)] for t in (p, d1, d2)]
+    x, y = obj.data
+
+    def layer(i, c):
+        return (W[0][i] + c[0] * W[1][i] + c[1] * W[2][i],
+                B[0][i] + c[0] * B[1][i] + c[1] * B[2][i])
+
+    def head(h, c):
+        for i in range(1, n):
+            w, b = layer(i, c)
+            h = h @ w + b
+            h = jnp.tanh(h) if i < n - 1 else h
+        return digits.cross_entropy(h, (x, y))
+
+    @jax.jit
+    def plain(cs):
+        return jax.lax.map(lambda c: head(jnp.tanh(x @ layer(0, c)[0] + layer(0, c)[1]), c), cs)
+
+    @jax.jit
+    def shared(cs):
+        z = [x @ W[k][0] + B[k][0] for k in range(3)]
+        return jax.lax.map(lambda c: head(jnp.tanh(z[0] + c[0] * z[1] + c[1] * z[2]), c), cs)
+
+    cs = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, size=(num, 2)), jnp.float32)
+    diff = float(jnp.max(jnp.abs(plain(cs) - shared(cs))))
+    t_plain = _timed(lambda: plain(cs), repeats)[0] / num
+    t_shared = _timed(lambda: shared(cs), repeats)[0] / num
+    return {"plain_per_point_s": t_plain, "shared_first_layer_per_point_s": t_shared,
+            "speedup": t_plain / t_shared, "max_abs_difference": diff}
+
+
+def surface_bench(name, args) -> dict:
+    obj = digits.digits_objective(name)
+    dirs = L.random_directions(obj.params, jax.random.key(0), normalization="filter",
+                               ignore="biasbn")
+    grid = (np.linspace(-1, 1, args.grid),) * 2
+    points = args.grid ** 2
+    res = {"model": name, "num_params": obj.num_params, "num_examples": obj.num_examples,
+           "grid": args.grid, "machine": _machine()}
+    res["floor_before"] = forward_floor(obj, args.repeats)
+    t = time.perf_counter()
+    cold = L.loss_surface(obj, dirs, grid=grid)
+    cold_s = time.perf_counter() - t
+    t = time.perf_counter()
+    warm = L.loss_surface(obj, dirs, grid=grid)
+    warm_s = time.perf_counter() - t
+    res["floor_after"] = forward_floor(obj, args.repeats)
+    forward = float(np.median([res["floor_before"]["forward_s"],
+                               res["floor_after"]["forward_s"]]))
+    floor = points * forward
+    res["ours"] = {"cold_s": cold_s, "warm_s": warm_s, "num_evaluations": warm.num_evaluations,
+                   "plan": warm.plan, "origin_loss": warm.origin_loss,
+                   "warm_over_floor": warm_s / floor, "cold_over_floor": cold_s / floor,
+                   "identical_cold_warm": bool(np.array_equal(cold.values, warm.values))}
+    res["floor"] = {"forward_s": forward, "grid_s": floor}
+    print(f"[{name}] floor {floor:.1f} s ({forward * 1e3:.2f} ms per forward pass); ours warm "
+          f"{warm_s:.1f} s ({warm_s / floor:.2f}x floor), cold {cold_s:.1f} s", flush=True)
+    loop = plain_loop(obj, dirs, grid, args.loop_rows)
+    res["plain_loop"] = {k: v for k, v in loop.items() if k != "values"}
+    res["plain_loop"]["grid_s"] = loop["per_point_s"] * points
+    res["plain_loop"]["max_rel_diff_vs_ours"] = float(np.max(
+        np.abs(loop["values"] - warm.values[:args.loop_rows]) / warm.values[:args.loop_rows]))
+    print(f"[{name}] plain JAX loop {loop['per_point_s'] * 1e3:.2f} ms per point -> "
+          f"{res['plain_loop']['grid_s']:.1f} s", flush=True)
+    if args.peer_steps:
+        peer = loss_landscapes_peer(name, obj, args.peer_steps)
+        peer["grid_s"] = peer["per_point_s"] * points
+        peer["origin_loss_diff"] = abs(peer["twin_origin_loss"] - warm.origin_loss)
+        res["loss_landscapes"] = peer
+        print(f"[{name}] loss-landscapes {peer['per_point_s'] * 1e3:.2f} ms per point -> "
+              f"{peer['grid_s']:.1f} s ({peer['grid_s'] / warm_s:.1f}x ours)", flush=True)
+    res["plans_per_point_s"] = plans(obj, dirs)
+    print(f"[{name}] plans: {res['plans_per_point_s']}", flush=True)
+    if digits.CONFIGS[name]["kind"] == "mlp":
+        res["linearity"] = linearity(name, obj, dirs)
+        print(f"[{name}] linearity: {res['linearity']}", flush=True)
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    return res
+
+
+def _errors(m, ref) -> dict:
+    scale = np.abs(ref["lambda_max"])
+    top = np.abs(m["lambda_max"] - ref["lambda_max"]) / scale
+    bottom = np.abs(m["lambda_min"] - ref["lambda_min"]) / scale
+    return {"top_max": float(top.max()), "top_median": float(np.median(top)),
+            "bottom_max": float(bottom.max()), "bottom_median": float(np.median(bottom))}
+
+
+def independent_eigenvalues(obj, dirs, grid, tol) -> dict:
+    lmax, lmin, total = [], [], 0
+    for i, a in enumerate(grid[0]):
+        for j, b in enumerate(grid[1]):
+            p = jax.tree.map(lambda o, u, v: o + a * u + b * v, obj.params, dirs[0], dirs[1])
+            e = ht.eigenvalues(ht.hessian(obj.with_params(p)), k=1, which="both", tol=tol,
+                               key=jax.random.key(i * len(grid[1]) + j))
+            lmax.append(e.values[0])
+            lmin.append(e.values[-1])
+            total += e.num_matvecs
+    shape = (len(grid[0]), len(grid[1]))
+    return {"lambda_max": np.reshape(lmax, shape), "lambda_min": np.reshape(lmin, shape),
+            "total_matvecs": total}
+
+
+def curvature_bench(name, args) -> dict:
+    obj = digits.digits_objective(name)
+    dirs = L.random_directions(obj.params, jax.random.key(0))
+    grid = (np.linspace(-1, 1, 11),) * 2
+    res = {"model": name, "grid": 11, "machine": _machine(), "runs": {}}
+    t = time.perf_counter()
+    ref = L.curvature_map(obj, dirs, grid=grid, key=jax.random.key(9), tol=1e-5,
+                          max_matvecs=1000)
+    as_dict = lambda m: {"lambda_max": m.lambda_max, "lambda_min": m.lambda_min}
+    reference = as_dict(ref)
+    res["reference"] = {"tol": 1e-5, "total_matvecs": ref.total_matvecs,
+                        "converged": bool(ref.converged.all()),
+                        "seconds": time.perf_counter() - t}
+    for tol in (1e-3, 1e-4):
+        for label, warm_start in (("warm (snake)", True), ("independent, same solver", False)):
+            t = time.perf_counter()
+            m = L.curvature_map(obj, dirs, grid=grid, key=jax.random.key(1), tol=tol,
+                                warm_start=warm_start)
+            res["runs"][f"{label}, tol={tol:g}"] = {
+                "total_matvecs": m.total_matvecs, "seconds": time.perf_counter() - t,
+                "converged": bool(m.converged.all()), **_errors(as_dict(m), reference)}
+        t = time.perf_counter()
+        e = independent_eigenvalues(obj, dirs, grid, tol)
+        res["runs"][f"independent ht.eigenvalues, tol={tol:g}"] = {
+            "total_matvecs": e["total_matvecs"], "seconds": time.perf_counter() - t,
+            **_errors(e, reference)}
+    for label, run in res["runs"].items():
+        print(f"[{name} curvature] {label}: {run['total_matvecs']} products, "
+              f"{run['seconds']:.1f} s, errors top {run['top_max']:.1e} bottom "
+              f"{run['bottom_max']:.1e} (max over points, relative to λ_max)", flush=True)
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    return res
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp-wide,cnn,mlp-small")
+    parser.add_argument("--grid", type=int, default=51)
+    parser.add_argument("--peer-steps", type=int, default=51,
+                        help="loss-landscapes grid side (0: skip the peer)")
+    parser.add_argument("--loop-rows", type=int, default=51,
+                        help="rows of the grid timed by the plain JAX loop")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--curvature-models", default="mlp-small,mlp-wide")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    for name in filter(None, args.models.split(",")):
+        write_json(out / f"bench_landscape_{name}.json", _jsonable(surface_bench(name, args)))
+    for name in filter(None, args.curvature_models.split(",")):
+        write_json(out / f"bench_landscape_curvature_{name}.json",
+                   _jsonable(curvature_bench(name, args)))
+
+
+if __name__ == "__main__":
+    main()
