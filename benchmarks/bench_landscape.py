@@ -12,11 +12,12 @@ same trained weights and data (all 1,797 images, float32):
   rows of the grid and extrapolated to the whole grid when fewer than 51;
 * **loss-landscapes 3.0.6** ``random_plane`` (PyTorch twin with the same weights and data,
   filter normalisation, ``steps=--peer-steps``), extrapolated per point when fewer than 51;
-* **plans**: seconds per point of 32 points evaluated with each evaluation plan
-  (``lax.map`` with vmap widths 1, 4, 16, and one call per point), what ``_plan`` chooses;
-* **linearity** (MLPs): the first layer's pre-activation ``x W(c) = x W + c1 x D1 + c2 x D2``
-  computed once and combined per point, against the same hand-written forward pass
-  without it.
+* **plans**: seconds per point of 64 points evaluated with each evaluation plan
+  (``lax.map`` with vmap widths 1, 4, 16, with and without the affine part shared, and one
+  call per point), and what ``_plan`` chooses;
+* **linearity by hand** (MLPs): the first layer's pre-activation ``x W(c) = x W + c1 x D1 +
+  c2 x D2`` computed once and combined per point, against the same hand-written forward
+  pass without it (the ceiling of what :mod:`hessian_tools.landscape.affine` can gain).
 
 Then the **curvature map** on an 11x11 grid (``--curvature-models``): products and accuracy
 of the warm-started map against independent cold solves by the same solver and by
@@ -125,19 +126,23 @@ def loss_landscapes_peer(name, obj, steps: int) -> dict:
             "twin_origin_loss": origin, "finite": bool(np.all(np.isfinite(values)))}
 
 
-def plans(obj, dirs, num: int = 32, repeats: int = 3) -> dict:
+def plans(obj, dirs, num: int = 64, repeats: int = 3) -> dict:
     """Seconds per point of ``num`` points with each evaluation plan."""
     coords = np.random.default_rng(0).uniform(-1, 1, size=(num, 2))
+    fn = ev._values_fn(obj, None)
+    chosen = ev._plan(obj, 2601, None, None, fn=fn)
     out = {}
-    for label, kind, width in (("lax.map width 1", "compiled", 1),
-                               ("lax.map width 4", "compiled", 4),
-                               ("lax.map width 16", "compiled", 16),
-                               ("one call per point", "per_point", 1)):
+    options = [("one call per point", "per_point", 1, False)]
+    for width in sorted({1, 4, 16, chosen.width}):
+        for affine in (False, True):
+            label = f"lax.map width {width}" + (", affine part shared" if affine else "")
+            options.append((label, "compiled", width, affine))
+    for label, kind, width, affine in options:
         e = ev._Evaluator(obj, obj.params, dirs.vectors, num_points=num, chunk_size=num,
                           vmap_width=width)
-        e.plan = ev._Plan(kind, width, num)
+        e.plan = ev._Plan(kind, width, num, affine)
         out[label] = _timed(lambda: e(coords), repeats)[0] / num
-    out["chosen"] = ev._plan(obj, 2601, None, None).__dict__
+    out["chosen"] = chosen.__dict__
     return out
 
 

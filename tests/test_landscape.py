@@ -18,6 +18,7 @@ from hessian_tools.landscape import (Directions, InterpolationPath, LossSurface,
                                      plot_trajectory, random_directions, read_surface_file,
                                      save_directions, trajectory_directions)
 from hessian_tools.landscape import evaluate as evaluate_module
+from hessian_tools.landscape.affine import affine_split
 from hessian_tools.landscape.curvature import CurvatureMap, curvature_map, snake_order
 from hessian_tools.objective import Objective
 
@@ -60,7 +61,7 @@ def test_quadratic_surface_equals_closed_form():
     want = np.array([[exact(p0 + x * d1 + y * d2) for y in ys] for x in xs])
     np.testing.assert_allclose(surf.values, want, rtol=1e-10, atol=0)
     assert surf.origin_loss == pytest.approx(exact(p0), rel=1e-12)
-    assert surf.shape == (7, 5) and surf.num_evaluations >= 35 + 1
+    assert surf.shape == (7, 5) and surf.num_evaluations == 35      # the origin is on the grid
     one = loss_surface(obj, Directions(vectors=jax.tree.map(lambda a: a[:1], dirs.vectors),
                                        kind="custom"), grid=(xs,))
     np.testing.assert_allclose(one.values, want[:, 0] * 0 + [exact(p0 + x * d1) for x in xs],
@@ -79,7 +80,53 @@ def test_every_plan_gives_the_same_surface():
         assert metric is None
         np.testing.assert_allclose(loss, want, rtol=1e-10)
     plan = evaluate_module._plan(obj, 11, 4, 3)
-    assert (plan.kind, plan.width, plan.chunk) == ("compiled", 3, 4)
+    assert (plan.kind, plan.width, plan.chunk, plan.affine) == ("compiled", 3, 4, False)
+    fn = evaluate_module._values_fn(obj, None)
+    assert evaluate_module._plan(streamed, 11, None, None, fn=fn).affine      # r = x - z
+    for o in (obj, streamed):
+        for affine in (False, True):
+            ev = evaluate_module._Evaluator(o, o.params, dirs.vectors, num_points=11)
+            ev.plan = evaluate_module._Plan(ev.plan.kind, 2, 11, affine)
+            np.testing.assert_allclose(ev(coords)[:, 0], want, rtol=1e-10)
+
+
+def test_affine_split_shares_the_first_layer_only():
+    obj = _mlp_objective(num_examples=20)
+    fn = evaluate_module._values_fn(obj, accuracy)
+    split = affine_split(fn, obj.params, obj.groups.first_batch_spec)
+    assert split.num_shared_products == 1
+    names = [(e.primitive.name, k) for e, k in zip(split.closed.jaxpr.eqns, split.kinds)]
+    assert names[:4] == [("dot_general", "affine"), ("reshape", "affine"), ("add", "affine"),
+                         ("tanh", "general")]
+    decayed = Objective(lambda p, b: obj.loss(p, b) + 1e-3 * sum(
+        jnp.sum(a ** 2) for a in jax.tree.leaves(p)), obj.params, obj.data)
+    split = affine_split(evaluate_module._values_fn(decayed, None), obj.params,
+                         obj.groups.first_batch_spec)
+    assert split.num_shared_products == 1                 # the squares are not affine
+
+
+class _NormedMLP(nnx.Module):
+    def __init__(self, rngs):
+        self.a = nnx.Linear(64, 8, rngs=rngs, param_dtype=jnp.float64)
+        self.norm = nnx.BatchNorm(8, rngs=rngs, param_dtype=jnp.float64)
+        self.b = nnx.Linear(8, 10, rngs=rngs, param_dtype=jnp.float64)
+
+    def __call__(self, x):
+        return self.b(jnp.tanh(self.norm(self.a(x))))
+
+
+def test_held_state_travels_through_the_affine_split():
+    x, y = digits.load_digits_data(dtype=jnp.float64)
+    model = _NormedMLP(nnx.Rngs(0))
+    stats = model.norm.mean[...].dtype                      # held fixed, not zero
+    model.norm.mean[...] = jnp.linspace(-1, 1, 8, dtype=stats)
+    model.norm.var[...] = jnp.linspace(0.5, 2, 8, dtype=stats)
+    obj = Objective.from_nnx(model, digits.cross_entropy, (x[:64], y[:64]))
+    dirs = random_directions(obj.params, jax.random.key(17))
+    xs, ys = np.array([-0.5, 0.5]), np.array([0.0, 0.7])
+    surf = loss_surface(obj, dirs, grid=(xs, ys))
+    assert surf.plan["affine"]
+    np.testing.assert_allclose(surf.values, _plain_loop(obj, dirs, xs, ys), rtol=1e-11)
 
 
 # ---- filter normalisation -------------------------------------------------------------------
@@ -170,12 +217,12 @@ def test_network_surface_equals_a_plain_loop():
     assert surf.metric_name == "accuracy" and surf.plan["kind"] == "compiled"
 
 
-def test_conv_surface_runs_point_by_point_on_the_cpu_and_equals_a_loop():
+def test_conv_surface_runs_one_point_per_step_on_the_cpu_and_equals_a_loop():
     obj = digits.digits_objective("cnn", trained=False, dtype=jnp.float64, num_examples=40)
     dirs = random_directions(obj.params, jax.random.key(7))
     xs, ys = np.array([-0.5, 0.5]), np.array([0.0, 1.0])
     surf = loss_surface(obj, dirs, grid=(xs, ys))
-    assert surf.plan["kind"] == ("per_point" if jax.default_backend() == "cpu" else "compiled")
+    assert surf.plan["affine"] and (surf.plan["vmap_width"] == 1 or jax.default_backend() != "cpu")
     np.testing.assert_allclose(surf.values, _plain_loop(obj, dirs, xs, ys), rtol=1e-11)
 
 

@@ -3,28 +3,25 @@
 Every landscape quantity is a set of points ``origin + sum_k c_k d_k`` in parameter space,
 each evaluated over the whole dataset with the exact size-weighted batch mean of the
 curvature operators (:func:`hessian_tools.operators._dataset_mean`). :func:`evaluate_points`
-computes them in as few compiled calls as the backend allows, in one of three plans,
-chosen per model from measurements (``benchmarks/RESULTS_landscape.md``):
+runs one compiled call per chunk of points (one call per batch of streamed data), chosen
+per model from measurements (``benchmarks/RESULTS_landscape.md``):
 
-* ``"compiled"``: one compiled call per chunk of points, a ``lax.map`` over the points that
-  vmaps ``vmap_width`` of them at a time. On the CPU a wide model gains nothing from
-  vmapping (its batched matrix products ran 1.5-1.8x slower per point than one plain
-  product on the digits MLP 64-512-512-10), so the width is chosen from the model's
-  largest activation: 1 for the wide MLP, up to 16 for small ones (20-40% faster than one
-  point per step there). Off the CPU the width is larger.
-* ``"per_point"``: one compiled call per point, for convolutional losses on the CPU. XLA:CPU
-  runs convolutions slowly inside any compiled loop and vmapped convolutions become
-  grouped ones (3-8x slower per point on the digits CNN, DEVELOPERS.md rule 3); a call per
-  point costs one forward pass over the (cache-sized, unrolled) data chunks plus a
-  dispatch.
-* ``"stream"``: streamed data: for each chunk of points, one compiled call per batch.
+* **A ``lax.map`` over the points that vmaps ``vmap_width`` of them per step.** Batched
+  matrix products ran 1.2-1.5x slower per point than plain ones on the digits MLP
+  64-512-512-10 on the CPU, and vmapped convolutions become grouped ones, 2-4x slower per
+  point on the digits CNN. So the width comes from the model's largest activation (1 for
+  the wide MLP, up to 16 for small MLPs, where a few points per step gained 10-20%), and is
+  1 for convolutional losses on the CPU. A compiled loop over points costs the forward
+  convolutions nothing (one call per point measured the same), unlike the kernel-gradient
+  convolutions of DEVELOPERS.md rule 3, so convolutional losses stay in the loop.
+* **The work affine in the coordinates is shared** (:mod:`.affine`): the first layer's
+  pre-activation is computed once per batch as ``1 + K`` stacked arrays and combined per
+  point. It was faster on every digits model measured (the CNN 1.3-1.4x, whose 1-channel
+  first convolution is slow for its arithmetic; the MLPs 1.05-1.5x), so it is on wherever
+  some matrix product or convolution is affine.
 
-The points' parameters are built inside the compiled call (``origin + C @ D`` is fused
-with the first use), so no parameter-sized copy crosses the host. Exploiting the
-linearity of the first layer (its pre-activation is affine in the coordinates) was
-measured and not kept: it saved about 2% on the wide MLP, whose first layer is 11% of the
-arithmetic, because the per-point combination of the three shared pre-activations costs
-memory traffic of the same order (see the benchmark).
+The points' parameters are built inside the compiled call (``origin + c @ D``, fused into
+their first use), so no parameter-sized copy crosses the host.
 """
 
 from __future__ import annotations
@@ -41,6 +38,7 @@ import numpy as np
 from hessian_tools.landscape._internals import (_as_pytree_fn, _conv_activation_cached,
                                                 _conv_on_cpu, _dataset_mean, _product_groups,
                                                 _spec_cached, _with_precision, check_finite)
+from hessian_tools.landscape.affine import affine_split
 from hessian_tools.landscape.directions import Directions
 from hessian_tools.objective import Objective
 
@@ -154,11 +152,6 @@ def _mean_at(fn, origin, basis, c, groups):
     return _dataset_mean(lambda b: _values_batch(fn, params, b), groups)
 
 
-@jax.jit
-def _one_point(fn, origin, basis, c, groups):
-    return _mean_at(fn, origin, basis, c, groups)
-
-
 @functools.partial(jax.jit, static_argnames=("width",))
 def _many_points(fn, origin, basis, coords, groups, *, width):
     return jax.lax.map(lambda c: _mean_at(fn, origin, basis, c, groups), coords,
@@ -169,6 +162,20 @@ def _many_points(fn, origin, basis, coords, groups, *, width):
 def _many_points_on_batch(fn, origin, basis, coords, batch, *, width):
     return jax.lax.map(lambda c: _values_batch(fn, _point(origin, basis, c), batch), coords,
                        batch_size=width)
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _affine_on_batch(fn, origin, basis, coords, batch, *, width):
+    """All points on one batch, the affine part shared (:mod:`.affine`)."""
+    split = affine_split(fn, origin, batch)
+    env = split.shared(fn, origin, basis, batch)
+    return jax.lax.map(lambda c: split.at(env, c)[0], coords, batch_size=width)
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def _many_points_affine(fn, origin, basis, coords, groups, *, width):
+    return _dataset_mean(lambda b: _affine_on_batch(fn, origin, basis, coords, b, width=width),
+                         groups)
 
 
 # ---- the plan ---------------------------------------------------------------------------------
@@ -182,9 +189,10 @@ _MIN_CHUNK = 64
 
 @dataclasses.dataclass(frozen=True)
 class _Plan:
-    kind: str           # "compiled", "per_point" or "stream"
+    kind: str           # "compiled" or "stream"
     width: int          # points vmapped per step
     chunk: int          # points per compiled call (per write, per progress update)
+    affine: bool = False    # share the affine part across the points (compiled, stream)
 
 
 def _activation_bytes_per_point(obj: Objective) -> float:
@@ -195,16 +203,26 @@ def _activation_bytes_per_point(obj: Objective) -> float:
     return per_example * batch
 
 
-def _plan(obj: Objective, num_points: int, chunk_size, vmap_width) -> _Plan:
+def _first_batch_spec(obj: Objective):
+    if not obj.streaming:
+        return obj.groups.first_batch_spec
+    batch = next(iter(obj.data()), None)
+    if batch is None:
+        raise ValueError("The data stream yielded no batches.")
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), batch)
+
+
+def _shares_products(obj: Objective, fn) -> bool:
+    """Whether some matrix product or convolution of ``fn`` is affine in the coordinates."""
+    return affine_split(fn, obj.params, _first_batch_spec(obj)).num_shared_products > 0
+
+
+def _plan(obj: Objective, num_points: int, chunk_size, vmap_width, *, fn=None,
+          affine=None) -> _Plan:
     cpu = jax.default_backend() == "cpu"
-    if obj.streaming:
-        kind = "stream"
-    elif _conv_on_cpu(obj)[0]:
-        kind = "per_point"
-    else:
-        kind = "compiled"
+    kind = "stream" if obj.streaming else "compiled"
     if vmap_width is None:
-        if kind == "per_point" or obj.streaming:
+        if obj.streaming or _conv_on_cpu(obj)[0]:
             width = 1
         else:
             budget, cap = ((_CPU_STEP_BYTES, _MAX_WIDTH_CPU) if cpu
@@ -219,7 +237,10 @@ def _plan(obj: Objective, num_points: int, chunk_size, vmap_width) -> _Plan:
         chunk = _positive_int(chunk_size, "chunk_size")
     chunk = max(min(chunk, max(num_points, 1)), width)
     parts = math.ceil(max(num_points, 1) / chunk)      # equal chunks (one compilation), the
-    return _Plan(kind, width, math.ceil(max(num_points, 1) / parts))   # last padded by < parts
+    chunk = math.ceil(max(num_points, 1) / parts)      # last padded by fewer than ``parts``
+    if affine is None:
+        affine = fn is not None and _shares_products(obj, fn)
+    return _Plan(kind, width, chunk, bool(affine))
 
 
 def _positive_int(value, name) -> int:
@@ -238,7 +259,7 @@ class _Evaluator:
         self.origin = origin
         self.basis = basis
         self.dtype = jnp.result_type(*jax.tree.leaves(origin))
-        self.plan = _plan(obj, num_points, chunk_size, vmap_width)
+        self.plan = _plan(obj, num_points, chunk_size, vmap_width, fn=self.fn)
         self.groups = None if obj.streaming else _product_groups(obj, "auto")
         self.num_values = 1 if metric is None else 2
         self.num_evaluations = 0
@@ -253,15 +274,12 @@ class _Evaluator:
         if n == 0:
             return np.zeros((0, self.num_values))
         padded = np.concatenate([coords, np.repeat(coords[-1:], self.plan.chunk - n, 0)]) \
-            if self.plan.kind != "per_point" and n < self.plan.chunk else coords
+            if n < self.plan.chunk else coords
         c = jnp.asarray(padded, self.dtype)
         width = self.plan.width
-        if self.plan.kind == "per_point":
-            out = np.stack([np.asarray(_one_point(self.fn, self.origin, self.basis, c[i],
-                                                  self.groups)) for i in range(n)])
-        elif self.plan.kind == "compiled":
-            out = np.asarray(_many_points(self.fn, self.origin, self.basis, c, self.groups,
-                                          width=width))
+        if self.plan.kind == "compiled":
+            many = _many_points_affine if self.plan.affine else _many_points
+            out = np.asarray(many(self.fn, self.origin, self.basis, c, self.groups, width=width))
         else:
             out = self._stream(c, width)
         self.num_evaluations += int(padded.shape[0])
@@ -269,9 +287,10 @@ class _Evaluator:
 
     def _stream(self, c, width):
         total, count = 0.0, 0
+        on_batch = _affine_on_batch if self.plan.affine else _many_points_on_batch
         for batch, size in self.obj.batches():
-            part = np.asarray(_many_points_on_batch(self.fn, self.origin, self.basis, c,
-                                                    batch, width=width), np.float64)
+            part = np.asarray(on_batch(self.fn, self.origin, self.basis, c, batch, width=width),
+                              np.float64)
             total, count = total + size * part, count + size
         if count == 0:
             raise ValueError("The data stream yielded no batches.")

@@ -67,8 +67,9 @@ class LossSurface(_JsonResult):
         read back from a stored file instead.
       directions: the provenance of the directions (:meth:`Directions.provenance`).
       origin_fingerprint: the fingerprint of the parameters at the origin.
-      plan: how the points were evaluated (``"compiled"``, ``"per_point"``, ``"stream"``),
-        with ``vmap_width`` and ``chunk_size``.
+      plan: how the points were evaluated (``"compiled"``: one call per chunk of points,
+        ``"stream"``: per batch), with ``vmap_width``, ``chunk_size`` and ``affine`` (the
+        affine part shared across points).
       wall_time: seconds, compilation included.
       dtype: the parameters' dtype.
     """

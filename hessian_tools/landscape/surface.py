@@ -154,7 +154,8 @@ def loss_surface(obj: Objective, dirs: Directions, *, grid, metric=None, path=No
         metric_name=meta["metric"], num_evaluations=ev.num_evaluations,
         num_reused=store.num_reused, directions=meta["directions"],
         origin_fingerprint=meta["origin_fingerprint"],
-        plan={"kind": ev.plan.kind, "vmap_width": ev.plan.width, "chunk_size": ev.plan.chunk},
+        plan={"kind": ev.plan.kind, "vmap_width": ev.plan.width, "chunk_size": ev.plan.chunk,
+              "affine": ev.plan.affine},
         wall_time=time.perf_counter() - start, dtype=meta["dtype"],
         path=None if path is None else str(path))
 
