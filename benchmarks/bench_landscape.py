@@ -6,7 +6,7 @@ same trained weights and data (all 1,797 images, float32):
 * **floor**: one forward pass of the loss over the data, timed as a jitted call (the best of
   the whole batch and the cache-sized chunks the operators use), times the grid points;
 * **ours**: ``loss_surface`` on a 51x51 filter-normalised grid, cold (compilation included)
-  and warm;
+  and warm (the fastest of ``--surface-repeats`` runs);
 * **plain JAX loop**: one jitted ``loss(params + a d1 + b d2, data)`` per grid point, the
   point built with ``jax.tree.map`` (what a user writes first); timed on ``--loop-rows``
   rows of the grid and extrapolated to the whole grid when fewer than 51;
@@ -126,22 +126,36 @@ def loss_landscapes_peer(name, obj, steps: int) -> dict:
             "twin_origin_loss": origin, "finite": bool(np.all(np.isfinite(values)))}
 
 
-def plans(obj, dirs, num: int = 64, repeats: int = 3) -> dict:
-    """Seconds per point of ``num`` points with each evaluation plan."""
+_one_point = jax.jit(ev._mean_at)
+
+
+def plans(obj, dirs, num: int = 64, rounds: int = 5) -> dict:
+    """Seconds per point (median and min over ``rounds``, the plans interleaved so that a
+    change in the machine's load hits them alike) of ``num`` points with each plan."""
     coords = np.random.default_rng(0).uniform(-1, 1, size=(num, 2))
     fn = ev._values_fn(obj, None)
     chosen = ev._plan(obj, 2601, None, None, fn=fn)
-    out = {}
-    options = [("one call per point", "per_point", 1, False)]
+    groups = ev._product_groups(obj, "auto")
+    dtype = jax.tree.leaves(obj.params)[0].dtype
+    runs = {"one call per point": lambda: [
+        _one_point(fn, obj.params, dirs.vectors, jnp.asarray(c, dtype), groups) for c in coords]}
     for width in sorted({1, 4, 16, chosen.width}):
         for affine in (False, True):
+            e = ev._Evaluator(obj, obj.params, dirs.vectors, num_points=num, chunk_size=num,
+                              vmap_width=width)
+            e.plan = ev._Plan("compiled", width, num, affine)
             label = f"lax.map width {width}" + (", affine part shared" if affine else "")
-            options.append((label, "compiled", width, affine))
-    for label, kind, width, affine in options:
-        e = ev._Evaluator(obj, obj.params, dirs.vectors, num_points=num, chunk_size=num,
-                          vmap_width=width)
-        e.plan = ev._Plan(kind, width, num, affine)
-        out[label] = _timed(lambda: e(coords), repeats)[0] / num
+            runs[label] = lambda e=e: e(coords)
+    times = {label: [] for label in runs}
+    for label, run in runs.items():
+        jax.block_until_ready(run())                        # compile
+    for _ in range(rounds):
+        for label, run in runs.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run())
+            times[label].append((time.perf_counter() - t) / num)
+    out = {label: {"median_s": float(np.median(t)), "min_s": float(np.min(t))}
+           for label, t in times.items()}
     out["chosen"] = chosen.__dict__
     return out
 
@@ -196,14 +210,18 @@ def surface_bench(name, args) -> dict:
     t = time.perf_counter()
     cold = L.loss_surface(obj, dirs, grid=grid)
     cold_s = time.perf_counter() - t
-    t = time.perf_counter()
-    warm = L.loss_surface(obj, dirs, grid=grid)
-    warm_s = time.perf_counter() - t
+    warm_runs = []
+    for _ in range(args.surface_repeats):
+        t = time.perf_counter()
+        warm = L.loss_surface(obj, dirs, grid=grid)
+        warm_runs.append(time.perf_counter() - t)
+    warm_s = min(warm_runs)
     res["floor_after"] = forward_floor(obj, args.repeats)
     forward = float(np.median([res["floor_before"]["forward_s"],
                                res["floor_after"]["forward_s"]]))
     floor = points * forward
-    res["ours"] = {"cold_s": cold_s, "warm_s": warm_s, "num_evaluations": warm.num_evaluations,
+    res["ours"] = {"cold_s": cold_s, "warm_s": warm_s, "warm_runs_s": warm_runs,
+                   "num_evaluations": warm.num_evaluations,
                    "plan": warm.plan, "origin_loss": warm.origin_loss,
                    "warm_over_floor": warm_s / floor, "cold_over_floor": cold_s / floor,
                    "identical_cold_warm": bool(np.array_equal(cold.values, warm.values))}
@@ -225,7 +243,8 @@ def surface_bench(name, args) -> dict:
         print(f"[{name}] loss-landscapes {peer['per_point_s'] * 1e3:.2f} ms per point -> "
               f"{peer['grid_s']:.1f} s ({peer['grid_s'] / warm_s:.1f}x ours)", flush=True)
     res["plans_per_point_s"] = plans(obj, dirs)
-    print(f"[{name}] plans: {res['plans_per_point_s']}", flush=True)
+    for label, t in res["plans_per_point_s"].items():
+        print(f"[{name}] plan {label}: {t}", flush=True)
     if digits.CONFIGS[name]["kind"] == "mlp":
         res["linearity"] = linearity(name, obj, dirs)
         print(f"[{name}] linearity: {res['linearity']}", flush=True)
@@ -298,7 +317,10 @@ def main(argv=None):
                         help="loss-landscapes grid side (0: skip the peer)")
     parser.add_argument("--loop-rows", type=int, default=51,
                         help="rows of the grid timed by the plain JAX loop")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed forward passes for the floor (median)")
+    parser.add_argument("--surface-repeats", type=int, default=2,
+                        help="warm surfaces timed (the fastest is reported, all are kept)")
     parser.add_argument("--curvature-models", default="mlp-small,mlp-wide")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args(argv)
