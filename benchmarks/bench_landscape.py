@@ -12,6 +12,9 @@ same trained weights and data (all 1,797 images, float32):
   rows of the grid and extrapolated to the whole grid when fewer than 51;
 * **loss-landscapes 3.0.6** ``random_plane`` (PyTorch twin with the same weights and data,
   filter normalisation, ``steps=--peer-steps``), extrapolated per point when fewer than 51;
+* **paired rounds**: ours, the floor and loss-landscapes (as shipped, and with torch
+  flushing denormals to zero as XLA does) on 8x8 grids, interleaved round by round, the
+  minimum over rounds (a shared machine's load changes between the full-grid timings);
 * **plans**: seconds per point of 64 points evaluated with each evaluation plan
   (``lax.map`` with vmap widths 1, 4, 16, with and without the affine part shared, and one
   call per point), and what ``_plan`` chooses;
@@ -22,7 +25,8 @@ same trained weights and data (all 1,797 images, float32):
 Then the **curvature map** on an 11x11 grid (``--curvature-models``): products and accuracy
 of the warm-started map against independent cold solves by the same solver and by
 ``ht.eigenvalues(k=1, which="both")``, at tolerances 1e-3 and 1e-4, errors against a
-tight reference (warm-started, ``tol=1e-5``).
+float64 reference on the same weights (warm-started, ``tol=1e-7``). Everything else runs in
+float32 (x64 is enabled for that reference alone; every other array is float32).
 
 Usage (from the repository root, under the bench lock, from a snapshot of the package)::
 
@@ -30,12 +34,14 @@ Usage (from the repository root, under the bench lock, from a snapshot of the pa
     flock /tmp/bench.lock env PYTHONPATH=/tmp/ht_snap .venv/bin/python benchmarks/bench_landscape.py
     ... --models cnn --peer-steps 21 --loop-rows 5 --curvature-models ''    # a quicker run
 
-Writes ``<out>/bench_landscape_<model>.json`` and ``bench_landscape_curvature_<model>.json``.
+Writes ``<out>/bench_landscape_<model>.json`` (``_paired.json`` with ``--only-paired``) and
+``bench_landscape_curvature_<model>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -45,6 +51,9 @@ from pathlib import Path
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)     # for the float64 curvature reference only
+
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -129,6 +138,54 @@ def loss_landscapes_peer(name, obj, steps: int) -> dict:
 _one_point = jax.jit(ev._mean_at)
 
 
+def paired_rounds(name, obj, dirs, rounds: int, side: int = 8) -> dict:
+    """Per-point seconds of ours, the forward floor and loss-landscapes (as shipped, and with
+    torch flushing denormals to zero, as XLA does) on small grids, interleaved round by
+    round: on a shared machine whose load changes, the minimum over rounds compares the
+    three at the same load."""
+    import loss_landscapes
+    import loss_landscapes.metrics
+    import torch
+    from _torch_twins import build_twin, torch_data
+    cfg = digits.CONFIGS[name]
+    x, y = torch_data(*obj.data, image=cfg["kind"] == "cnn")
+    criterion = torch.nn.CrossEntropyLoss()
+    metric = loss_landscapes.metrics.Loss(criterion, x, y)
+    grid = (np.linspace(-1, 1, side),) * 2
+    points = side * side
+    forward = jax.jit(lambda p, g: ev._dataset_mean(lambda b: obj.loss(p, b), g))
+    groups = ev._product_groups(obj, "auto")
+
+    def peer(flush):
+        torch.set_flush_denormal(flush)
+        twin = build_twin(cfg, obj.params)
+        t = time.perf_counter()
+        loss_landscapes.random_plane(twin.model, metric, distance=1, steps=side,
+                                     normalization="filter")
+        torch.set_flush_denormal(False)
+        return (time.perf_counter() - t) / points
+
+    def ours():
+        t = time.perf_counter()
+        L.loss_surface(obj, dirs, grid=grid)
+        return (time.perf_counter() - t) / points
+
+    def floor():
+        return _timed(lambda: forward(obj.params, groups), 5)[1]
+
+    runs = {"ours": ours, "floor (one forward pass)": floor,
+            "loss-landscapes": lambda: peer(False),
+            "loss-landscapes, denormals flushed": lambda: peer(True)}
+    for run in runs.values():
+        run()                                               # compile, warm up
+    times = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, run in runs.items():
+            times[label].append(run())
+    return {label: {"min_s": float(np.min(t)), "median_s": float(np.median(t))}
+            for label, t in times.items()} | {"points_per_round": points, "rounds": rounds}
+
+
 def plans(obj, dirs, num: int = 64, rounds: int = 5) -> dict:
     """Seconds per point (median and min over ``rounds``, the plans interleaved so that a
     change in the machine's load hits them alike) of ``num`` points with each plan."""
@@ -198,14 +255,9 @@ def linearity(name, obj, dirs, num: int = 256, repeats: int = 3) -> dict:
             "speedup": t_plain / t_shared, "max_abs_difference": diff}
 
 
-def surface_bench(name, args) -> dict:
-    obj = digits.digits_objective(name)
-    dirs = L.random_directions(obj.params, jax.random.key(0), normalization="filter",
-                               ignore="biasbn")
-    grid = (np.linspace(-1, 1, args.grid),) * 2
+def _full_grid(name, obj, dirs, grid, args, res) -> None:
+    """The 51x51 timings: floor, ours cold and warm, the plain loop, the peer."""
     points = args.grid ** 2
-    res = {"model": name, "num_params": obj.num_params, "num_examples": obj.num_examples,
-           "grid": args.grid, "machine": _machine()}
     res["floor_before"] = forward_floor(obj, args.repeats)
     t = time.perf_counter()
     cold = L.loss_surface(obj, dirs, grid=grid)
@@ -242,6 +294,21 @@ def surface_bench(name, args) -> dict:
         res["loss_landscapes"] = peer
         print(f"[{name}] loss-landscapes {peer['per_point_s'] * 1e3:.2f} ms per point -> "
               f"{peer['grid_s']:.1f} s ({peer['grid_s'] / warm_s:.1f}x ours)", flush=True)
+
+
+def surface_bench(name, args) -> dict:
+    obj = digits.digits_objective(name)
+    dirs = L.random_directions(obj.params, jax.random.key(0), normalization="filter",
+                               ignore="biasbn")
+    grid = (np.linspace(-1, 1, args.grid),) * 2
+    res = {"model": name, "num_params": obj.num_params, "num_examples": obj.num_examples,
+           "grid": args.grid, "machine": _machine()}
+    if not args.only_paired:
+        _full_grid(name, obj, dirs, grid, args, res)
+    if args.paired_rounds:
+        res["paired_per_point_s"] = paired_rounds(name, obj, dirs, args.paired_rounds)
+        for label, t in res["paired_per_point_s"].items():
+            print(f"[{name}] paired {label}: {t}", flush=True)
     res["plans_per_point_s"] = plans(obj, dirs)
     for label, t in res["plans_per_point_s"].items():
         print(f"[{name}] plan {label}: {t}", flush=True)
@@ -281,11 +348,14 @@ def curvature_bench(name, args) -> dict:
     grid = (np.linspace(-1, 1, 11),) * 2
     res = {"model": name, "grid": 11, "machine": _machine(), "runs": {}}
     t = time.perf_counter()
-    ref = L.curvature_map(obj, dirs, grid=grid, key=jax.random.key(9), tol=1e-5,
+    obj64 = digits.digits_objective(name, dtype=jnp.float64)      # the same weights, float64
+    dirs64 = dataclasses.replace(dirs, vectors=jax.tree.map(lambda a: a.astype(jnp.float64),
+                                                            dirs.vectors))
+    ref = L.curvature_map(obj64, dirs64, grid=grid, key=jax.random.key(9), tol=1e-7,
                           max_matvecs=1000)
     as_dict = lambda m: {"lambda_max": m.lambda_max, "lambda_min": m.lambda_min}
     reference = as_dict(ref)
-    res["reference"] = {"tol": 1e-5, "total_matvecs": ref.total_matvecs,
+    res["reference"] = {"dtype": "float64", "tol": 1e-7, "total_matvecs": ref.total_matvecs,
                         "converged": bool(ref.converged.all()),
                         "seconds": time.perf_counter() - t}
     for tol in (1e-3, 1e-4):
@@ -321,12 +391,18 @@ def main(argv=None):
                         help="timed forward passes for the floor (median)")
     parser.add_argument("--surface-repeats", type=int, default=2,
                         help="warm surfaces timed (the fastest is reported, all are kept)")
+    parser.add_argument("--paired-rounds", type=int, default=5,
+                        help="interleaved rounds of ours, the floor and the peer on 8x8 grids")
+    parser.add_argument("--only-paired", action="store_true",
+                        help="skip the full-grid timings (floor, ours, loop, peer)")
     parser.add_argument("--curvature-models", default="mlp-small,mlp-wide")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     for name in filter(None, args.models.split(",")):
-        write_json(out / f"bench_landscape_{name}.json", _jsonable(surface_bench(name, args)))
+        suffix = "_paired" if args.only_paired else ""
+        write_json(out / f"bench_landscape_{name}{suffix}.json",
+                   _jsonable(surface_bench(name, args)))
     for name in filter(None, args.curvature_models.split(",")):
         write_json(out / f"bench_landscape_curvature_{name}.json",
                    _jsonable(curvature_bench(name, args)))

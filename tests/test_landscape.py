@@ -438,6 +438,10 @@ def test_bad_input_gets_clear_errors():
         random_directions(bad, jax.random.key(0))
     with pytest.raises(ValueError, match="non-finite"):
         interpolate(obj, obj.params, bad)
+    nan_dirs = Directions(vectors=jax.tree.map(lambda a: a.at[0].set(jnp.inf), dirs.vectors),
+                          kind="custom")
+    with pytest.raises(ValueError, match="Direction leaf 'layers/0/bias' has 16 non-finite"):
+        loss_surface(obj, nan_dirs, grid=(np.zeros(1),) * 2)
     with pytest.raises(ValueError, match="num_points=1 must be an integer >= 2"):
         interpolate(obj, obj.params, obj.params, num_points=1)
     with pytest.raises(TypeError, match="dirs must be a Directions"):

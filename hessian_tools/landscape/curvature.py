@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from hessian_tools import tree
-from hessian_tools.landscape._internals import _top, check_finite
+from hessian_tools.landscape._internals import _top
 from hessian_tools.landscape.directions import Directions, fingerprint
 from hessian_tools.landscape.evaluate import _point
 from hessian_tools.landscape.results import CurvatureMap
@@ -110,7 +110,6 @@ def curvature_map(obj: Objective, dirs: Directions, *, grid, key, tol: float = 1
     _check_solver(tol, krylov_dim, max_matvecs, min_iters)
     axes = _check_grid(grid, dirs.num)
     dirs.check_matches(obj.params, check_fingerprint=check_origin)
-    check_finite(dirs.vectors)
     shape = tuple(len(a) for a in axes)
     mesh = np.stack([m.reshape(-1) for m in np.meshgrid(*axes, indexing="ij")], axis=1)
     dtype = np.dtype(tree.FlatLayout(obj.params).dtype)

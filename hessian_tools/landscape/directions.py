@@ -175,13 +175,19 @@ class Directions:
         """Raise ``ValueError`` unless the directions fit ``params``.
 
         The tree structure and every leaf shape must match (the first mismatching leaf is
-        named with both shapes); with ``check_fingerprint`` and a known fingerprint, the
+        named with both shapes), every entry must be finite; with ``check_fingerprint`` and a known fingerprint, the
         parameters must also be the ones the directions were made for.
         """
         if self.vectors is None:
             raise ValueError("These directions have no vectors (a JSON round trip keeps only "
                              "their provenance). Load them with load_directions(path, params).")
         _check_same_structure(params, self[0], what="The directions")
+        for path, leaf in jax.tree_util.tree_flatten_with_path(self.vectors)[0]:
+            bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf))))
+            if bad:
+                raise ValueError(f"Direction leaf '{_path_str(path)}' has {bad} non-finite "
+                                 "entries (NaN or inf): the directions are unusable. Recompute "
+                                 "them from finite parameters.")
         if check_fingerprint and self.fingerprint is not None:
             got = fingerprint(params)
             if got != self.fingerprint:

@@ -37,7 +37,7 @@ import numpy as np
 
 from hessian_tools.landscape._internals import (_as_pytree_fn, _conv_activation_cached,
                                                 _conv_on_cpu, _dataset_mean, _product_groups,
-                                                _spec_cached, _with_precision, check_finite)
+                                                _spec_cached, _with_precision)
 from hessian_tools.landscape.affine import affine_split
 from hessian_tools.landscape.directions import Directions
 from hessian_tools.objective import Objective
@@ -298,16 +298,16 @@ class _Evaluator:
 
 
 def _as_basis(directions, params):
-    if isinstance(directions, Directions):
-        directions.check_matches(params, check_fingerprint=False)
-        return directions.vectors
-    leaves = jax.tree.leaves(directions)
-    p_leaves = jax.tree.leaves(params)
-    if (jax.tree.structure(directions) != jax.tree.structure(params)
-            or any(np.shape(d)[1:] != np.shape(p) for d, p in zip(leaves, p_leaves))):
-        raise ValueError("directions must be a Directions or a stacked basis whose leaves have "
-                         "shape (num, *param_leaf.shape) for the objective's parameters.")
-    return directions
+    if not isinstance(directions, Directions):
+        leaves, p_leaves = jax.tree.leaves(directions), jax.tree.leaves(params)
+        if (jax.tree.structure(directions) != jax.tree.structure(params)
+                or any(np.ndim(d) != np.ndim(p) + 1 for d, p in zip(leaves, p_leaves))):
+            raise ValueError("directions must be a Directions or a stacked basis whose leaves "
+                             "have shape (num, *param_leaf.shape) for the objective's "
+                             "parameters.")
+        directions = Directions(vectors=directions, kind="custom")
+    directions.check_matches(params, check_fingerprint=False)
+    return directions.vectors
 
 
 def _check_coords(coords, num):
@@ -351,7 +351,6 @@ def evaluate_points(obj: Objective, directions, coords, *, metric=None, chunk_si
       ValueError: mismatched directions (the leaf named), bad coordinates.
     """
     basis = _as_basis(directions, obj.params)
-    check_finite(basis)
     coords = _check_coords(coords, jax.tree.leaves(basis)[0].shape[0])
     ev = _Evaluator(obj, obj.params, basis, metric=metric, num_points=coords.shape[0],
                     chunk_size=chunk_size, vmap_width=vmap_width)

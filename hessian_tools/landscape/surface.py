@@ -12,7 +12,6 @@ import time
 import jax
 import numpy as np
 
-from hessian_tools.landscape._internals import check_finite
 from hessian_tools.landscape.directions import (Directions, difference_direction, fingerprint,
                                                 plane_directions)
 from hessian_tools.landscape.evaluate import OutputMetric, _Evaluator
@@ -116,7 +115,6 @@ def loss_surface(obj: Objective, dirs: Directions, *, grid, metric=None, path=No
                         f"...), got {type(dirs).__name__}.")
     axes = _check_grid(grid, dirs.num)
     dirs.check_matches(obj.params, check_fingerprint=check_origin)
-    check_finite(dirs.vectors)
     num_values = 1 if metric is None else 2
     meta = {"directions": dirs.provenance(), "origin_fingerprint": fingerprint(obj.params),
             "data_fingerprint": _data_fingerprint(obj), "metric": _metric_name(metric),
