@@ -24,9 +24,11 @@ same trained weights and data (all 1,797 images, float32):
 
 Then the **curvature map** on an 11x11 grid (``--curvature-models``): products and accuracy
 of the warm-started map against independent cold solves by the same solver and by
-``ht.eigenvalues(k=1, which="both")``, at tolerances 1e-3 and 1e-4, errors against a
-float64 reference on the same weights (warm-started, ``tol=1e-7``). Everything else runs in
-float32 (x64 is enabled for that reference alone; every other array is float32).
+``ht.eigenvalues(k=1, which="both")``, at tolerances ``--curvature-tols``, errors against a
+reference (``--curvature-reference``): the same weights in float64, warm-started at
+``tol=1e-7`` (x64 is enabled for that alone; every other array is float32), or, for the
+wide MLP whose float64 bottom eigenvalues took over an hour here, independent
+``ht.eigenvalues`` solves at a tighter tolerance.
 
 Usage (from the repository root, under the bench lock, from a snapshot of the package)::
 
@@ -342,23 +344,35 @@ def independent_eigenvalues(obj, dirs, grid, tol) -> dict:
             "total_matvecs": total}
 
 
+def _reference(name, obj, dirs, grid, spec: str) -> tuple[dict, dict]:
+    """``float64``: the warm-started map of the same weights in float64 at ``tol=1e-7``;
+    ``eigenvalues:TOL``: independent ``ht.eigenvalues`` solves in float32 at ``TOL`` (for
+    models whose float64 solves take too long here)."""
+    t = time.perf_counter()
+    if spec == "float64":
+        obj64 = digits.digits_objective(name, dtype=jnp.float64)      # the same weights
+        dirs64 = dataclasses.replace(dirs, vectors=jax.tree.map(
+            lambda a: a.astype(jnp.float64), dirs.vectors))
+        ref = L.curvature_map(obj64, dirs64, grid=grid, key=jax.random.key(9), tol=1e-7,
+                              max_matvecs=1000)
+        values = {"lambda_max": ref.lambda_max, "lambda_min": ref.lambda_min}
+        info = {"total_matvecs": ref.total_matvecs, "converged": bool(ref.converged.all())}
+    else:
+        tol = float(spec.split(":")[1])
+        values = independent_eigenvalues(obj, dirs, grid, tol)
+        info = {"total_matvecs": values["total_matvecs"]}
+    return values, {"spec": spec, "seconds": time.perf_counter() - t, **info}
+
+
 def curvature_bench(name, args) -> dict:
     obj = digits.digits_objective(name)
     dirs = L.random_directions(obj.params, jax.random.key(0))
     grid = (np.linspace(-1, 1, 11),) * 2
     res = {"model": name, "grid": 11, "machine": _machine(), "runs": {}}
-    t = time.perf_counter()
-    obj64 = digits.digits_objective(name, dtype=jnp.float64)      # the same weights, float64
-    dirs64 = dataclasses.replace(dirs, vectors=jax.tree.map(lambda a: a.astype(jnp.float64),
-                                                            dirs.vectors))
-    ref = L.curvature_map(obj64, dirs64, grid=grid, key=jax.random.key(9), tol=1e-7,
-                          max_matvecs=1000)
+    reference, res["reference"] = _reference(name, obj, dirs, grid, args.curvature_reference)
+    print(f"[{name} curvature] reference {res['reference']}", flush=True)
     as_dict = lambda m: {"lambda_max": m.lambda_max, "lambda_min": m.lambda_min}
-    reference = as_dict(ref)
-    res["reference"] = {"dtype": "float64", "tol": 1e-7, "total_matvecs": ref.total_matvecs,
-                        "converged": bool(ref.converged.all()),
-                        "seconds": time.perf_counter() - t}
-    for tol in (1e-3, 1e-4):
+    for tol in (float(t) for t in args.curvature_tols.split(",")):
         for label, warm_start in (("warm (snake)", True), ("independent, same solver", False)):
             t = time.perf_counter()
             m = L.curvature_map(obj, dirs, grid=grid, key=jax.random.key(1), tol=tol,
@@ -396,6 +410,9 @@ def main(argv=None):
     parser.add_argument("--only-paired", action="store_true",
                         help="skip the full-grid timings (floor, ours, loop, peer)")
     parser.add_argument("--curvature-models", default="mlp-small,mlp-wide")
+    parser.add_argument("--curvature-tols", default="1e-3,1e-4")
+    parser.add_argument("--curvature-reference", default="float64",
+                        help="'float64' or 'eigenvalues:TOL' (see _reference)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -1,9 +1,4 @@
-"""Loss surfaces on 1-D and 2-D grids, linear interpolation and barriers, planes.
-
->>> import hessian_tools as ht                                       # doctest: +SKIP
->>> dirs = ht.landscape.random_directions(obj.params, jax.random.key(0))  # doctest: +SKIP
->>> surf = ht.landscape.loss_surface(obj, dirs, grid=(np.linspace(-1, 1, 51),) * 2)  # doctest: +SKIP
-"""
+"""Loss surfaces on 1-D and 2-D grids, linear interpolation and barriers, planes."""
 
 from __future__ import annotations
 
