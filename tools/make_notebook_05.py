@@ -1,0 +1,183 @@
+"""Builds notebooks/05_loss_landscapes.ipynb (then execute it: python tools/run_notebook.py ...)."""
+import nbformat as nbf
+
+cells = [
+    nbf.v4.new_markdown_cell("""# Loss landscapes: surfaces, skip connections, barriers, trajectories, curvature maps
+
+The pictures of Li et al. (2018), *Visualizing the Loss Landscape of Neural Nets*, for small
+flax NNX networks trained on scikit-learn's digits (1,797 8×8 images, shipped offline):
+
+1. a **filter-normalised surface** around a trained MLP (contours and 3-D);
+2. the same for a deep network **without and with skip connections** (Li et al.'s headline);
+3. a **training trajectory** projected on its principal directions, over the loss there;
+4. **linear interpolation** between solutions and the **barrier** on the way (Frankle et al.
+   2020), and the plane through three solutions (Garipov et al. 2018);
+5. a **curvature map**: |λ_min / λ_max| of the Hessian over the plane.
+
+Every grid point is a full pass over the data set, batches weighted exactly as in the
+curvature operators; many points run in one compiled call. Set `HESSIAN_TOOLS_SMALL=1` for a
+smaller configuration (the test suite runs it)."""),
+    nbf.v4.new_code_cell("""import os, time
+import jax
+import jax.numpy as jnp
+import numpy as np
+import matplotlib.pyplot as plt
+from flax import nnx
+import hessian_tools as ht
+from hessian_tools import landscape as L
+from hessian_tools.examples import digits
+
+SMALL = os.environ.get("HESSIAN_TOOLS_SMALL") == "1"
+NAME = "mlp-tiny" if SMALL else "mlp-small"     # 64-16-10 or 64-32-32-10, tanh
+N = 11 if SMALL else 41                          # grid points per axis
+STEPS = 100 if SMALL else 300                    # training steps (full-batch Adam)
+data = digits.load_digits_data()"""),
+    nbf.v4.new_markdown_cell("""## 1. A filter-normalised surface
+
+`random_directions` draws two Gaussian directions shaped like the parameters and gives each
+*filter* (an output unit of a dense kernel, an output channel of a convolution) the norm of
+the same filter of the trained weights; biases are zeroed (`ignore="biasbn"`). Coordinate 1
+therefore means "a step as large as the weights themselves", whatever the layer's scale,
+which is what makes surfaces of different networks comparable. `loss_surface` evaluates the
+loss (and here the accuracy, from the same forward pass) at every grid point."""),
+    nbf.v4.new_code_cell("""obj = digits.digits_objective(NAME)
+dirs = L.random_directions(obj.params, jax.random.key(0), normalization="filter", ignore="biasbn")
+grid = (np.linspace(-1, 1, N),) * 2
+surf = L.loss_surface(obj, dirs, grid=grid, metric=L.accuracy)
+print(f"{surf.shape[0]}x{surf.shape[1]} grid: {surf.num_evaluations} passes over the data in "
+      f"{surf.wall_time:.2f} s (compilation included), plan {surf.plan}")
+print(f"loss at the origin {surf.origin_loss:.4f}, accuracy {surf.origin_metric:.3f}; "
+      f"largest loss on the grid {surf.values.max():.2f}")
+fig = plt.figure(figsize=(13, 4.8))
+L.plot_surface(surf, kind="filled", ax=fig.add_subplot(1, 2, 1))
+L.plot_surface(surf, kind="3d", ax=fig.add_subplot(1, 2, 2, projection="3d"))
+plt.show()"""),
+    nbf.v4.new_markdown_cell("""The loss spans several decades between the minimum and the edge of the grid, so the levels are
+log-spaced. The surface is a single smooth basin: a small network on an easy task.
+
+## 2. Without and with skip connections
+
+Li et al.'s headline: as networks get deeper, their surfaces turn chaotic, and skip
+connections keep them smooth and convex-looking. A deep ReLU MLP on digits shows the start
+of it: the same architecture trained the same way, with `h = relu(W h)` or with
+`h = h + relu(W h)`."""),
+    nbf.v4.new_code_cell("""class DeepMLP(nnx.Module):
+    \"\"\"64 -> width -> ... (depth hidden layers) -> 10, ReLU, optionally residual.\"\"\"
+
+    def __init__(self, depth, width, *, skip, rngs):
+        self.inp = nnx.Linear(64, width, rngs=rngs)
+        self.hidden = nnx.List([nnx.Linear(width, width, rngs=rngs) for _ in range(depth)])
+        self.out = nnx.Linear(width, 10, rngs=rngs)
+        self.skip = skip
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.inp(x))
+        for layer in self.hidden:
+            z = jax.nn.relu(layer(h))
+            h = h + z if self.skip else z
+        return self.out(h)
+
+
+DEPTH, WIDTH = (6, 16) if SMALL else (10, 32)
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+for ax, skip in zip(axes, (False, True)):
+    model = DeepMLP(DEPTH, WIDTH, skip=skip, rngs=nnx.Rngs(0))
+    digits.train(model, data, steps=STEPS, learning_rate=3e-3)
+    deep = ht.Objective.from_nnx(model, digits.cross_entropy, data)
+    d = L.random_directions(deep.params, jax.random.key(0))
+    s = L.loss_surface(deep, d, grid=grid, metric=L.accuracy)
+    L.plot_surface(s, kind="contour", ax=ax)
+    ax.set_title(f"{DEPTH} hidden layers {'with' if skip else 'without'} skip connections\\n"
+                 f"loss {s.origin_loss:.2g} at the origin, accuracy {s.origin_metric:.3f}")
+plt.tight_layout()
+plt.show()"""),
+    nbf.v4.new_markdown_cell("""Without skip connections the contours are irregular and the basin is narrow, with a plateau
+around it; with them the basin is wide and nearly round. (Li et al. see the full effect at
+20-110 layers on CIFAR-10; ten layers on digits show the start of it.)
+
+## 3. A training trajectory
+
+Random directions in a space of thousands of dimensions are nearly orthogonal to the path
+training took, so a trajectory drawn on a random plane looks like a point. Li et al. take the
+principal directions of the matrix of `checkpoint − final` instead: `trajectory_directions`
+returns them with each one's share of the variance and every checkpoint's coordinates. The
+surface is then computed around the final checkpoint."""),
+    nbf.v4.new_code_cell("""checkpoints = []
+model = digits.make_model(NAME, seed=3)
+digits.train(model, data, steps=STEPS,
+             callback=lambda step, params, _: checkpoints.append(jax.tree.map(jnp.array, params))
+             if step % 10 == 0 else None)
+traj = L.trajectory_directions(checkpoints)
+print("explained variance:", np.round(traj.explained_variance, 3))
+final = obj.with_params(checkpoints[-1])
+r = 1.25 * np.abs(traj.coordinates).max()
+tsurf = L.loss_surface(final, traj, grid=(np.linspace(-r, r, N),) * 2)
+ax = L.plot_trajectory(tsurf, traj)
+plt.show()"""),
+    nbf.v4.new_markdown_cell("""## 4. Interpolation and barriers
+
+`interpolate(obj, a, b)` evaluates the loss along `(1 − t) a + t b`. Its **barrier** is
+`max_t [L(t) − ((1 − t) L(a) + t L(b))]` (Frankle et al. 2020): zero when the loss never
+rises above the straight line between the ends. An early checkpoint and the end of the
+same run are linearly connected; two runs from different initialisations are not: the
+path between them crosses a ridge (the networks' hidden units are permuted relative to
+each other)."""),
+    nbf.v4.new_code_cell("""same_run = L.interpolate(final, checkpoints[len(checkpoints) // 2], checkpoints[-1],
+                         metric=L.accuracy)
+other = digits.digits_objective(NAME, seed=1)
+two_runs = L.interpolate(obj, obj.params, other.params, metric=L.accuracy)
+print(f"same run:  barrier {same_run.barrier:.4f}")
+print(f"two seeds: barrier {two_runs.barrier:.4f} at t = {two_runs.barrier_t:.2f}, "
+      f"accuracy falls to {two_runs.metric.min():.3f}")
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+L.plot_interpolation(same_run, ax=axes[0]).set_title("halfway checkpoint → end of the same run")
+L.plot_interpolation(two_runs, ax=axes[1]).set_title("two runs from different seeds")
+plt.tight_layout()
+plt.show()"""),
+    nbf.v4.new_markdown_cell("""The plane through three solutions (three seeds) shows the three basins and the ridges between
+them (Garipov et al. 2018, Fig. 1). Coordinates are distances in parameter space."""),
+    nbf.v4.new_code_cell("""third = digits.digits_objective(NAME, seed=2)
+psurf = L.plane(obj, obj.params, other.params, third.params, grid=N)
+ax = L.plot_surface(psurf, kind="filled")
+pts = np.asarray(psurf.directions["coordinates"])
+ax.scatter(pts[:, 0], pts[:, 1], color="red", marker="o", zorder=6)
+for (x, y), name in zip(pts, ("seed 0", "seed 1", "seed 2")):
+    ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), color="red")
+ax.set_xlabel("distance along seed 1 − seed 0")
+ax.set_ylabel("distance, orthogonal direction")
+plt.show()"""),
+    nbf.v4.new_markdown_cell("""## 5. A curvature map
+
+At each grid point, `curvature_map` finds the largest and smallest Hessian eigenvalue by
+Lanczos. Li et al. map `|λ_min / λ_max|`: near 0 where the surface is locally convex, large
+where negative curvature is as strong as positive. The points are visited in snake order and
+each solve starts from the previous point's eigenvectors, which saves products against
+independent solves at the same tolerance."""),
+    nbf.v4.new_code_cell("""M = 5 if SMALL else 9
+cgrid = (np.linspace(-1, 1, M),) * 2
+t0 = time.perf_counter()
+cmap = L.curvature_map(obj, dirs, grid=cgrid, key=jax.random.key(1), tol=1e-3)
+t1 = time.perf_counter()
+cold = L.curvature_map(obj, dirs, grid=cgrid, key=jax.random.key(1), tol=1e-3, warm_start=False)
+print(f"warm-started: {cmap.total_matvecs} Hessian-vector products ({t1 - t0:.1f} s); "
+      f"independent solves: {cold.total_matvecs}")
+print("largest |difference| in λ_max between the two:",
+      f"{np.max(np.abs(cmap.lambda_max - cold.lambda_max)):.2e}")
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+L.plot_curvature_map(cmap, ax=axes[0])
+L.plot_curvature_map(cmap, ax=axes[1], quantity="lambda_max")
+plt.tight_layout()
+plt.show()"""),
+    nbf.v4.new_markdown_cell("""At the trained weights the Hessian is nearly positive semi-definite (ratio near 0); a
+filter-normalised step of size 1 away from it, negative curvature is a sizeable fraction
+of the positive one.
+
+Surfaces can be stored as they fill: `L.loss_surface(..., path="surface.npz")` writes the
+grid, every value computed so far and the directions' provenance after each chunk of
+points, so an interrupted run resumes where it stopped, and a file made with other
+directions, another grid or another checkpoint is refused."""),
+]
+nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3",
+                                                               "display_name": "Python 3",
+                                                               "language": "python"}})
+nbf.write(nb, "notebooks/05_loss_landscapes.ipynb")
