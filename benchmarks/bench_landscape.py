@@ -64,7 +64,7 @@ from hessian_tools import landscape as L  # noqa: E402
 from hessian_tools.examples import digits  # noqa: E402
 from hessian_tools.landscape import evaluate as ev  # noqa: E402
 from hessian_tools.objective import _path_str  # noqa: E402
-from hessian_tools.report import write_json  # noqa: E402
+from hessian_tools.files import write_json  # noqa: E402
 from hessian_tools.results import _jsonable  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -354,9 +354,9 @@ def _reference(name, obj, dirs, grid, spec: str) -> tuple[dict, dict]:
         dirs64 = dataclasses.replace(dirs, vectors=jax.tree.map(
             lambda a: a.astype(jnp.float64), dirs.vectors))
         ref = L.curvature_map(obj64, dirs64, grid=grid, key=jax.random.key(9), tol=1e-7,
-                              max_matvecs=1000)
+                              num_matvecs=1000)
         values = {"lambda_max": ref.lambda_max, "lambda_min": ref.lambda_min}
-        info = {"total_matvecs": ref.total_matvecs, "converged": bool(ref.converged.all())}
+        info = {"total_matvecs": ref.num_matvecs, "converged": bool(ref.converged.all())}
     else:
         tol = float(spec.split(":")[1])
         values = independent_eigenvalues(obj, dirs, grid, tol)
@@ -378,7 +378,7 @@ def curvature_bench(name, args) -> dict:
             m = L.curvature_map(obj, dirs, grid=grid, key=jax.random.key(1), tol=tol,
                                 warm_start=warm_start)
             res["runs"][f"{label}, tol={tol:g}"] = {
-                "total_matvecs": m.total_matvecs, "seconds": time.perf_counter() - t,
+                "total_matvecs": m.num_matvecs, "seconds": time.perf_counter() - t,
                 "converged": bool(m.converged.all()), **_errors(as_dict(m), reference)}
         t = time.perf_counter()
         e = independent_eigenvalues(obj, dirs, grid, tol)

@@ -5,11 +5,11 @@
 >>> eig = ht.eigenvalues(ht.hessian(obj), k=5, key=jax.random.key(0))   # doctest: +SKIP
 
 The public face, grouped as the layers are (each layer imports only those above it here):
-what is analysed; the curvature operators; the analyses; training; the results; the plots;
-checkpoints and the compilation cache.
+what is analysed; the curvature operators; the analyses; training; loss landscapes;
+permutation symmetry; the results; the plots; checkpoints and the compilation cache.
 """
 
-from hessian_tools import linalg, plots, tree
+from hessian_tools import landscape, linalg, plots, symmetry, tree
 # ---- what is analysed
 from hessian_tools.objective import Objective
 # ---- curvature operators
@@ -27,6 +27,17 @@ from hessian_tools.training import (QUANTITIES, SaddleFreeNewtonState, Sharpness
                                     compare_optimizers, measurement_subset, optimizer_info,
                                     read_sharpness_log, saddle_free_newton, sharpness,
                                     sharpness_monitor, stability_threshold)
+# ---- loss landscapes
+from hessian_tools.landscape import (CurvatureMap, Directions, InterpolationPath, LossSurface,
+                                     accuracy, barrier, curvature_map, difference_direction,
+                                     eigenvector_directions, interpolate, load_directions,
+                                     loss_surface, on_outputs, plane, plane_directions,
+                                     plot_curvature_map, plot_interpolation, plot_surface,
+                                     plot_trajectory, random_directions, read_surface_file,
+                                     save_directions, trajectory_directions)
+# ---- permutation symmetry
+from hessian_tools.symmetry import (Alignment, PermutationSpec, align, apply_permutation,
+                                    permutation_spec, random_permutation, reset_batch_stats)
 # ---- results
 from hessian_tools.results import (VERDICTS, CriticalPointReport, CriticalPointSearch,
                                    Eigenpairs, EigenvalueCount, FoundPoint, OptimizerComparison,
@@ -56,6 +67,15 @@ __all__ = [
     "adaptive_preconditioner", "compare_optimizers", "measurement_subset", "optimizer_info",
     "read_sharpness_log", "saddle_free_newton", "sharpness", "sharpness_monitor",
     "stability_threshold",
+    # loss landscapes
+    "CurvatureMap", "Directions", "InterpolationPath", "LossSurface", "accuracy", "barrier",
+    "curvature_map", "difference_direction", "eigenvector_directions", "interpolate",
+    "load_directions", "loss_surface", "on_outputs", "plane", "plane_directions",
+    "plot_curvature_map", "plot_interpolation", "plot_surface", "plot_trajectory",
+    "random_directions", "read_surface_file", "save_directions", "trajectory_directions",
+    # permutation symmetry
+    "Alignment", "PermutationSpec", "align", "apply_permutation", "permutation_spec",
+    "random_permutation", "reset_batch_stats",
     # results
     "VERDICTS", "CriticalPointReport", "CriticalPointSearch", "Eigenpairs", "EigenvalueCount",
     "FoundPoint", "OptimizerComparison", "OptimizerInfo", "OptimizerRun", "OutlierSplit",
@@ -64,5 +84,6 @@ __all__ = [
     "plot_comparison", "plot_densities", "plot_density", "plot_eigenvalues",
     "plot_index_vs_loss", "plot_sharpness",
     # checkpoints, compilation cache, submodules
-    "enable_compilation_cache", "linalg", "load_checkpoint", "plots", "restore", "tree",
+    "enable_compilation_cache", "landscape", "linalg", "load_checkpoint", "plots", "restore",
+    "symmetry", "tree",
 ]

@@ -21,13 +21,10 @@ Library errors of the objective and the analyses are catalogued in ``test_errors
 import json
 import os
 import re
-import stat
 import struct
 import subprocess
 import sys
 import threading
-import time
-import warnings
 
 import jax
 import jax.numpy as jnp

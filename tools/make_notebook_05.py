@@ -24,7 +24,6 @@ import numpy as np
 import matplotlib.pyplot as plt
 from flax import nnx
 import hessian_tools as ht
-from hessian_tools import landscape as L
 from hessian_tools.examples import digits
 
 SMALL = os.environ.get("HESSIAN_TOOLS_SMALL") == "1"
@@ -41,16 +40,16 @@ therefore means "a step as large as the weights themselves", whatever the layer'
 which is what makes surfaces of different networks comparable. `loss_surface` evaluates the
 loss (and here the accuracy, from the same forward pass) at every grid point."""),
     nbf.v4.new_code_cell("""obj = digits.digits_objective(NAME)
-dirs = L.random_directions(obj.params, jax.random.key(0), normalization="filter", ignore="biasbn")
+dirs = ht.random_directions(obj.params, jax.random.key(0), normalization="filter", ignore="biasbn")
 grid = (np.linspace(-1, 1, N),) * 2
-surf = L.loss_surface(obj, dirs, grid=grid, metric=L.accuracy)
+surf = ht.loss_surface(obj, dirs, grid=grid, metric=ht.accuracy)
 print(f"{surf.shape[0]}x{surf.shape[1]} grid: {surf.num_evaluations} passes over the data in "
       f"{surf.wall_time:.2f} s (compilation included), plan {surf.plan}")
 print(f"loss at the origin {surf.origin_loss:.4f}, accuracy {surf.origin_metric:.3f}; "
       f"largest loss on the grid {surf.values.max():.2f}")
 fig = plt.figure(figsize=(13, 4.8))
-L.plot_surface(surf, kind="filled", ax=fig.add_subplot(1, 2, 1))
-L.plot_surface(surf, kind="3d", ax=fig.add_subplot(1, 2, 2, projection="3d"))
+ht.plot_surface(surf, kind="filled", ax=fig.add_subplot(1, 2, 1))
+ht.plot_surface(surf, kind="3d", ax=fig.add_subplot(1, 2, 2, projection="3d"))
 plt.show()"""),
     nbf.v4.new_markdown_cell("""The loss spans several decades between the minimum and the edge of the grid, so the levels are
 log-spaced. The surface is a single smooth basin: a small network on an easy task.
@@ -84,9 +83,9 @@ for ax, skip in zip(axes, (False, True)):
     model = DeepMLP(DEPTH, WIDTH, skip=skip, rngs=nnx.Rngs(0))
     digits.train(model, data, steps=STEPS, learning_rate=3e-3)
     deep = ht.Objective.from_nnx(model, digits.cross_entropy, data)
-    d = L.random_directions(deep.params, jax.random.key(0))
-    s = L.loss_surface(deep, d, grid=grid, metric=L.accuracy)
-    L.plot_surface(s, kind="contour", ax=ax)
+    d = ht.random_directions(deep.params, jax.random.key(0))
+    s = ht.loss_surface(deep, d, grid=grid, metric=ht.accuracy)
+    ht.plot_surface(s, kind="contour", ax=ax)
     ax.set_title(f"{DEPTH} hidden layers {'with' if skip else 'without'} skip connections\\n"
                  f"loss {s.origin_loss:.2g} at the origin, accuracy {s.origin_metric:.3f}")
 plt.tight_layout()
@@ -107,12 +106,12 @@ model = digits.make_model(NAME, seed=3)
 digits.train(model, data, steps=STEPS,
              callback=lambda step, params, _: checkpoints.append(jax.tree.map(jnp.array, params))
              if step % 10 == 0 else None)
-traj = L.trajectory_directions(checkpoints)
+traj = ht.trajectory_directions(checkpoints)
 print("explained variance:", np.round(traj.explained_variance, 3))
 final = obj.with_params(checkpoints[-1])
 r = 1.25 * np.abs(traj.coordinates).max()
-tsurf = L.loss_surface(final, traj, grid=(np.linspace(-r, r, N),) * 2)
-ax = L.plot_trajectory(tsurf, traj)
+tsurf = ht.loss_surface(final, traj, grid=(np.linspace(-r, r, N),) * 2)
+ax = ht.plot_trajectory(tsurf, traj)
 plt.show()"""),
     nbf.v4.new_markdown_cell("""## 4. Interpolation and barriers
 
@@ -122,23 +121,23 @@ rises above the straight line between the ends. An early checkpoint and the end 
 same run are linearly connected; two runs from different initialisations are not: the
 path between them crosses a ridge (the networks' hidden units are permuted relative to
 each other)."""),
-    nbf.v4.new_code_cell("""same_run = L.interpolate(final, checkpoints[len(checkpoints) // 2], checkpoints[-1],
-                         metric=L.accuracy)
+    nbf.v4.new_code_cell("""same_run = ht.interpolate(final, checkpoints[len(checkpoints) // 2], checkpoints[-1],
+                         metric=ht.accuracy)
 other = digits.digits_objective(NAME, seed=1)
-two_runs = L.interpolate(obj, obj.params, other.params, metric=L.accuracy)
+two_runs = ht.interpolate(obj, obj.params, other.params, metric=ht.accuracy)
 print(f"same run:  barrier {same_run.barrier:.4f}")
 print(f"two seeds: barrier {two_runs.barrier:.4f} at t = {two_runs.barrier_t:.2f}, "
       f"accuracy falls to {two_runs.metric.min():.3f}")
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-L.plot_interpolation(same_run, ax=axes[0]).set_title("halfway checkpoint → end of the same run")
-L.plot_interpolation(two_runs, ax=axes[1]).set_title("two runs from different seeds")
+ht.plot_interpolation(same_run, ax=axes[0]).set_title("halfway checkpoint → end of the same run")
+ht.plot_interpolation(two_runs, ax=axes[1]).set_title("two runs from different seeds")
 plt.tight_layout()
 plt.show()"""),
     nbf.v4.new_markdown_cell("""The plane through three solutions (three seeds) shows the three basins and the ridges between
 them (Garipov et al. 2018, Fig. 1). Coordinates are distances in parameter space."""),
     nbf.v4.new_code_cell("""third = digits.digits_objective(NAME, seed=2)
-psurf = L.plane(obj, obj.params, other.params, third.params, grid=N)
-ax = L.plot_surface(psurf, kind="filled")
+psurf = ht.plane(obj, obj.params, other.params, third.params, grid=N)
+ax = ht.plot_surface(psurf, kind="filled")
 pts = np.asarray(psurf.directions["coordinates"])
 ax.scatter(pts[:, 0], pts[:, 1], color="red", marker="o", zorder=6)
 for (x, y), name in zip(pts, ("seed 0", "seed 1", "seed 2")):
@@ -156,23 +155,23 @@ independent solves at the same tolerance."""),
     nbf.v4.new_code_cell("""M = 5 if SMALL else 9
 cgrid = (np.linspace(-1, 1, M),) * 2
 t0 = time.perf_counter()
-cmap = L.curvature_map(obj, dirs, grid=cgrid, key=jax.random.key(1), tol=1e-3)
+cmap = ht.curvature_map(obj, dirs, grid=cgrid, key=jax.random.key(1), tol=1e-3)
 t1 = time.perf_counter()
-cold = L.curvature_map(obj, dirs, grid=cgrid, key=jax.random.key(1), tol=1e-3, warm_start=False)
-print(f"warm-started: {cmap.total_matvecs} Hessian-vector products ({t1 - t0:.1f} s); "
-      f"independent solves: {cold.total_matvecs}")
+cold = ht.curvature_map(obj, dirs, grid=cgrid, key=jax.random.key(1), tol=1e-3, warm_start=False)
+print(f"warm-started: {cmap.num_matvecs} Hessian-vector products ({t1 - t0:.1f} s); "
+      f"independent solves: {cold.num_matvecs}")
 print("largest |difference| in λ_max between the two:",
       f"{np.max(np.abs(cmap.lambda_max - cold.lambda_max)):.2e}")
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-L.plot_curvature_map(cmap, ax=axes[0])
-L.plot_curvature_map(cmap, ax=axes[1], quantity="lambda_max")
+ht.plot_curvature_map(cmap, ax=axes[0])
+ht.plot_curvature_map(cmap, ax=axes[1], quantity="lambda_max")
 plt.tight_layout()
 plt.show()"""),
     nbf.v4.new_markdown_cell("""At the trained weights the Hessian is nearly positive semi-definite (ratio near 0); a
 filter-normalised step of size 1 away from it, negative curvature is a sizeable fraction
 of the positive one.
 
-Surfaces can be stored as they fill: `L.loss_surface(..., path="surface.npz")` writes the
+Surfaces can be stored as they fill: `ht.loss_surface(..., path="surface.npz")` writes the
 grid, every value computed so far and the directions' provenance after each chunk of
 points, so an interrupted run resumes where it stopped, and a file made with other
 directions, another grid or another checkpoint is refused."""),

@@ -7,7 +7,7 @@ Neighbouring points have nearly the same eigenvectors, so the points are visited
 snake order (row by row, every other row reversed: each point is next to the previous
 one) and each solve starts from the previous point's Ritz vectors (the top, its
 runner-up and the bottom, combined), the warm start of the sharpness tracker
-(:mod:`hessian_tools.tracking`). ``benchmarks/RESULTS_landscape.md`` measures the saving
+(:mod:`hessian_tools.training.measure`). ``benchmarks/RESULTS_landscape.md`` measures the saving
 against independent cold solves at the same tolerance.
 """
 
@@ -18,27 +18,27 @@ import time
 import jax
 import numpy as np
 
-from hessian_tools import tree
-from hessian_tools.landscape._internals import _top
+from hessian_tools import _host, tree
 from hessian_tools.landscape.directions import Directions, fingerprint
 from hessian_tools.landscape.evaluate import _point
 from hessian_tools.landscape.results import CurvatureMap
 from hessian_tools.landscape.surface import _check_grid, _progress
 from hessian_tools.objective import Objective
 from hessian_tools.operators import hessian
+from hessian_tools.training.measure import _top
 
 __all__ = ["curvature_map", "snake_order"]
 
 
-def _extremes(op, params, warm, key, *, tol, krylov_dim, max_matvecs, min_iters):
+def _extremes(op, params, warm, key, *, tol, krylov_dim, num_matvecs, min_steps):
     """The largest and smallest eigenpair of ``op`` by warm-started Lanczos.
 
-    The one adapter to the tracker's solver (``tracking._top``): it returns ``.values``
+    The one adapter to the tracker's solver (``training.measure._top``): it returns ``.values``
     (top, then bottom), ``.residuals`` (Lanczos estimates ``|beta s|``), ``.warm`` (the
     next start), ``.num_matvecs`` and ``.converged``.
     """
     return _top(op, op.matvec_fn, params, warm, key, k_top=1, k_bottom=1, tol=tol,
-                krylov_dim=krylov_dim, max_matvecs=max_matvecs, min_iters=min_iters)
+                krylov_dim=krylov_dim, num_matvecs=num_matvecs, min_steps=min_steps)
 
 
 def snake_order(shape: tuple) -> np.ndarray:
@@ -57,19 +57,19 @@ def snake_order(shape: tuple) -> np.ndarray:
 _point_jit = jax.jit(_point)
 
 
-def _check_solver(tol, krylov_dim, max_matvecs, min_iters):
+def _check_solver(tol, krylov_dim, num_matvecs, min_steps):
     if not 0 < float(tol) < 1:
         raise ValueError(f"tol={tol!r} must lie in (0, 1): a residual relative to the largest "
                          "|eigenvalue|, e.g. 1e-3.")
-    for name, value, low in (("krylov_dim", krylov_dim, 6), ("max_matvecs", max_matvecs, 1),
-                             ("min_iters", min_iters, 1)):
+    for name, value, low in (("krylov_dim", krylov_dim, 6), ("num_matvecs", num_matvecs, 1),
+                             ("min_steps", min_steps, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}.")
 
 
 def curvature_map(obj: Objective, dirs: Directions, *, grid, key, tol: float = 1e-3,
-                  warm_start: bool = True, krylov_dim: int = 40, max_matvecs: int = 300,
-                  min_iters: int = 3, check_origin: bool = True,
+                  warm_start: bool = True, krylov_dim: int = 40, num_matvecs: int = 300,
+                  min_steps: int = 3, check_origin: bool = True,
                   progress: bool = False) -> CurvatureMap:
     """``lambda_max``, ``lambda_min`` and ``|lambda_min / lambda_max|`` of the Hessian on a grid.
 
@@ -88,8 +88,9 @@ def curvature_map(obj: Objective, dirs: Directions, *, grid, key, tol: float = 1
         ``tol * max|lambda|``, and about its square over the spectral gap).
       warm_start: start each point from its neighbour (``False``: independent cold
         solves, the reference the benchmark compares with).
-      krylov_dim, max_matvecs, min_iters: the solver's basis size (restarts beyond it),
-        product cap per point and minimum steps.
+      krylov_dim: the solver's basis size (it restarts beyond it).
+      num_matvecs: the cap on products per point.
+      min_steps: the fewest Lanczos steps per point.
       check_origin: refuse directions made for other parameters.
       progress: a progress bar over the points.
 
@@ -107,12 +108,12 @@ def curvature_map(obj: Objective, dirs: Directions, *, grid, key, tol: float = 1
                          "key=jax.random.key(0).")
     if not isinstance(dirs, Directions):
         raise TypeError(f"dirs must be a Directions, got {type(dirs).__name__}.")
-    _check_solver(tol, krylov_dim, max_matvecs, min_iters)
+    _check_solver(tol, krylov_dim, num_matvecs, min_steps)
     axes = _check_grid(grid, dirs.num)
     dirs.check_matches(obj.params, check_fingerprint=check_origin)
     shape = tuple(len(a) for a in axes)
     mesh = np.stack([m.reshape(-1) for m in np.meshgrid(*axes, indexing="ij")], axis=1)
-    dtype = np.dtype(tree.FlatLayout(obj.params).dtype)
+    dtype = np.dtype(_host.FlatLayout(obj.params).dtype)
     n = mesh.shape[0]
     values, residuals = np.full((n, 2), np.nan), np.full((n, 2), np.nan)
     matvecs, converged = np.zeros(n, np.int64), np.zeros(n, bool)
@@ -123,7 +124,7 @@ def curvature_map(obj: Objective, dirs: Directions, *, grid, key, tol: float = 1
         params = _point_jit(obj.params, dirs.vectors, np.asarray(mesh[i], dtype))
         op = hessian(obj.with_params(params))
         res = _extremes(op, params, warm if warm_start else None, keys[i], tol=tol,
-                        krylov_dim=krylov_dim, max_matvecs=max_matvecs, min_iters=min_iters)
+                        krylov_dim=krylov_dim, num_matvecs=num_matvecs, min_steps=min_steps)
         values[i], residuals[i] = res.values[[0, -1]], res.residuals[[0, -1]]
         matvecs[i], converged[i] = res.num_matvecs, res.converged
         warm = res.warm
@@ -135,8 +136,8 @@ def curvature_map(obj: Objective, dirs: Directions, *, grid, key, tol: float = 1
     return CurvatureMap(
         lambda_max=lmax, lambda_min=lmin,
         ratio=np.abs(lmin) / np.maximum(np.abs(lmax), np.finfo(float).tiny),
-        residuals=residuals.reshape(shape + (2,)), num_matvecs=matvecs.reshape(shape),
-        total_matvecs=int(matvecs.sum()), converged=converged.reshape(shape),
+        residuals=residuals.reshape(shape + (2,)), point_matvecs=matvecs.reshape(shape),
+        num_matvecs=int(matvecs.sum()), converged=converged.reshape(shape),
         grid=tuple(axes), directions=dirs.provenance(),
         origin_fingerprint=fingerprint(obj.params), tol=float(tol), seed=tree.key_bits(key),
         warm_start=bool(warm_start), order="snake" if warm_start else "independent",

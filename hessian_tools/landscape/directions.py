@@ -43,11 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools import tree
-from hessian_tools.landscape._internals import (_check_same_structure, _jsonable, _path_str,
-                                                check_finite)
-from hessian_tools.report import atomic_write_bytes
-from hessian_tools.results import Eigenpairs
+from hessian_tools import _host, tree
+from hessian_tools.files import atomic_write_bytes
+from hessian_tools.objective import check_finite
+from hessian_tools.results import Eigenpairs, jsonable
 
 __all__ = ["Directions", "difference_direction", "eigenvector_directions", "fingerprint",
            "load_directions", "plane_directions", "random_directions", "save_directions",
@@ -70,7 +69,7 @@ def fingerprint(params) -> str:
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         arr = np.ascontiguousarray(np.asarray(leaf, dtype=np.float32))
-        h.update(f"{_path_str(path)}:{arr.shape};".encode())
+        h.update(f"{tree.path_str(path)}:{arr.shape};".encode())
         h.update(arr.tobytes())
     return h.hexdigest()[:16]
 
@@ -149,7 +148,7 @@ class Directions:
 
     def provenance(self) -> dict:
         """Everything but the vectors, JSON-ready (what surfaces and files record)."""
-        d = {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
+        d = {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)
              if f.name != "vectors"}
         d["num"] = self.num
         d["vectors_fingerprint"] = self.vectors_fingerprint
@@ -181,11 +180,11 @@ class Directions:
         if self.vectors is None:
             raise ValueError("These directions have no vectors (a JSON round trip keeps only "
                              "their provenance). Load them with load_directions(path, params).")
-        _check_same_structure(params, self[0], what="The directions")
+        tree.check_same_structure(params, self[0], what="The directions")
         for path, leaf in jax.tree_util.tree_flatten_with_path(self.vectors)[0]:
             bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf))))
             if bad:
-                raise ValueError(f"Direction leaf '{_path_str(path)}' has {bad} non-finite "
+                raise ValueError(f"Direction leaf '{tree.path_str(path)}' has {bad} non-finite "
                                  "entries (NaN or inf): the directions are unusable. Recompute "
                                  "them from finite parameters.")
         if check_fingerprint and self.fingerprint is not None:
@@ -293,8 +292,10 @@ def random_directions(params, key, *, num: int = 2, normalization: str | None = 
     Raises:
       ValueError: no key, non-finite parameters (the leaf named), unknown options.
 
+    Examples:
     >>> d = random_directions({"w": np.ones((2, 3)), "b": np.ones(3)}, jax.random.key(0))
-    >>> d.num, np.asarray(d[0]["b"]).tolist()
+    >>> first = d[0]
+    >>> d.num, np.asarray(first.get("b")).tolist()
     (2, [0.0, 0.0, 0.0])
     """
     if key is None:
@@ -306,10 +307,10 @@ def random_directions(params, key, *, num: int = 2, normalization: str | None = 
     check_finite(params)
     rng = np.random.default_rng(tree.key_bits(key))
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    axes = [_filter_axis_of(filter_axis, _path_str(p), w) for p, w in flat]
+    axes = [_filter_axis_of(filter_axis, tree.path_str(p), w) for p, w in flat]
     vectors = []
     for _ in range(num):
-        draw = jax.tree.leaves(tree.host_normal_like(rng, params))
+        draw = jax.tree.leaves(_host.host_normal_like(rng, params))
         vectors.append(treedef.unflatten([
             _normalize_leaf(d, jnp.asarray(w), a, normalization, ignore)
             for d, (_, w), a in zip(draw, flat, axes)]))
@@ -364,7 +365,7 @@ def difference_direction(params_a, params_b) -> Directions:
     Raises:
       ValueError: the two trees differ in structure or shapes, or hold non-finite values.
     """
-    _check_same_structure(params_a, params_b, what="params_b")
+    tree.check_same_structure(params_a, params_b, what="params_b")
     check_finite(params_a)
     check_finite(params_b)
     diff = tree.sub(params_b, params_a)
@@ -392,7 +393,7 @@ def _unflatten(flat, like):
 
 def _zero_1d(x, filter_axis=-1):
     flat, treedef = jax.tree_util.tree_flatten_with_path(x)
-    return treedef.unflatten([jnp.zeros_like(a) if _filter_axis_of(filter_axis, _path_str(p), a)
+    return treedef.unflatten([jnp.zeros_like(a) if _filter_axis_of(filter_axis, tree.path_str(p), a)
                               is None else a for p, a in flat])
 
 
@@ -432,7 +433,7 @@ def trajectory_directions(checkpoints: Sequence, *, final=None, num: int = 2,
     check_finite(final)
     diffs = []
     for i, ck in enumerate(checkpoints):
-        _check_same_structure(final, ck, what=f"checkpoint {i}")
+        tree.check_same_structure(final, ck, what=f"checkpoint {i}")
         check_finite(ck)
         d = tree.sub(ck, final)
         diffs.append(_zero_1d(d) if ignore == "biasbn" else d)
@@ -468,7 +469,7 @@ def plane_directions(params_a, params_b, params_c) -> Directions:
       ValueError: mismatched trees, non-finite values, or collinear points.
     """
     for name, p in (("params_b", params_b), ("params_c", params_c)):
-        _check_same_structure(params_a, p, what=name)
+        tree.check_same_structure(params_a, p, what=name)
     for p in (params_a, params_b, params_c):
         check_finite(p)
     u, w = tree.sub(params_b, params_a), tree.sub(params_c, params_a)
@@ -495,7 +496,7 @@ _META = "__meta__"
 
 
 def _leaf_keys(params) -> list[str]:
-    keys = [_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    keys = [tree.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     if len(set(keys)) != len(keys):
         raise ValueError("Two parameter leaves have the same path string; the directions "
                          "cannot be stored by path.")

@@ -2,7 +2,7 @@
 
 Every landscape quantity is a set of points ``origin + sum_k c_k d_k`` in parameter space,
 each evaluated over the whole dataset with the exact size-weighted batch mean of the
-curvature operators (:func:`hessian_tools.operators._dataset_mean`). :func:`evaluate_points`
+curvature operators (:func:`hessian_tools.data.dataset_mean`). :func:`evaluate_points`
 runs one compiled call per chunk of points (one call per batch of streamed data), chosen
 per model from measurements (``benchmarks/RESULTS_landscape.md``):
 
@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hessian_tools.landscape._internals import (_as_pytree_fn, _conv_activation_cached,
-                                                _conv_on_cpu, _dataset_mean, _product_groups,
-                                                _spec_cached, _with_precision)
+from hessian_tools._callables import as_pytree_fn, with_precision
+from hessian_tools._chunking import (_conv_activation_cached, conv_on_cpu, product_groups,
+                                    spec_cached)
+from hessian_tools.data import dataset_mean
 from hessian_tools.landscape.affine import affine_split
 from hessian_tools.landscape.directions import Directions
 from hessian_tools.objective import Objective
@@ -131,7 +132,7 @@ def _values_fn(obj: Objective, metric) -> _Values:
     if not callable(metric):
         raise TypeError(f"metric must be a callable metric(params, batch) -> scalar or an "
                         f"OutputMetric (ht.landscape.on_outputs(fn)), got {metric!r}.")
-    return _Values(obj.loss, metric=_with_precision(_as_pytree_fn(metric), obj.precision))
+    return _Values(obj.loss, metric=with_precision(as_pytree_fn(metric), obj.precision))
 
 
 _values_batch = jax.jit(lambda fn, params, batch: fn(params, batch))
@@ -149,7 +150,7 @@ def _point(origin, basis, c):
 
 def _mean_at(fn, origin, basis, c, groups):
     params = _point(origin, basis, c)
-    return _dataset_mean(lambda b: _values_batch(fn, params, b), groups)
+    return dataset_mean(lambda b: _values_batch(fn, params, b), groups)
 
 
 @functools.partial(jax.jit, static_argnames=("width",))
@@ -174,7 +175,7 @@ def _affine_on_batch(fn, origin, basis, coords, batch, *, width):
 
 @functools.partial(jax.jit, static_argnames=("width",))
 def _many_points_affine(fn, origin, basis, coords, groups, *, width):
-    return _dataset_mean(lambda b: _affine_on_batch(fn, origin, basis, coords, b, width=width),
+    return dataset_mean(lambda b: _affine_on_batch(fn, origin, basis, coords, b, width=width),
                          groups)
 
 
@@ -198,7 +199,7 @@ class _Plan:
 def _activation_bytes_per_point(obj: Objective) -> float:
     groups = obj.groups
     batch = max(int(jax.tree.leaves(s)[0].shape[1]) for s in groups.stacks)
-    _, per_example = _spec_cached(_conv_activation_cached, obj.loss, obj.params,
+    _, per_example = spec_cached(_conv_activation_cached, obj.loss, obj.params,
                                   groups.first_batch_spec)
     return per_example * batch
 
@@ -222,7 +223,7 @@ def _plan(obj: Objective, num_points: int, chunk_size, vmap_width, *, fn=None,
     cpu = jax.default_backend() == "cpu"
     kind = "stream" if obj.streaming else "compiled"
     if vmap_width is None:
-        if obj.streaming or _conv_on_cpu(obj)[0]:
+        if obj.streaming or conv_on_cpu(obj)[0]:
             width = 1
         else:
             budget, cap = ((_CPU_STEP_BYTES, _MAX_WIDTH_CPU) if cpu
@@ -260,7 +261,7 @@ class _Evaluator:
         self.basis = basis
         self.dtype = jnp.result_type(*jax.tree.leaves(origin))
         self.plan = _plan(obj, num_points, chunk_size, vmap_width, fn=self.fn)
-        self.groups = None if obj.streaming else _product_groups(obj, "auto")
+        self.groups = None if obj.streaming else product_groups(obj, "auto")
         self.num_values = 1 if metric is None else 2
         self.num_evaluations = 0
 

@@ -241,5 +241,5 @@ def plot_curvature_map(cmap: CurvatureMap, ax=None, *, quantity: str = "ratio",
         ax.set_xlabel(labels[0])
         ax.set_ylabel(labels[1])
     ax.set_title(f"{_QUANTITIES[quantity] if len(cmap.grid) == 2 else 'extreme eigenvalues'}: "
-                 f"{cmap.total_matvecs} Hessian-vector products")
+                 f"{cmap.num_matvecs} Hessian-vector products")
     return ax

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from hessian_tools.landscape._internals import _Serializable
+from hessian_tools.results import Result
 
 __all__ = ["CurvatureMap", "InterpolationPath", "LossSurface"]
 
@@ -25,7 +25,7 @@ def _from_nan(x):
     return None if x is None else np.array(x, dtype=np.float64)
 
 
-class _JsonResult(_Serializable):
+class _JsonResult(Result):
     """The house JSON round trip, with NaN kept (as JSON null) in the float arrays named in
     ``_ARRAYS``, integer arrays in ``_INT_ARRAYS``, and ``grid`` a tuple of axes."""
 
@@ -165,7 +165,7 @@ class CurvatureMap(_JsonResult):
         large where negative curvature dominates.
       residuals: ``grid shape + (2,)`` Lanczos residual estimates ``|beta s|`` of the two
         (an upper bound on each eigenvalue's error).
-      num_matvecs: Hessian-vector products per point (grid shape); ``total_matvecs`` their
+      point_matvecs: Hessian-vector products per point (grid shape); ``num_matvecs`` their
         sum. ``converged``: per point, both residuals within ``tol`` of the scale.
       grid, directions, origin_fingerprint: as in :class:`LossSurface`.
       tol: the relative residual tolerance; ``warm_start``: whether each point started
@@ -177,8 +177,8 @@ class CurvatureMap(_JsonResult):
     lambda_min: np.ndarray
     ratio: np.ndarray
     residuals: np.ndarray
-    num_matvecs: np.ndarray
-    total_matvecs: int
+    point_matvecs: np.ndarray
+    num_matvecs: int
     converged: np.ndarray
     grid: tuple
     directions: dict
@@ -190,7 +190,7 @@ class CurvatureMap(_JsonResult):
     wall_time: float = 0.0
 
     _ARRAYS = ("lambda_max", "lambda_min", "ratio", "residuals")
-    _INT_ARRAYS = ("num_matvecs",)
+    _INT_ARRAYS = ("point_matvecs",)
 
     def __post_init__(self):
         object.__setattr__(self, "converged", np.asarray(self.converged, bool))

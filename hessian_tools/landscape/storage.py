@@ -8,7 +8,7 @@ choice) or zarr: both would be a new dependency; an HDF5 file interrupted mid-wr
 be left unreadable, and zarr is a directory of chunk files. A surface is small (a 51x51
 grid with a metric is 42 kB), so rewriting the whole file after each chunk of points costs
 well under a millisecond per chunk, against seconds of evaluation, and the write is a
-rename of a complete temporary file (:func:`hessian_tools.report.atomic_write_bytes`):
+rename of a complete temporary file (:func:`hessian_tools.files.atomic_write_bytes`):
 the file on disk is always a complete, consistent surface. NumPy reads it without pickle.
 A grid of millions of points would make each rewrite cost tens of milliseconds; chunks
 then should be larger.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hessian_tools.report import atomic_write_bytes
+from hessian_tools.files import atomic_write_bytes
 
 __all__ = ["SurfaceStore", "read_surface_file"]
 

@@ -90,8 +90,9 @@ def loss_surface(obj: Objective, dirs: Directions, *, grid, metric=None, path=No
       metric: ``metric(params, batch) -> scalar`` or an :class:`OutputMetric` (e.g.
         ``ht.landscape.accuracy``), on the same grid.
       path: an ``.npz`` file to store (and resume) the surface in.
-      chunk_size, vmap_width: points per compiled call and per vmapped step (defaults
-        chosen per model; see :func:`evaluate_points`).
+      chunk_size: points per compiled call (default chosen per model; see
+        :func:`evaluate_points`).
+      vmap_width: points per vmapped step (default chosen per model).
       progress: show a progress bar (tqdm) over the points.
       check_origin: refuse directions made for other parameters (their fingerprint).
 
@@ -164,7 +165,8 @@ def interpolate(obj: Objective, params_a, params_b, *, num_points: int = 25, met
 
     Args:
       obj: the objective (its loss and data; its parameters are not used).
-      params_a, params_b: the end points, pytrees like ``obj.params``.
+      params_a: the first end point (``t = 0``), a pytree like ``obj.params``.
+      params_b: the second end point (``t = 1``), a pytree like ``obj.params``.
       num_points: points on the segment, ``t = linspace(0, 1, num_points)``.
       metric: as in :func:`loss_surface`.
       chunk_size: points per compiled call.
@@ -214,10 +216,16 @@ def plane(obj: Objective, params_a, params_b, params_c, *, grid=21, margin: floa
 
     Args:
       obj: the objective (its loss and data).
-      params_a, params_b, params_c: the three points.
+      params_a: the first point, at the plane's origin.
+      params_b: the second point, on the first axis.
+      params_c: the third point.
       grid: ``n`` for an ``n x n`` grid spanning the three points with ``margin`` (a
         fraction of their spread) on every side, or two axes of plane coordinates.
-      metric, path, chunk_size, vmap_width, progress: as in :func:`loss_surface`.
+      metric: as in :func:`loss_surface`.
+      path: as in :func:`loss_surface`.
+      chunk_size: as in :func:`loss_surface`.
+      vmap_width: as in :func:`loss_surface`.
+      progress: as in :func:`loss_surface`.
 
     Returns:
       :class:`LossSurface` in the plane's coordinates. Cost: one forward pass per point.

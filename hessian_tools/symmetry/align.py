@@ -55,11 +55,12 @@ class Alignment(Mapping):
       method: ``"weights"`` or ``"activations"``.
       num_iters: sweeps over the groups (weight matching; 1 for activation matching).
       converged: the last sweep improved no group (always true for activation matching).
-      objective_before, objective_after: weight matching: ``sum <w_A, P(w_B)>`` over the
+      objective_before: weight matching: ``sum <w_A, P(w_B)>`` over the
         matched parameter leaves; activation matching: the mean correlation of matched
         units (over all groups' units). ``before`` is at the identity permutation.
-      distance_before, distance_after: ``||w_A - w_B||`` and ``||w_A - P(w_B)||`` over all
-        parameters (Euclidean norm).
+      objective_after: the same at the permutation found.
+      distance_before: ``||w_A - w_B||`` over all parameters (Euclidean norm).
+      distance_after: ``||w_A - P(w_B)||`` over all parameters.
       num_samples: activation samples per unit (examples times spatial positions, summed
         over the layers that read the group; 0 for weight matching).
       seed: the key bits that ordered the sweeps (``None``: the spec's order).
@@ -164,7 +165,8 @@ def weight_matching(params_a, params_b, spec: PermutationSpec, *, key=None,
     repeat until none improves a group (a local optimum; exact for one hidden layer).
 
     Args:
-      params_a, params_b: parameter pytrees of the same architecture, described by ``spec``.
+      params_a: parameter pytrees of the same architecture, described by ``spec``.
+      params_b: as ``params_a``.
       spec: a :class:`PermutationSpec`.
       key: optional ``jax.random`` key: each sweep visits the groups in a fresh random order
         drawn from it (Ainsworth et al.). Without a key the groups are visited in the spec's
@@ -272,14 +274,16 @@ def activation_matching(params_a, params_b, spec: PermutationSpec, *, predict, d
     matched arbitrarily among themselves.
 
     Args:
-      params_a, params_b: parameter pytrees described by ``spec``.
+      params_a: parameter pytrees described by ``spec``.
+      params_b: as ``params_a``.
       spec: a :class:`PermutationSpec` (derived, or hand-written with every group the whole
         axis of some parameter).
       predict: the model: an ``nnx.Module``, an :class:`~hessian_tools.Objective` (its data
         is the default ``data``), a linen module, or ``predict(params, x)``.
       data: a batch of model inputs (for an Objective, a batch of its data), or a list.
-      state_a, state_b: each network's non-parameter state (BatchNorm statistics); by
+      state_a: each network's non-parameter state (BatchNorm statistics); by
         default the model's own.
+      state_b: as ``state_a``.
 
     Returns:
       An :class:`Alignment` (``method="activations"``). Cost: two forward passes over the
@@ -327,11 +331,14 @@ def align(params_a, params_b, spec: PermutationSpec, *, method: str = "weights",
     """Permute network B's hidden units to match network A's.
 
     Args:
-      params_a, params_b: parameter pytrees of two networks of the same architecture.
+      params_a: parameter pytrees of two networks of the same architecture.
+      params_b: as ``params_a``.
       spec: their :class:`PermutationSpec` (e.g. ``permutation_spec(model, x)``).
       method: ``"weights"`` (:func:`weight_matching`, needs no data) or ``"activations"``
         (:func:`activation_matching`, needs ``predict`` and ``data``).
-      data, predict, state_a: for activation matching (see there).
+      data: for activation matching (see there).
+      predict: as ``data``.
+      state_a: as ``data``.
       state_b: B's non-parameter state (BatchNorm statistics). When given it is permuted
         with B's parameters and returned with them.
       key: weight matching's sweep order (optional; see :func:`weight_matching`).

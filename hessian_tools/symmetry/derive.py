@@ -389,8 +389,10 @@ def hidden_activations(model, spec: PermutationSpec, inputs, *, params=None, sta
     stacks the samples of each.
 
     Args:
-      model, params, variables, apply_kwargs: as in :func:`permutation_spec` (``params``
-        and ``state`` override the model's own).
+      model: as in :func:`permutation_spec`.
+      params: as in :func:`permutation_spec` (overrides the model's own).
+      variables: as in :func:`permutation_spec` (overrides the model's own state).
+      apply_kwargs: as in :func:`permutation_spec`.
       spec: a spec of this model (derived or hand-written; each group must be the whole
         axis of some parameter).
       inputs: a batch of model inputs (for an Objective, a batch of its data).
