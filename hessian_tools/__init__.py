@@ -36,8 +36,9 @@ from hessian_tools.landscape import (CurvatureMap, Directions, InterpolationPath
                                      plot_trajectory, random_directions, read_surface_file,
                                      save_directions, trajectory_directions)
 # ---- permutation symmetry
-from hessian_tools.symmetry import (Alignment, PermutationSpec, align, apply_permutation,
-                                    permutation_spec, random_permutation, reset_batch_stats)
+from hessian_tools.symmetry import (Alignment, Connectivity, PermutationSpec, align,
+                                    apply_permutation, connectivity, permutation_spec,
+                                    plot_connectivity, random_permutation, reset_batch_stats)
 # ---- results
 from hessian_tools.results import (VERDICTS, CriticalPointReport, CriticalPointSearch,
                                    Eigenpairs, EigenvalueCount, FoundPoint, OptimizerComparison,
@@ -74,8 +75,9 @@ __all__ = [
     "plot_curvature_map", "plot_interpolation", "plot_surface", "plot_trajectory",
     "random_directions", "read_surface_file", "save_directions", "trajectory_directions",
     # permutation symmetry
-    "Alignment", "PermutationSpec", "align", "apply_permutation", "permutation_spec",
-    "random_permutation", "reset_batch_stats",
+    "Alignment", "Connectivity", "PermutationSpec", "align", "apply_permutation",
+    "connectivity", "permutation_spec", "plot_connectivity", "random_permutation",
+    "reset_batch_stats",
     # results
     "VERDICTS", "CriticalPointReport", "CriticalPointSearch", "Eigenpairs", "EigenvalueCount",
     "FoundPoint", "OptimizerComparison", "OptimizerInfo", "OptimizerRun", "OutlierSplit",

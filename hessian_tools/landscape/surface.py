@@ -12,6 +12,7 @@ from hessian_tools.landscape.directions import (Directions, difference_direction
 from hessian_tools.landscape.evaluate import OutputMetric, _Evaluator
 from hessian_tools.landscape.results import InterpolationPath, LossSurface, barrier
 from hessian_tools.landscape.storage import SurfaceStore
+from hessian_tools._progress import progress_bar
 from hessian_tools.objective import Objective
 
 __all__ = ["interpolate", "loss_surface", "plane"]
@@ -53,11 +54,9 @@ def _data_fingerprint(obj: Objective) -> str | None:
     return None if obj.streaming else fingerprint(obj.data)
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc="loss surface", unit="point", leave=False)
+def _progress(total: int, enabled: bool, desc: str = "loss surface"):
+    """The package's one progress bar (:func:`hessian_tools._progress.progress_bar`)."""
+    return progress_bar(total, desc, unit="point", leave=False) if enabled else None
 
 
 def _origin_index(axes) -> int | None:

@@ -5,7 +5,9 @@
 """
 
 from hessian_tools.symmetry.align import Alignment, activation_matching, align, weight_matching
+from hessian_tools.symmetry.connectivity import Connectivity, connectivity
 from hessian_tools.symmetry.derive import hidden_activations, permutation_spec
+from hessian_tools.symmetry.plots import plot_connectivity
 from hessian_tools.symmetry.repair import reset_batch_stats
 from hessian_tools.symmetry.spec import (
     PermutationSpec,
@@ -15,6 +17,7 @@ from hessian_tools.symmetry.spec import (
     random_permutation,
 )
 
-__all__ = ["Alignment", "PermutationSpec", "activation_matching", "align", "apply_permutation",
+__all__ = ["Alignment", "Connectivity", "PermutationSpec", "activation_matching", "align",
+           "apply_permutation", "connectivity", "plot_connectivity",
            "hidden_activations", "identity_permutation", "inverse_permutation",
            "permutation_spec", "random_permutation", "reset_batch_stats", "weight_matching"]
