@@ -55,11 +55,8 @@ def _loss_panel(conn, ax):
         ax.plot(t, chord, ls=":", lw=0.9, color=style["color"])
         i = int(np.argmin(np.abs(t - path.barrier_t)))
         ax.vlines(t[i], chord[i], loss[i], color=style["color"], lw=2.5, alpha=0.6)
-    ax.set_xlabel("t   (0: network A, 1: network B)")
-    ax.set_ylabel("loss")
-    ax.set_title(f"linear paths ({conn.method} matching)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "t   (0: network A, 1: network B)", "loss",
+           f"linear paths ({conn.method} matching)")
 
 
 def _eigen_panel(conn, ax):
@@ -74,11 +71,7 @@ def _eigen_panel(conn, ax):
         scale = np.nanmax(np.abs(conn.lambda_max))
         ax.set_yscale("symlog", linthresh=max(1e-3 * scale, np.finfo(float).tiny))
         ax.axhline(0.0, color="0.5", lw=0.8)
-    ax.set_xlabel("t")
-    ax.set_ylabel("Hessian eigenvalue")
-    ax.set_title("extreme eigenvalues along the paths")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "t", "Hessian eigenvalue", "extreme eigenvalues along the paths", fontsize=7)
 
 
 def _trace_panel(conn, ax):
@@ -87,8 +80,12 @@ def _trace_panel(conn, ax):
         style = _STYLE[name]
         ax.errorbar(t, conn.trace[row], yerr=conn.trace_stderr[row], marker="o", ms=3,
                     capsize=2, color=style["color"], label=style["label"])
-    ax.set_xlabel("t")
-    ax.set_ylabel("tr(H)")
-    ax.set_title("trace along the paths (Hutch++)")
+    _label(ax, "t", "tr(H)", "trace along the paths (Hutch++)")
+
+
+def _label(ax, xlabel, ylabel, title, fontsize=8):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=fontsize)
