@@ -52,20 +52,28 @@ def plot_eigenvalues(eig: Eigenpairs, ax=None, *, label: str | None = None, colo
     if not earlier:
         ax.axhspan(-tau, tau, color="0.85", alpha=0.6, lw=0, gid="tau-band",
                    label=f"|λ| ≤ τ = {tau:.2g} (treated as zero)")
-    ax.axhline(0.0, color="0.5", lw=0.8)
-    ax.set_yscale("symlog", linthresh=tau, linscale=0.6)
-    lo0, hi0 = ax.get_ylim() if earlier else (0.0, 0.0)
-    hi = max(max(ys, default=tau) * 2.0, tau * 2.0, hi0)
-    lo = min(min(ys, default=-tau) * 2.0, -tau * 2.0, lo0)
-    ax.set_ylim(lo, hi)
-    ticks = _symlog_ticks(lo, hi, tau)
-    ax.set_yticks(ticks, [_decade_label(t) for t in ticks])
+    symlog_eigenvalue_axis(ax, ys, tau, extend=earlier)
     ax.set_xlabel("rank (1 = largest, -1 = smallest)")
     ax.set_ylabel("eigenvalue")
     ax.set_title(f"{eig.operator or 'operator'}: extreme eigenvalues ({eig.num_matvecs} matvecs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return ax
+
+
+def symlog_eigenvalue_axis(ax, values, tau: float, *, extend: bool = False) -> None:
+    """A y axis for eigenvalues of both signs: symmetric-log, linear inside ``[-tau, tau]``,
+    a zero line, decade ticks outside the band only (ticks inside it crowd), limits with
+    room for every value (``extend``: keep room for values drawn on it before)."""
+    values = [float(v) for v in np.ravel(values) if np.isfinite(v)]
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_yscale("symlog", linthresh=tau, linscale=0.6)
+    lo0, hi0 = ax.get_ylim() if extend else (0.0, 0.0)
+    hi = max(max(values, default=tau) * 2.0, tau * 2.0, hi0)
+    lo = min(min(values, default=-tau) * 2.0, -tau * 2.0, lo0)
+    ax.set_ylim(lo, hi)
+    ticks = _symlog_ticks(lo, hi, tau)
+    ax.set_yticks(ticks, [_decade_label(t) for t in ticks])
 
 
 def _symlog_ticks(lo: float, hi: float, tau: float) -> list:

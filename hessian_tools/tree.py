@@ -122,6 +122,13 @@ def check_same_structure(ref, new, *, what: str) -> None:
         new_paths = [path_str(p) for p, _ in new_flat]
         missing = sorted(set(ref_paths) - set(new_paths))[:3]
         extra = sorted(set(new_paths) - set(ref_paths))[:3]
+        if not missing and not extra:
+            raise ValueError(
+                f"{what} have the parameters' leaves but other containers ({type(new).__name__} "
+                f"where the parameters are a {type(ref).__name__}; e.g. a plain dict read from "
+                "a checkpoint against an nnx.State, or integer keys written as strings). Load "
+                "checkpoints with hessian_tools.restore(objective, path), or rebuild the tree "
+                "with jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(new)).")
         raise ValueError(f"{what} do not match the parameter tree: missing leaves {missing}, "
                          f"unexpected leaves {extra}.")
     for (path, a), (_, b) in zip(ref_flat, new_flat):

@@ -10,6 +10,7 @@ from flax import nnx
 
 from hessian_tools import tree
 from hessian_tools.examples import digits
+from hessian_tools.landscape.evaluate import metric_barrier
 from hessian_tools.landscape import (Directions, InterpolationPath, LossSurface, accuracy,
                                      barrier, difference_direction, eigenvector_directions,
                                      evaluate_points, fingerprint, interpolate, load_directions,
@@ -260,6 +261,13 @@ def test_interpolation_with_a_metric_and_json_round_trip():
     b = jax.tree.map(lambda a: 0.5 * a, obj.params)
     path = interpolate(obj, obj.params, b, num_points=5, metric=accuracy)
     assert path.metric.shape == (5,) and path.metric_name == "accuracy"
+    # accuracy is higher-is-better: its barrier is the largest drop below the chord
+    chord = (1 - path.t) * path.metric[0] + path.t * path.metric[-1]
+    assert path.metric_barrier == pytest.approx(np.max(chord - path.metric), abs=1e-12)
+    assert metric_barrier([0.0, 0.5, 1.0], [1.0, 0.6, 0.9], accuracy) == pytest.approx(0.35)
+    assert metric_barrier([0.0, 0.5, 1.0], [1.0, 0.6, 0.9], lambda p, b: 0.0) == 0.0
+    assert metric_barrier([0.0, 0.5, 1.0], [0.0, 0.4, 0.1], lambda p, b: 0.0) == \
+        pytest.approx(0.35)                          # an error-like metric: a rise
     back = InterpolationPath.from_json(path.to_json())
     np.testing.assert_array_equal(back.loss, path.loss)
     assert back.barrier == path.barrier and back.fingerprint_b == fingerprint(b)

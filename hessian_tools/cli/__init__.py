@@ -13,7 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")          # the CLI writes files; it never opens a window
 
-from hessian_tools.cli import classify, compare_optimizers, demo, spectrum  # noqa: E402
+from hessian_tools.cli import classify, compare_optimizers, demo, landscape, spectrum  # noqa: E402
 from hessian_tools.cli._common import MODEL_HELP, UserError  # noqa: E402
 from hessian_tools.compile_cache import enable_compilation_cache  # noqa: E402
 
@@ -36,12 +36,31 @@ def parser() -> argparse.ArgumentParser:
     spectrum.add_parsers(sub, argparse.ArgumentDefaultsHelpFormatter)
     classify.add_parser(sub)
     compare_optimizers.add_parser(sub)
+    landscape.add_parsers(sub, argparse.ArgumentDefaultsHelpFormatter)
     return p
+
+
+_NEGATIVE_VALUED = ("--grid", "--curvature-grid")
+"""Options whose values start with a minus sign (``--grid -1:1:51``), which argparse would
+otherwise read as another option."""
+
+
+def _attach_values(argv: list[str]) -> list[str]:
+    """``--grid -1:1:51`` as ``--grid=-1:1:51``."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _NEGATIVE_VALUED and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def main(argv=None) -> int:
     p = parser()
-    args = p.parse_args(argv)
+    args = p.parse_args(_attach_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         p.print_help()
         return 2

@@ -130,8 +130,18 @@ def add_model_flags(p, *, example: str | None) -> None:
 
 
 def speaker(args):
-    """``print`` unless ``--quiet`` or ``--json``."""
-    return (lambda *a: None) if args.quiet or args.json else print
+    """``print`` unless ``--quiet`` or ``--json``. A reader that goes away (``| head``) does
+    not stop the run: its results are still written, the rest of the text is dropped."""
+    if args.quiet or args.json:
+        return lambda *a: None
+
+    def say(*a):
+        try:
+            print(*a, flush=True)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())       # later prints go nowhere, quietly
+    return say
 
 
 # ---- the user's model ------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def curvature_map(obj: Objective, dirs: Directions, *, grid, key, tol: float = 1
     matvecs, converged = np.zeros(n, np.int64), np.zeros(n, bool)
     keys = jax.random.split(key, n)
     warm = None
-    bar = _progress(n, progress)
+    bar = _progress(n, progress, desc="curvature map")
     for i in snake_order(shape):
         params = _point_jit(obj.params, dirs.vectors, np.asarray(mesh[i], dtype))
         op = hessian(obj.with_params(params))

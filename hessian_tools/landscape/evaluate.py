@@ -41,6 +41,7 @@ from hessian_tools._chunking import (_conv_activation_cached, conv_on_cpu, produ
 from hessian_tools.data import dataset_mean
 from hessian_tools.landscape.affine import affine_split
 from hessian_tools.landscape.directions import Directions
+from hessian_tools.landscape.results import barrier
 from hessian_tools.objective import Objective
 
 __all__ = ["OutputMetric", "accuracy", "evaluate_points", "on_outputs"]
@@ -54,18 +55,21 @@ class OutputMetric:
     """A metric of the model outputs, ``fn(outputs, batch) -> scalar`` mean over the batch.
 
     Evaluated from the same forward pass as the loss (the objective's ``predict``), so a
-    surface with this metric costs one forward pass per point, not two.
+    surface with this metric costs one forward pass per point, not two. ``higher_is_better``
+    orients barriers: for accuracy a barrier is a drop below the chord, for an error a rise.
     """
 
     fn: Any = dataclasses.field(metadata=dict(static=True))
     name: str = dataclasses.field(default="metric", metadata=dict(static=True))
+    higher_is_better: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     def __call__(self, outputs, batch):
         return self.fn(outputs, batch)
 
 
-def on_outputs(fn, *, name: str | None = None) -> OutputMetric:
-    """Wrap ``fn(outputs, batch) -> scalar`` as a metric of the model outputs.
+def on_outputs(fn, *, name: str | None = None, higher_is_better: bool = False) -> OutputMetric:
+    """Wrap ``fn(outputs, batch) -> scalar`` as a metric of the model outputs
+    (``higher_is_better``: an accuracy-like metric, whose barriers are drops).
 
     >>> m = on_outputs(lambda out, batch: (out > 0).mean(), name="positive")
     >>> m.name
@@ -73,7 +77,16 @@ def on_outputs(fn, *, name: str | None = None) -> OutputMetric:
     """
     if not callable(fn):
         raise TypeError(f"on_outputs needs a callable fn(outputs, batch), got {fn!r}.")
-    return OutputMetric(fn, name or getattr(fn, "__name__", "metric"))
+    return OutputMetric(fn, name or getattr(fn, "__name__", "metric"), bool(higher_is_better))
+
+
+def metric_barrier(t, values, metric) -> float:
+    """The barrier of a metric along a path, positive when the metric gets worse than the
+    chord between its ends: a rise for an error-like metric, a drop for an
+    :class:`OutputMetric` with ``higher_is_better`` (accuracy)."""
+    values = np.asarray(values, np.float64)
+    up = isinstance(metric, OutputMetric) and metric.higher_is_better
+    return barrier(t, -values if up else values)[0]
 
 
 def _labels(batch):
@@ -91,7 +104,7 @@ def _accuracy(outputs, batch):
     return jnp.mean(jnp.argmax(outputs, axis=-1) == _labels(batch)).astype(outputs.dtype)
 
 
-accuracy = OutputMetric(_accuracy, "accuracy")
+accuracy = OutputMetric(_accuracy, "accuracy", higher_is_better=True)
 """Classification accuracy from logits ``(n, classes)`` and integer labels (``batch[1]``)."""
 
 

@@ -131,8 +131,8 @@ class InterpolationPath(_JsonResult):
       barrier: ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` (Frankle et al. 2020): how far
         the loss rises above the straight line between the end losses; 0 for a path that
         stays below its chord. ``barrier_t``: where it is reached.
-      metric_barrier: the same formula for the metric (meaningful for an error-like metric,
-        higher is worse; for accuracy read ``-metric_barrier`` of ``1 - accuracy``).
+      metric_barrier: the same formula for the metric, oriented so that positive is worse:
+        for accuracy (``higher_is_better``) the largest drop below the chord.
       distance: ``||b - a||``.
       fingerprint_a, fingerprint_b: the two end points' fingerprints.
       num_evaluations: forward passes over the data; wall_time: seconds.

@@ -9,7 +9,7 @@ import numpy as np
 
 from hessian_tools.landscape.directions import (Directions, difference_direction, fingerprint,
                                                 plane_directions)
-from hessian_tools.landscape.evaluate import OutputMetric, _Evaluator
+from hessian_tools.landscape.evaluate import OutputMetric, _Evaluator, metric_barrier
 from hessian_tools.landscape.results import InterpolationPath, LossSurface, barrier
 from hessian_tools.landscape.storage import SurfaceStore
 from hessian_tools._progress import progress_bar
@@ -194,7 +194,7 @@ def interpolate(obj: Objective, params_a, params_b, *, num_points: int = 25, met
         distance=float(dirs.extra["distance"]), fingerprint_a=dirs.fingerprint,
         fingerprint_b=dirs.extra["fingerprint_b"], num_evaluations=ev.num_evaluations,
         metric=metric_values, metric_name=_metric_name(metric),
-        metric_barrier=None if metric is None else barrier(t, metric_values)[0],
+        metric_barrier=None if metric is None else metric_barrier(t, metric_values, metric),
         wall_time=time.perf_counter() - start)
 
 

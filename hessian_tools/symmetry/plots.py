@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from hessian_tools.plots import symlog_eigenvalue_axis
 from hessian_tools.symmetry.connectivity import PATHS, Connectivity
 
 __all__ = ["plot_connectivity"]
@@ -68,9 +69,9 @@ def _eigen_panel(conn, ax):
         ax.plot(t, conn.lambda_min[row], marker="s", ms=3, ls="--", color=style["color"],
                 label=f"λmin, {style['label']}")
     if np.nanmin(conn.lambda_min) < 0:
-        scale = np.nanmax(np.abs(conn.lambda_max))
-        ax.set_yscale("symlog", linthresh=max(1e-3 * scale, np.finfo(float).tiny))
-        ax.axhline(0.0, color="0.5", lw=0.8)
+        scale = np.nanmax(np.abs(np.concatenate([conn.lambda_max, conn.lambda_min], axis=None)))
+        symlog_eigenvalue_axis(ax, [conn.lambda_max, conn.lambda_min],
+                               max(1e-2 * scale, np.finfo(float).tiny))
     _label(ax, "t", "Hessian eigenvalue", "extreme eigenvalues along the paths", fontsize=7)
 
 
