@@ -50,8 +50,12 @@ def test_grid_parser_and_negative_values():
 
 
 def test_surface_files_resume_and_refusals(obj, tmp_path, capsys):
+    # the centre as an explicit checkpoint: the test's and the CLI's parameters are the same
+    # even if another process refreshes the example's weight cache meanwhile
+    ckpt = C.save_npz(tmp_path / "centre.npz", obj.params)
+    centre = [str(ckpt), *MODEL]
     out = tmp_path / "surf"
-    assert _cli("landscape", *MODEL, "--grid", "-1:1:5", "--accuracy", "--out", str(out)) == 0
+    assert _cli("landscape", *centre, "--grid", "-1:1:5", "--accuracy", "--out", str(out)) == 0
     for f in ("surface.npz", "directions.npz", "surface.png", "landscape.json"):
         assert (out / f).exists(), f
     summary = json.loads((out / "landscape.json").read_text())
@@ -62,14 +66,14 @@ def test_surface_files_resume_and_refusals(obj, tmp_path, capsys):
     ref = ht.loss_surface(obj, dirs, grid=(np.linspace(-1, 1, 5),) * 2)
     np.testing.assert_allclose(surf["values"], ref.values, rtol=1e-6)
     # run again: every point is read back, the directions reused
-    assert _cli("landscape", *MODEL, "--grid", "-1:1:5", "--accuracy", "--out", str(out)) == 0
+    assert _cli("landscape", *centre, "--grid", "-1:1:5", "--accuracy", "--out", str(out)) == 0
     assert json.loads((out / "landscape.json").read_text())["surface"]["num_reused"] == 26
     # another grid in the same folder is refused (not mixed in), --overwrite starts over
-    assert _cli("landscape", *MODEL, "--grid", "-2:2:5", "--accuracy", "--out", str(out)) == 2
+    assert _cli("landscape", *centre, "--grid", "-2:2:5", "--accuracy", "--out", str(out)) == 2
     assert "other settings" in capsys.readouterr().err
-    assert _cli("landscape", *MODEL, "--grid", "-2:2:5", "--out", str(out), "--overwrite") == 0
+    assert _cli("landscape", *centre, "--grid", "-2:2:5", "--out", str(out), "--overwrite") == 0
     # a 1-D request against the folder's 2 directions is refused with the fix
-    assert _cli("landscape", *MODEL, "--dims", "1", "--grid", "-1:1:5", "--out", str(out)) == 2
+    assert _cli("landscape", *centre, "--dims", "1", "--grid", "-1:1:5", "--out", str(out)) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
