@@ -175,3 +175,38 @@ def test_bad_input_is_named():
         class_means_overlap(jnp.ones((2, 3)), dec)
     with pytest.raises(TypeError, match="read back from JSON"):
         class_mean_vectors(PapyanDecomposition.from_json(dec.to_json()))
+
+
+# ---- ht.outliers: how the count depends on k, and the k that makes it stable ----------------
+
+SPIKED = np.r_[np.linspace(10.0, 3.0, 8), np.linspace(1.0, 0.0, 192)]     # 8 outliers
+
+
+def test_outlier_count_by_k_for_an_array_says_when_it_is_not_stable():
+    short = ht.outliers(SPIKED, k=16)            # the lower half of the window is outliers
+    assert short.extra["counts_by_k"][:3] == [[16, 8], [11, 0], [8, 0]]
+    assert not short.extra["stable"]
+    full = ht.outliers(SPIKED, k=40)
+    assert full.extra["stable"] and full.num_outliers == 8
+    assert [r for r, _ in full.extra["counts_by_k"]] == [40, 27, 18, 12, 8, 6, 4]
+    assert full.extra["k_stable"] == 18 and full.extra["k"] == 40
+    blind = ht.outliers(SPIKED, k=8)             # documented limit: only outliers in view
+    assert blind.extra["stable"] and blind.num_outliers == 0
+    gauss = np.sort(np.random.default_rng(0).normal(size=200))[::-1]   # documented flicker
+    assert [ht.outliers(gauss, k=k).num_outliers for k in (30, 36, 50)] == [0, 2, 0]
+    assert ht.outliers(gauss, k=30).extra["stable"]
+    assert not ht.outliers(gauss, k=36).extra["stable"]
+
+
+def test_outliers_of_an_operator_double_k_until_the_count_is_stable():
+    from conftest import spectrum_matrix
+    op = ht.from_dense(spectrum_matrix(SPIKED, seed=3))
+    split = ht.outliers(op, key=jax.random.key(0), k=16)
+    assert split.extra["stable"] and split.extra["k"] == 50          # 16 -> 32 -> 50 = dim/4
+    assert split.num_outliers == 8 and split.extra["k_stable"] == 16
+    np.testing.assert_allclose(split.outliers, SPIKED[:8], atol=1e-6)
+    fixed = ht.outliers(op, key=jax.random.key(0), k=16, max_k=16)      # no doubling
+    assert not fixed.extra["stable"] and fixed.extra["k"] == 16
+    assert split.num_matvecs > fixed.num_matvecs
+    with pytest.raises(ValueError, match="max_k=4 must be an integer >= 16"):
+        ht.outliers(op, key=jax.random.key(0), k=16, max_k=4)
