@@ -102,8 +102,9 @@ class EpsilonSharpness(Result):
       method: ``"projected_gradient"`` or ``"l-bfgs-b"``.
       num_evaluations: loss-and-gradient evaluations over the data (the starting point's
         included); ``num_steps`` iterations over all starts; ``num_starts`` starts.
-      status: ``converged`` when the last start's projected gradient fell below the
-        tolerance (a stationary point of the box problem), else ``budget``.
+      stops: why each start stopped: ``"stationary"`` (a stationary point of the box
+        problem), ``"no ascent"`` (no rise left at the loss's rounding) or ``"steps"``.
+      status: ``budget`` when a start ran out of steps, else ``converged``.
       history: ``(num_steps,)`` the best loss after each iteration, over all starts.
       perturbation: the maximiser ``A y`` (a pytree like the parameters; not serialised).
     """
@@ -117,11 +118,13 @@ class EpsilonSharpness(Result):
     num_evaluations: int = 0
     num_steps: int = 0
     num_starts: int = 1
+    stops: tuple = ()
     status: Status
     history: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     perturbation: Any = None
 
     _arrays = ("history",)
+    _tuples = ("stops",)
     _skip = ("perturbation",)
 
     def __str__(self) -> str:
