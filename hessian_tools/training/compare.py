@@ -167,7 +167,8 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
       tol: eigenvalue tolerance (relative residual).
       learning_rates: ``{name: eta}`` overriding the probed step sizes (for thresholds).
       log_dir: optional folder for one ``<name>.jsonl`` log per optimizer.
-      overwrite: replace existing logs in ``log_dir`` (else an existing log raises).
+      overwrite: replace existing logs in ``log_dir`` and checkpoints in ``checkpoint_dir``
+        (else an existing one raises).
       accuracy_fn: ``accuracy_fn(outputs, batch) -> scalar``; default: argmax accuracy
         for integer labels in ``batch[1]``, ``NaN`` otherwise.
       k: top-k size for ``"top_k"``/``"grad_overlap"``.
@@ -184,7 +185,8 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
       TypeError: ``optimizers`` is not a non-empty dict.
       ValueError: a bad ``train_steps``, ``epochs`` (or both, or neither), ``every``,
         ``batch_size`` or stopping target, an accuracy target without an accuracy, or an
-        existing log in ``log_dir`` without ``overwrite``.
+        existing log in ``log_dir`` or checkpoint in ``checkpoint_dir`` without
+        ``overwrite``.
     """
     data = training_data(obj)
     n = _validate_compare(data, optimizers, every, batch_size)
@@ -195,6 +197,7 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
         measure_data = measurement_subset(data, measure_size, key=k_measure)
     order = batch_order(k_data, n, batch_size, train_steps)
     evaluate = make_evaluate(obj, accuracy_fn or default_accuracy)
+    checkpoints = _checkpoint_paths(checkpoint_dir, optimizers, overwrite)
     runs = {}
     for name, opt in optimizers.items():
         lr = (learning_rates or {}).get(name)
@@ -207,8 +210,8 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
             step, p, opt_state=state, learning_rate=eta, force=True)
         trace = run_training(opt, obj.loss, obj.params, data, order, train_steps,
                              evaluate=evaluate, every=every, measure=measure, stop=stop)
-        path = None if checkpoint_dir is None else str(
-            save_npz(Path(checkpoint_dir) / f"{safe_name(name)}.npz", trace.params))
+        path = None if checkpoint_dir is None else str(save_npz(checkpoints[name],
+                                                                 trace.params))
         runs[name] = trace.run(name, info, tracker.log, checkpoint=path)
         if verbose:
             s = runs[name].summary()
@@ -222,6 +225,19 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
               "epochs": epochs, "stop_at_loss": stop_at_loss,
               "stop_at_accuracy": stop_at_accuracy}
     return OptimizerComparison(runs=runs, config=config)
+
+
+def _checkpoint_paths(checkpoint_dir, optimizers, overwrite) -> dict:
+    """``{name: checkpoint_dir/<name>.npz}``, refusing existing files (checked before any
+    training) unless ``overwrite``."""
+    if checkpoint_dir is None:
+        return {}
+    paths = {name: Path(checkpoint_dir) / f"{safe_name(name)}.npz" for name in optimizers}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"checkpoint {existing[0]} exists: pass overwrite=True to replace it, "
+                         "or another checkpoint_dir.")
+    return paths
 
 
 def safe_name(name: str) -> str:
