@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hessian_tools import tree
 from hessian_tools._checks import check_count
 from hessian_tools.checkpoints import save_npz
 from hessian_tools.objective import Objective
@@ -197,7 +198,7 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
         measure_data = measurement_subset(data, measure_size, key=k_measure)
     order = batch_order(k_data, n, batch_size, train_steps)
     evaluate = make_evaluate(obj, accuracy_fn or default_accuracy)
-    checkpoints = _checkpoint_paths(checkpoint_dir, optimizers, overwrite)
+    checkpoints = _checkpoint_paths(checkpoint_dir, optimizers, overwrite, obj.params)
     runs = {}
     for name, opt in optimizers.items():
         lr = (learning_rates or {}).get(name)
@@ -227,11 +228,16 @@ def compare_optimizers(obj: Objective, optimizers: Mapping, *,
     return OptimizerComparison(runs=runs, config=config)
 
 
-def _checkpoint_paths(checkpoint_dir, optimizers, overwrite) -> dict:
+def _checkpoint_paths(checkpoint_dir, optimizers, overwrite, params) -> dict:
     """``{name: checkpoint_dir/<name>.npz}``, refusing existing files (checked before any
-    training) unless ``overwrite``."""
+    training) unless ``overwrite``, and parameters without names (a checkpoint stores
+    arrays by their ``a/b/c`` paths)."""
     if checkpoint_dir is None:
         return {}
+    if "" in tree.flat_paths(params):
+        raise ValueError("checkpoint_dir needs named parameters (a checkpoint stores arrays by "
+                         "their paths), but the parameters are one bare array: build the "
+                         "objective with params={'w': params} (and the loss reading p['w']).")
     paths = {name: Path(checkpoint_dir) / f"{safe_name(name)}.npz" for name in optimizers}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
