@@ -26,7 +26,8 @@ class GradientFlow(Result):
         ``sharpness_residuals`` their residual bounds.
       params: the parameters at each time (a tuple of pytrees; not serialised).
       method: ``"dopri5"`` (adaptive Dormand-Prince 5(4)) or ``"rk4"`` (fixed step).
-      rtol, atol: the error tolerances (``dopri5``); ``dt``: the fixed step (``rk4``).
+      rtol, atol: the error tolerances (``dopri5``); ``dt``: the fixed step (``rk4``), or
+        the cap on the step with ``alpha`` (Cohen et al.'s ``dt = alpha / lambda_max``).
       num_steps: accepted steps; ``num_rejected``: rejected ones (``dopri5``);
         ``num_gradient_evals``: gradients over the data (the integrator's).
       dt_min, dt_max: the smallest and largest accepted step.
@@ -43,6 +44,7 @@ class GradientFlow(Result):
     rtol: float | None = None
     atol: float | None = None
     dt: float | None = None
+    alpha: float | None = None
     num_steps: int = 0
     num_rejected: int = 0
     num_gradient_evals: int = 0

@@ -96,6 +96,35 @@ def test_rk4_is_the_stability_polynomial_on_a_quadratic():
     assert 14 < errors[0] / errors[1] < 18
 
 
+def test_cohen_step_control_uses_alpha_over_the_sharpness():
+    """``alpha``: RK4 at ``dt = alpha / lambda_max`` (3 here, so 1/6), i.e. the stability
+    polynomial at that step; on the quartic the step grows as the sharpness falls."""
+    evals, vecs = np.linalg.eigh(A)
+    m = X.mean(axis=0)
+    flow = gradient_flow(_quadratic_obj(), t_max=1.0, times=[0.5, 1.0], alpha=0.5,
+                         key=jax.random.key(0), sharpness_tol=1e-10)
+    assert flow.method == "rk4" and flow.alpha == 0.5 and flow.dt is None
+    np.testing.assert_allclose(flow.sharpness, 3.0, rtol=1e-8)
+    assert flow.num_steps == 6 and flow.dt_max == pytest.approx(1 / 6, rel=1e-8)
+    z = -evals / 6
+    r = (1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24) ** 6
+    np.testing.assert_allclose(np.asarray(flow.params[-1]),
+                               m + vecs @ (r * (vecs.T @ (THETA0 - m))), rtol=1e-7)
+    capped = gradient_flow(_quadratic_obj(), t_max=1.0, num_points=2, alpha=0.5, dt=0.1,
+                           key=jax.random.key(0))
+    assert capped.num_steps == 10 and capped.dt == 0.1
+    theta0 = np.array([1.5, -0.5])
+    quartic = gradient_flow(_quartic_obj(theta0), t_max=4.0, num_points=5, alpha=0.2,
+                            key=jax.random.key(1), sharpness_tol=1e-8)
+    assert np.all(np.diff(quartic.sharpness) < 0)
+    # each unit segment takes ceil(lambda / alpha) steps of alpha / lambda (the last cut short)
+    assert quartic.num_steps == sum(int(np.ceil(s / 0.2 - 1e-9)) for s in quartic.sharpness[:-1])
+    assert quartic.dt_max == pytest.approx(0.2 / quartic.sharpness[-2], rel=1e-6)
+    t = quartic.times[-1]
+    np.testing.assert_allclose(np.asarray(quartic.params[-1]),
+                               theta0 / np.sqrt(1 + 2 * theta0**2 * t), rtol=1e-5)
+
+
 def test_output_times_off_the_step_grid_are_hit_exactly():
     flow = gradient_flow(_quadratic_obj(), t_max=1.0, times=[0.13, 1.0], dt=0.1)
     np.testing.assert_allclose(np.asarray(flow.params[0]), _exact(0.13), atol=1e-6)
@@ -155,3 +184,7 @@ def test_bad_input():
         gradient_flow(obj, t_max=1.0, max_steps=0)
     with pytest.raises(ValueError, match="explicit PRNG key"):
         gradient_flow(obj, t_max=1.0, sharpness=True)
+    with pytest.raises(ValueError, match="explicit PRNG key"):
+        gradient_flow(obj, t_max=1.0, alpha=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        gradient_flow(obj, t_max=1.0, alpha=0.0, key=jax.random.key(0))
