@@ -199,7 +199,8 @@ def gradient_flow(obj: Objective, *, t_max: float, times=None, num_points: int =
         is needed); their code uses ``alpha`` well below RK4's stability limit of 2.79
         (e.g. 0.5) and caps the step (``dt``). A segment where ``lambda_max <= 0`` takes
         the cap (or goes to the next output time in one step without one).
-      rtol: relative error tolerance (``dopri5``), in ``(0, 1)``.
+      rtol: relative error tolerance (``dopri5``), in ``(0, 1)`` and not below the
+        parameters' rounding unit (``1.2e-7`` in float32).
       atol: absolute error tolerance (``dopri5``), ``> 0``.
       max_steps: the budget of (accepted and rejected) steps.
       sharpness: measure ``lambda_max`` at every output time.
@@ -216,8 +217,8 @@ def gradient_flow(obj: Objective, *, t_max: float, times=None, num_points: int =
     Examples:
       >>> import jax.numpy as jnp, numpy as np, hessian_tools as ht
       >>> obj = ht.Objective(lambda p, b: 0.5 * jnp.sum(p**2), jnp.ones(2), jnp.zeros((1, 1)))
-      >>> flow = gradient_flow(obj, t_max=1.0, num_points=2, rtol=1e-10, atol=1e-12)
-      >>> bool(np.allclose(flow.params[-1], np.exp(-1.0), rtol=1e-8))   # theta' = -theta
+      >>> flow = gradient_flow(obj, t_max=1.0, num_points=2, rtol=1e-6, atol=1e-9)
+      >>> bool(np.allclose(flow.params[-1], np.exp(-1.0), rtol=1e-5))   # theta' = -theta
       True
     """
     if not isinstance(obj, Objective):
@@ -229,6 +230,11 @@ def gradient_flow(obj: Objective, *, t_max: float, times=None, num_points: int =
     if dt is not None:
         check_positive("dt", dt)
     check_tol("rtol", rtol)
+    eps = max(float(jnp.finfo(a.dtype).eps) for a in jax.tree.leaves(obj.params))
+    if dt is None and alpha is None and rtol < eps:
+        raise ValueError(f"rtol={rtol} is below the parameters' rounding unit {eps:.3g}: no "
+                         "step can meet it. Loosen rtol, or integrate in float64 "
+                         "(jax_enable_x64 and obj.astype(jnp.float64)).")
     check_positive("atol", atol)
     check_count("max_steps", max_steps)
     if sharpness:

@@ -180,6 +180,8 @@ def test_bad_input():
         gradient_flow(obj, t_max=1.0, dt=-0.1)
     with pytest.raises(ValueError, match="rtol"):
         gradient_flow(obj, t_max=1.0, rtol=2.0)
+    with pytest.raises(ValueError, match="rtol=1e-09 is below the parameters' rounding unit"):
+        gradient_flow(obj.astype(jnp.float32), t_max=1.0, rtol=1e-9)
     with pytest.raises(ValueError, match="max_steps"):
         gradient_flow(obj, t_max=1.0, max_steps=0)
     with pytest.raises(ValueError, match="explicit PRNG key"):
