@@ -56,6 +56,9 @@ class GradientFlow(Result):
     _skip = ("params",)
 
     def __str__(self) -> str:
+        if len(self.times) == 0:
+            return (f"GradientFlow({self.method}: no output time reached; {self.num_steps} "
+                    f"steps, {self.status})")
         top = "" if self.sharpness is None else f", sharpness {self.sharpness[-1]:.4g}"
         return (f"GradientFlow({self.method}: t = {self.times[-1]:.4g}, loss "
                 f"{self.loss[0]:.4g} -> {self.loss[-1]:.4g}{top}; {self.num_steps} steps, "

@@ -108,6 +108,7 @@ def test_gradient_density_of_a_zero_gradient_is_none():
     np.testing.assert_allclose(weights[keep], [0.5, 0.5], atol=1e-12)
 
 
+@pytest.mark.slow      # compiles an NNX model (~15 s on 2 cores)
 def test_blocks_of_an_nnx_model():
     from hessian_tools.examples.digits import digits_objective
     obj = digits_objective("mlp-tiny", trained=False, dtype=jnp.float64, num_examples=60)

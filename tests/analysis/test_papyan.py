@@ -138,6 +138,7 @@ def test_class_mean_vectors_and_the_overlap_against_dense():
     np.testing.assert_allclose(back.cosines, out.cosines)
 
 
+@pytest.mark.slow      # compiles an NNX model (~15 s on 2 cores)
 def test_nnx_digits_model_parts_sum_to_the_ggn():
     from hessian_tools.examples.digits import digits_objective
     obj = digits_objective("mlp-tiny", trained=False, dtype=jnp.float64, num_examples=120)

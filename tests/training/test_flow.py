@@ -162,6 +162,8 @@ def test_budget_returns_the_times_reached():
     np.testing.assert_array_equal(flow.times, [0.0, 1.0, 2.0])
     assert len(flow.params) == len(flow.loss) == 3 and flow.num_steps == 25
     assert "budget" in str(flow)
+    none = gradient_flow(_quadratic_obj(), t_max=4.0, times=[2.0, 4.0], dt=0.1, max_steps=5)
+    assert len(none.times) == 0 and none.params == () and "no output time" in str(none)
 
 
 def test_bad_input():
@@ -181,7 +183,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="rtol"):
         gradient_flow(obj, t_max=1.0, rtol=2.0)
     with pytest.raises(ValueError, match="rtol=1e-09 is below the parameters' rounding unit"):
-        gradient_flow(obj.astype(jnp.float32), t_max=1.0, rtol=1e-9)
+        gradient_flow(_quartic_obj(np.ones(2, np.float32)), t_max=1.0, rtol=1e-9)
     with pytest.raises(ValueError, match="max_steps"):
         gradient_flow(obj, t_max=1.0, max_steps=0)
     with pytest.raises(ValueError, match="explicit PRNG key"):
