@@ -24,9 +24,9 @@ from hessian_tools.results import OptimizerComparison, OptimizerRun
 from hessian_tools.training.optimizers import optimizer_info
 from hessian_tools.training.tracker import SharpnessTracker
 
-__all__ = ['compare_optimizers', 'measurement_subset', 'safe_name', 'stopping_criterion',
-           'training_steps', 'check_batch_size', 'batch_order', 'training_data',
-           'make_evaluate', 'default_accuracy', 'run_training', 'TrainingTrace']
+# the training loop and its checks (run_training, stopping_criterion, ...) are shared with
+# training/sweep.py; only these are public
+__all__ = ['compare_optimizers', 'measurement_subset', 'safe_name']
 
 
 def measurement_subset(data, num_examples: int | None, *, key=None):
