@@ -12,9 +12,11 @@ import numpy as np
 from hessian_tools.results import (Eigenpairs, OptimizerComparison,
                                    SharpnessLog, SpectralDensity, stability_threshold)
 from hessian_tools.results.curvature import CurvatureReport
+from hessian_tools.results.dynamics import GradientFlow, LearningRateSweep
 
 __all__ = ['plot_comparison', 'plot_curvature_report', 'plot_densities', 'plot_density',
-           'plot_eigenvalues', 'plot_index_vs_loss', 'plot_log_density', 'plot_sharpness']
+           'plot_eigenvalues', 'plot_gradient_flow', 'plot_index_vs_loss',
+           'plot_learning_rate_sweep', 'plot_log_density', 'plot_sharpness']
 
 
 def _axes(ax):
@@ -510,3 +512,67 @@ def _plot_blocks(report, ax):
             twin.set_yscale("log")
             twin.yaxis.set_minor_formatter("")          # no labels on minor ticks
     ax.grid(alpha=0.3, axis="y")
+
+
+def plot_gradient_flow(flow: GradientFlow, ax=None, *, learning_rate: float | None = None,
+                       color=None):
+    """The sharpness along gradient flow against time, with the loss on a second (log) axis.
+
+    With ``learning_rate`` the gradient-descent threshold ``2/eta`` is drawn: Cohen et al.
+    (2021) compare the flow's sharpness, which keeps rising, with gradient descent's, which
+    stops there. Without a measured sharpness only the loss is drawn (on ``ax``).
+
+    Returns:
+      The axes of the sharpness (or of the loss when there is none).
+    """
+    ax = _axes(ax)
+    loss_ax = ax if flow.sharpness is None else ax.twinx()
+    loss_ax.semilogy(flow.times, flow.loss, color="0.45", lw=1.0, ls="--", label="loss")
+    loss_ax.set_ylabel("loss (full data)")
+    if flow.sharpness is not None:
+        ax.plot(flow.times, flow.sharpness, marker=".", ms=3, lw=1.4, color=color or "C0",
+                label=r"$\lambda_{\max}(H)$")
+        if learning_rate is not None:
+            ax.axhline(2.0 / learning_rate, color="C3", ls=":", lw=1.2,
+                       label=rf"$2/\eta$ ($\eta$ = {learning_rate:g})")
+        ax.set_ylabel(r"sharpness $\lambda_{\max}$")
+        lines = ax.get_legend_handles_labels()
+        more = loss_ax.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right")
+    else:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("time t (gradient flow)")
+    ax.set_title(f"gradient flow ({flow.method}, {flow.num_steps} steps)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_learning_rate_sweep(sweep: LearningRateSweep, ax=None, *, label: str | None = None,
+                             color=None):
+    """Steps to the criterion against the learning rate (log-log), Saxe et al.'s training
+    time. Rates that missed it are drawn as crosses at the budget (dotted line); the best
+    rate is starred.
+
+    Returns:
+      The axes.
+    """
+    ax = _axes(ax)
+    rates, reached = sweep.learning_rates, sweep.reached
+    line, = ax.loglog(rates[reached], sweep.steps[reached], marker="o", ms=4, lw=1.2,
+                      color=color, label=label or "steps to criterion")
+    if (~reached).any():
+        ax.scatter(rates[~reached], np.full((~reached).sum(), sweep.max_steps), marker="x",
+                   color=line.get_color(), label="not reached (budget or diverged)")
+    ax.axhline(sweep.max_steps, color="0.5", ls=":", lw=1.0, label="budget")
+    if sweep.best_learning_rate is not None:
+        best = rates == sweep.best_learning_rate
+        ax.scatter(rates[best], sweep.steps[best], marker="*", s=120, zorder=3,
+                   color=line.get_color(), label=rf"best: $\eta$ = {sweep.best_learning_rate:.3g}")
+    crit = ", ".join(f"{k} {'<=' if k == 'loss' else '>='} {v:g}"
+                     for k, v in sweep.criterion.items())
+    ax.set_xlabel(r"learning rate $\eta$")
+    ax.set_ylabel("training steps")
+    ax.set_title(f"time to criterion ({crit})", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return ax

@@ -7,12 +7,14 @@ import functools
 import json
 
 import jax
+import matplotlib.pyplot as plt
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 
 import hessian_tools as ht
+from hessian_tools.plots import plot_gradient_flow
 from hessian_tools.results.dynamics import GradientFlow
 from hessian_tools.training.flow import DOPRI5, gradient_flow
 from conftest import spectrum_matrix
@@ -143,6 +145,13 @@ def test_quartic_flow_and_its_sharpness():
     np.testing.assert_allclose(flow.sharpness, 3 * want[:, 0] ** 2, rtol=1e-6)  # max 3 theta^2
     assert flow.num_matvecs > 0 and flow.operator == "hessian" and len(flow.seed) > 0
     assert np.all(flow.sharpness_residuals <= 1e-6 * flow.sharpness)
+    ax = plot_gradient_flow(flow, learning_rate=0.5)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), flow.sharpness)
+    assert ax.lines[1].get_ydata()[0] == 4.0 and ax.get_xlabel().startswith("time")
+    plt.close(ax.figure)
+    ax = plot_gradient_flow(gradient_flow(_quartic_obj(theta0), t_max=1.0, num_points=3))
+    assert ax.get_yscale() == "log" and len(ax.lines) == 1          # only the loss
+    plt.close(ax.figure)
 
 
 def test_stiff_problem_keeps_the_steps_inside_the_stability_region():

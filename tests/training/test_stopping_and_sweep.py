@@ -7,12 +7,14 @@ import functools
 import json
 
 import jax
+import matplotlib.pyplot as plt
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import hessian_tools as ht
+from hessian_tools.plots import plot_learning_rate_sweep
 from hessian_tools.results import OptimizerRun
 from hessian_tools.results.dynamics import LearningRateSweep
 from hessian_tools.training.sweep import learning_rate_sweep
@@ -165,6 +167,10 @@ def test_learning_rate_sweep_against_the_closed_form():
     np.testing.assert_array_equal(back.steps, sweep.steps)
     assert back.stop_reasons == sweep.stop_reasons and back.criterion == {"loss": target}
     assert len(back.seed) > 0 and back.max_steps == budget
+    ax = plot_learning_rate_sweep(sweep)
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), np.asarray(rates)[sweep.reached])
+    assert ax.get_xscale() == "log" and "best" in ax.get_legend().get_texts()[-1].get_text()
+    plt.close(ax.figure)
 
 
 def test_sweep_with_an_accuracy_criterion_and_minibatches():
