@@ -11,9 +11,12 @@ import numpy as np
 
 from hessian_tools.results import (Eigenpairs, OptimizerComparison,
                                    SharpnessLog, SpectralDensity, stability_threshold)
+from hessian_tools.results.curvature import CurvatureReport
+from hessian_tools.results.dynamics import GradientFlow, LearningRateSweep
 
-__all__ = ['plot_comparison', 'plot_densities', 'plot_density', 'plot_eigenvalues',
-           'plot_index_vs_loss', 'plot_log_density', 'plot_sharpness']
+__all__ = ['plot_comparison', 'plot_curvature_report', 'plot_densities', 'plot_density',
+           'plot_eigenvalues', 'plot_gradient_flow', 'plot_index_vs_loss',
+           'plot_learning_rate_sweep', 'plot_log_density', 'plot_sharpness']
 
 
 def _axes(ax):
@@ -414,5 +417,170 @@ def plot_index_vs_loss(search, ax=None, *, fraction: bool = True, label: str | N
     ax.set_xlabel("index (fraction of negative eigenvalues)" if fraction else "index")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_curvature_report(report: CurvatureReport, axes=None):
+    """A :class:`~hessian_tools.results.curvature.CurvatureReport` on four panels.
+
+    (1) the top eigenvalues by rank, with the gradient's weight ``<g, v_i>^2 / ||g||^2``
+    on each eigenvector as bars (right axis); (2) the gradient's spectral measure over the
+    whole spectrum (Lanczos from ``g``: one stem per quadrature node) with the top-k
+    weights marked; (3) per block: the share ``||v_1||^2`` of the top eigenvector (bars)
+    and the block's own ``lambda_max`` (dots, right axis, log scale); (4) the densities,
+    whole and per block, overlaid (when computed).
+
+    Args:
+      report: the result of ``curvature_report``.
+      axes: four matplotlib axes (a new 2x2 figure when ``None``).
+
+    Returns:
+      The four axes (``axes[0].figure`` is the figure).
+    """
+    if axes is None:
+        import matplotlib.pyplot as plt
+        _, grid = plt.subplots(2, 2, figsize=(11, 7.5), constrained_layout=True)
+        axes = grid.ravel()
+    ax_top, ax_grad, ax_blocks, ax_dens = axes
+    _plot_top(report, ax_top)
+    _plot_grad_measure(report, ax_grad)
+    _plot_blocks(report, ax_blocks)
+    densities = ([report.density] if report.density is not None else []) + list(
+        report.layer_densities.values())
+    if densities:
+        labels = (["all parameters"] if report.density is not None else []) + list(
+            report.layer_densities)
+        plot_densities(densities, ax_dens, labels=labels, mark_ends=False)
+        ax_dens.set_title(f"eigenvalue densities ({report.operator})")
+    else:
+        ax_dens.set_axis_off()
+        ax_dens.set_title("(no densities computed)")
+    return axes
+
+
+def _plot_top(report, ax):
+    ranks = np.arange(1, len(report.top) + 1)
+    ax.plot(ranks, report.top, "o-", color="C0", label="eigenvalue")
+    ax.set(xlabel="rank", ylabel="eigenvalue", xticks=ranks)
+    twin = ax.twinx()
+    twin.bar(ranks, report.grad_weights, width=0.5, color="C1", alpha=0.5,
+             label="gradient weight")
+    twin.set_ylabel("gradient weight ⟨g, v_i⟩² / ‖g‖²", color="C1")
+    twin.set_ylim(0, max(1e-12, 1.15 * float(np.max(report.grad_weights, initial=0.0))))
+    ax.set_zorder(twin.get_zorder() + 1)             # the eigenvalues above the bars
+    ax.patch.set_visible(False)
+    ax.set_title(f"top {report.k}: λ1/λ2 = {report.ratio:.3g}, gradient in top-{report.k} "
+                 f"= {report.grad_overlap:.2f}")
+    ax.grid(alpha=0.3)
+
+
+def _plot_grad_measure(report, ax):
+    dens = report.grad_density
+    if dens is None:
+        ax.set_axis_off()
+        ax.set_title("(zero gradient: no spectral measure)")
+        return
+    nodes, weights = dens.measure()
+    floor = max(float(weights.max()) * 1e-8, 1e-300)
+    ax.vlines(nodes, floor, np.maximum(weights, floor), color="C0", lw=1.2,
+              label=f"Lanczos from g ({dens.num_steps} nodes)")
+    ax.plot(report.top, np.maximum(report.grad_weights, floor), "v", color="C3", ms=6,
+            label=f"top-{report.k} eigenvectors")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=floor)
+    ax.axvline(0.0, color="0.5", lw=0.6)
+    ax.set(xlabel="eigenvalue", ylabel="gradient weight",
+           title="gradient's spectral measure")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _plot_blocks(report, ax):
+    names = list(report.block_norms)
+    if not names:
+        ax.set_axis_off()
+        ax.set_title("(no blocks)")
+        return
+    x = np.arange(len(names))
+    ax.bar(x, [report.block_norms[n] ** 2 for n in names], color="C2", alpha=0.7)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="share of v1: ‖v1 on block‖²", ylim=(0, 1.05),
+           title="top eigenvector by block (bars), block λmax (dots)")
+    if report.layer_lambda_max:
+        twin = ax.twinx()
+        values = [report.layer_lambda_max.get(n, np.nan) for n in names]
+        twin.plot(x, values, "o", color="C3", ms=7)
+        for xi, v in zip(x, values):
+            twin.annotate(f"{v:.3g}", (xi, v), xytext=(6, 0), textcoords="offset points",
+                          va="center", color="C3", fontsize=8)
+        twin.axhline(report.lambda1, color="C3", ls="--", lw=1)
+        twin.set_ylabel("block λmax (dashed: λ1 of all)", color="C3")
+        if all(np.isfinite(v) and v > 0 for v in values):
+            twin.set_yscale("log")
+            twin.yaxis.set_minor_formatter("")          # no labels on minor ticks
+    ax.grid(alpha=0.3, axis="y")
+
+
+def plot_gradient_flow(flow: GradientFlow, ax=None, *, learning_rate: float | None = None,
+                       color=None):
+    """The sharpness along gradient flow against time, with the loss on a second (log) axis.
+
+    With ``learning_rate`` the gradient-descent threshold ``2/eta`` is drawn: Cohen et al.
+    (2021) compare the flow's sharpness, which keeps rising, with gradient descent's, which
+    stops there. Without a measured sharpness only the loss is drawn (on ``ax``).
+
+    Returns:
+      The axes of the sharpness (or of the loss when there is none).
+    """
+    ax = _axes(ax)
+    loss_ax = ax if flow.sharpness is None else ax.twinx()
+    loss_ax.semilogy(flow.times, flow.loss, color="0.45", lw=1.0, ls="--", label="loss")
+    loss_ax.set_ylabel("loss (full data)")
+    if flow.sharpness is not None:
+        ax.plot(flow.times, flow.sharpness, marker=".", ms=3, lw=1.4, color=color or "C0",
+                label=r"$\lambda_{\max}(H)$")
+        if learning_rate is not None:
+            ax.axhline(2.0 / learning_rate, color="C3", ls=":", lw=1.2,
+                       label=rf"$2/\eta$ ($\eta$ = {learning_rate:g})")
+        ax.set_ylabel(r"sharpness $\lambda_{\max}$")
+        lines = ax.get_legend_handles_labels()
+        more = loss_ax.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="center right")
+    else:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("time t (gradient flow)")
+    ax.set_title(f"gradient flow ({flow.method}, {flow.num_steps} steps)", fontsize=9)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_learning_rate_sweep(sweep: LearningRateSweep, ax=None, *, label: str | None = None,
+                             color=None):
+    """Steps to the criterion against the learning rate (log-log), Saxe et al.'s training
+    time. Rates that missed it are drawn as crosses at the budget (dotted line); the best
+    rate is starred.
+
+    Returns:
+      The axes.
+    """
+    ax = _axes(ax)
+    rates, reached = sweep.learning_rates, sweep.reached
+    line, = ax.loglog(rates[reached], sweep.steps[reached], marker="o", ms=4, lw=1.2,
+                      color=color, label=label or "steps to criterion")
+    if (~reached).any():
+        ax.scatter(rates[~reached], np.full((~reached).sum(), sweep.max_steps), marker="x",
+                   color=line.get_color(), label="not reached (budget or diverged)")
+    ax.axhline(sweep.max_steps, color="0.5", ls=":", lw=1.0, label="budget")
+    if sweep.best_learning_rate is not None:
+        best = rates == sweep.best_learning_rate
+        ax.scatter(rates[best], sweep.steps[best], marker="*", s=120, zorder=3,
+                   color=line.get_color(), label=rf"best: $\eta$ = {sweep.best_learning_rate:.3g}")
+    crit = ", ".join(f"{k} {'<=' if k == 'loss' else '>='} {v:g}"
+                     for k, v in sweep.criterion.items())
+    ax.set_xlabel(r"learning rate $\eta$")
+    ax.set_ylabel("training steps")
+    ax.set_title(f"time to criterion ({crit})", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return ax

@@ -342,7 +342,8 @@ def _slq_count(dens: SpectralDensity, tau, confidence, start) -> EigenvalueCount
 
 
 def outliers(source, *, key=None, k: int = 30, gap_factor: float = 10.0,
-             dens: SpectralDensity | None = None, tol: float | None = None) -> OutlierSplit:
+             dens: SpectralDensity | None = None, tol: float | None = None,
+             max_k: int | None = None) -> OutlierSplit:
     """Split the top of the spectrum into outliers and the bulk (Sagun et al. 2017; Papyan 2019).
 
     Rule: take the top ``k`` eigenvalues ``lambda_1 >= ... >= lambda_k`` and their gaps
@@ -358,25 +359,48 @@ def outliers(source, *, key=None, k: int = 30, gap_factor: float = 10.0,
     middle of the gap is reported as a cross-check (it should be close to the number of
     outliers).
 
+    How the count depends on ``k``: the rule sees at most ``k/2`` outliers, and its bulk
+    spacing moves deeper into the bulk as ``k`` grows, so the count is only meaningful
+    where it no longer changes with ``k``. The rule is applied to the top ``k'`` of the
+    values for ``k' = k, ceil(2k/3), ceil(4k/9), ...`` (down to 4); ``extra["counts_by_k"]``
+    lists the ``[k', count]`` pairs, largest first. The count is *stable* when it is the
+    same at the three largest ``k'`` (``extra["stable"]``). For an operator, an unstable
+    count doubles ``k`` (one more ``ht.eigenvalues`` call each time) up to ``max_k``, so the
+    split is reported at the smallest doubling of ``k`` whose count is stable
+    (``extra["k"]``; ``extra["k_stable"]`` is the smallest ``k'`` from which the count
+    stays the same). An array or Eigenpairs source has what it has: ``extra["stable"]``
+    then says whether to pass more eigenvalues. Two limits, both seen on test spectra: a
+    window that holds only outliers (``k`` below their number) shows no gap and counts 0
+    at every ``k'`` (start with ``k`` above twice the expected number, ``2C`` for ``C``
+    classes; the default 30 covers up to about 14), and a window reaching deep into the
+    bulk, where the spacing shrinks, may count the sparse top of a smooth bulk as outliers
+    (200 sorted standard normal values: 0 at ``k <= 30``, 2 at ``k = 36``, 0 at ``k = 50``;
+    unstable, and said so), which is why ``max_k`` stays within the top quarter of the
+    spectrum by default.
+
     Args:
       source: a CurvatureOperator (the top ``k`` are computed with ``ht.eigenvalues``), an
         :class:`~hessian_tools.Eigenpairs` with ``which`` in ``"largest"``/``"both"``, or an
         array of eigenvalues (e.g. from ``eigh``).
       key: a ``jax.random`` key (for an operator).
-      k: how many top eigenvalues to examine (``>= 4``).
+      k: how many top eigenvalues to examine first (``>= 4``).
       gap_factor: how much larger than the bulk spacing a gap must be.
       dens: an optional density for the cross-check.
       tol: Lanczos tolerance (default ``ht.default_tol``).
+      max_k: the largest ``k`` an operator's count may be examined at (default
+        ``max(k, min(4k, dim // 4))``; ``k`` itself turns the doubling off).
 
     Returns:
       An :class:`OutlierSplit`. Cost (operator source): one ``ht.eigenvalues(k=k)`` call,
-      typically ``k + 50-150`` matvecs.
+      typically ``k + 50-150`` matvecs, and one more per doubling of ``k``.
 
     Examples:
       >>> import numpy as np, hessian_tools as ht
       >>> split = ht.outliers(np.r_[10.0, 7.0, np.linspace(1.0, 0.0, 40)], k=20)
       >>> split.outliers.tolist(), split.bulk_edge
       ([10.0, 7.0], 1.0)
+      >>> split.extra["counts_by_k"], split.extra["stable"]
+      ([[20, 2], [14, 2], [10, 2], [7, 2], [5, 2], [4, 0]], True)
     """
     check_count("k", k, minimum=4)
     if not gap_factor > 1:
@@ -387,8 +411,10 @@ def outliers(source, *, key=None, k: int = 30, gap_factor: float = 10.0,
         if k > source.dim:
             raise ValueError(f"k={k} exceeds the operator dimension {source.dim}. Pass k <= "
                              f"{source.dim}.")
-        eig = eigenvalues(source, k=k, which="largest", key=key, tol=tol)
-        top, matvecs, method = np.sort(eig.largest)[::-1], eig.num_matvecs, "lanczos"
+        max_k = max(k, min(4 * k, source.dim // 4)) if max_k is None else max_k
+        check_count("max_k", max_k, minimum=k, maximum=source.dim, hint="the operator dimension")
+        top, matvecs = _stable_top(source, key, k, max_k, gap_factor, tol)
+        method = "lanczos"
     elif isinstance(source, Eigenpairs):
         if source.which not in ("largest", "both"):
             raise ValueError("outliers needs the largest eigenvalues; got Eigenpairs with "
@@ -401,12 +427,48 @@ def outliers(source, *, key=None, k: int = 30, gap_factor: float = 10.0,
     return _split_top(top, gap_factor, matvecs, method, dens)
 
 
-def _split_top(top, gap_factor, matvecs, method, dens) -> OutlierSplit:
+def _count(top, gap_factor) -> tuple[int, float]:
+    """The rule on the descending ``top``: ``(number of outliers, reference gap)``."""
     gaps = top[:-1] - top[1:]
     half = len(top) // 2
     ref = float(np.median(gaps[half - 1:]))
     big = [j for j in range(half) if gaps[j] > gap_factor * max(ref, 1e-300)]
-    j = (big[-1] + 1) if big else 0
+    return (big[-1] + 1 if big else 0), ref
+
+
+def _counts_by_k(top, gap_factor) -> list:
+    """``[[k', count], ...]`` for ``k' = len(top), ceil(2k'/3), ...`` down to 4."""
+    rungs = [len(top)]
+    while math.ceil(2 * rungs[-1] / 3) >= 4 and math.ceil(2 * rungs[-1] / 3) < rungs[-1]:
+        rungs.append(math.ceil(2 * rungs[-1] / 3))
+    return [[r, _count(top[:r], gap_factor)[0]] for r in rungs]
+
+
+def _is_stable(table) -> bool:
+    return len(table) >= 3 and len({count for _, count in table[:3]}) == 1
+
+
+def _stable_top(op, key, k, max_k, gap_factor, tol):
+    """The top eigenvalues of ``op``, ``k`` doubled (up to ``max_k``) until the count is
+    stable; returns them (descending) and the matvecs spent."""
+    matvecs = 0
+    while True:
+        key, sub = jax.random.split(key)
+        eig = eigenvalues(op, k=k, which="largest", key=sub, tol=tol)
+        top, matvecs = np.sort(eig.largest)[::-1], matvecs + eig.num_matvecs
+        if k >= max_k or _is_stable(_counts_by_k(top, gap_factor)):
+            return top, matvecs
+        k = min(2 * k, max_k)
+
+
+def _split_top(top, gap_factor, matvecs, method, dens) -> OutlierSplit:
+    j, ref = _count(top, gap_factor)
+    table = _counts_by_k(top, gap_factor)
+    k_stable = len(top)
+    for rung, count in table:             # descending k': the run of counts equal to j
+        if count != j:
+            break
+        k_stable = rung
     edge = float(top[j])
     gap = float(top[j - 1] - top[j]) if j else 0.0
     check = None
@@ -415,4 +477,6 @@ def _split_top(top, gap_factor, matvecs, method, dens) -> OutlierSplit:
         check = [c.count, c.low, c.high]
     return OutlierSplit(outliers=top[:j].copy(), top=top.copy(), bulk_edge=edge, gap=gap,
                         gap_factor=float(gap_factor), reference_gap=ref, num_matvecs=matvecs,
-                        method=method, slq_count_above=check)
+                        method=method, slq_count_above=check,
+                        extra={"counts_by_k": table, "stable": _is_stable(table),
+                               "k": len(top), "k_stable": k_stable})

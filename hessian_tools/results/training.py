@@ -202,8 +202,15 @@ class OptimizerRun(Result):
       eval_steps, eval_loss, eval_accuracy: loss and accuracy on the full data at every
         measurement (accuracy ``NaN`` when not a classification problem).
       log: the :class:`SharpnessLog`.
-      train_time: seconds spent in training steps; measure_time: seconds measuring.
+      train_time: seconds spent in training steps; measure_time: seconds measuring (and
+        evaluating the stopping criterion).
       diverged: the loss became non-finite (training stopped there).
+      steps: training steps taken (fewer than asked when a criterion stopped the run).
+      stop_reason: ``"train_steps"`` (all were taken), ``"criterion"`` (the loss or accuracy
+        target was met after ``steps`` steps) or ``"diverged"``.
+      final_params: the parameters after the last step (a pytree like the objective's;
+        not serialised: save them with ``checkpoint_dir``).
+      checkpoint: where they were saved (``.npz``), or ``None``.
     """
 
     name: str
@@ -216,9 +223,19 @@ class OptimizerRun(Result):
     train_time: float
     measure_time: float
     diverged: bool = False
+    steps: int = 0
+    stop_reason: str = "train_steps"
+    final_params: Any = None
+    checkpoint: str | None = None
 
     _arrays = ("train_loss", "eval_loss", "eval_accuracy")
     _results = {"info": OptimizerInfo, "log": SharpnessLog}
+    _skip = ("final_params",)
+
+    @property
+    def steps_to_criterion(self) -> int | None:
+        """Steps taken to meet the stopping criterion (``None`` if it was not met)."""
+        return self.steps if self.stop_reason == "criterion" else None
 
     @property
     def threshold(self) -> float | None:
@@ -242,7 +259,8 @@ class OptimizerRun(Result):
                 "final_precond_sharpness": last(pre), "max_precond_sharpness": peak(pre),
                 "final_loss": last(self.eval_loss), "final_accuracy": last(self.eval_accuracy),
                 "train_time": self.train_time, "measure_time": self.measure_time,
-                "num_matvecs": self.log.total_matvecs, "diverged": self.diverged}
+                "num_matvecs": self.log.total_matvecs, "diverged": self.diverged,
+                "steps": self.steps, "stop_reason": self.stop_reason}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
