@@ -9,7 +9,7 @@ what is analysed; the curvature operators; the analyses; training; loss landscap
 permutation symmetry; the results; the plots; checkpoints and the compilation cache.
 """
 
-from hessian_tools import landscape, linalg, plots, symmetry, tree
+from hessian_tools import algebra, landscape, linalg, plots, symmetry, tree
 # ---- what is analysed
 from hessian_tools.objective import Objective
 # ---- curvature operators
@@ -17,14 +17,19 @@ from hessian_tools.operators import (CurvatureOperator, dense_hessian, empirical
                                      from_dense, gauss_newton, gradient, hessian, to_dense,
                                      value_and_grad)
 # ---- analyses of a point
-from hessian_tools.analysis import (classify, default_grad_tol, default_sigma, default_threshold,
-                                    default_tol,
-                                    density, eigenvalues, find_critical_points, negative_count,
-                                    outliers, trace)
+from hessian_tools.analysis import (class_mean_vectors, class_means_overlap, classify,
+                                    curvature_report, default_grad_tol, default_sigma,
+                                    default_threshold, default_tol, density, diagonal,
+                                    eigenvalues, epsilon_sharpness, find_critical_points,
+                                    frobenius_norm_sq, ggn_diagonal, gradient_density, logdet,
+                                    negative_count, outliers, papyan_decomposition,
+                                    parameter_blocks, random_subspace, solve, spectral_entropy,
+                                    trace, trace_function)
 # ---- training
 from hessian_tools.training import (QUANTITIES, SaddleFreeNewtonState, SharpnessMonitorState,
                                     SharpnessTracker, adaptive_preconditioner,
-                                    compare_optimizers, measurement_subset, optimizer_info,
+                                    compare_optimizers, gradient_flow, learning_rate_sweep,
+                                    measurement_subset, optimizer_info,
                                     read_sharpness_log, saddle_free_newton, sharpness,
                                     sharpness_monitor, stability_threshold)
 # ---- loss landscapes
@@ -41,13 +46,18 @@ from hessian_tools.symmetry import (Alignment, Connectivity, PermutationSpec, al
                                     plot_connectivity, random_permutation, reset_batch_stats)
 # ---- results
 from hessian_tools.results import (VERDICTS, CriticalPointReport, CriticalPointSearch,
-                                   Eigenpairs, EigenvalueCount, FoundPoint, OptimizerComparison,
-                                   OptimizerInfo, OptimizerRun, OutlierSplit, Result,
-                                   SharpnessLog, SharpnessResult, SpectralDensity, Status,
+                                   CurvatureReport, DiagonalEstimate, Eigenpairs,
+                                   EigenvalueCount, EpsilonSharpness, FoundPoint, FunctionTrace,
+                                   GradientFlow, LearningRateSweep, OptimizerComparison,
+                                   OptimizerInfo, OptimizerRun, OutlierSplit,
+                                   PapyanDecomposition, Result, SharpnessLog, SharpnessResult,
+                                   SolveResult, SpectralDensity, Status, SubspaceOverlap,
                                    TraceEstimate)
 # ---- plots
-from hessian_tools.plots import (plot_comparison, plot_densities, plot_density,
-                                 plot_eigenvalues, plot_index_vs_loss, plot_sharpness)
+from hessian_tools.plots import (plot_comparison, plot_curvature_report, plot_densities,
+                                 plot_density, plot_eigenvalues, plot_gradient_flow,
+                                 plot_index_vs_loss, plot_learning_rate_sweep, plot_log_density,
+                                 plot_sharpness)
 # ---- checkpoints and the compilation cache
 from hessian_tools.checkpoints import load_checkpoint, restore
 from hessian_tools.compile_cache import enable_compilation_cache
@@ -61,11 +71,16 @@ __all__ = [
     "CurvatureOperator", "dense_hessian", "empirical_fisher", "from_dense", "gauss_newton",
     "gradient", "hessian", "to_dense", "value_and_grad",
     # analyses
-    "classify", "default_grad_tol", "default_sigma", "default_threshold", "default_tol", "density",
-    "eigenvalues", "find_critical_points", "negative_count", "outliers", "trace",
+    "class_mean_vectors", "class_means_overlap", "classify", "curvature_report",
+    "default_grad_tol", "default_sigma", "default_threshold", "default_tol", "density",
+    "diagonal", "eigenvalues", "epsilon_sharpness", "find_critical_points", "frobenius_norm_sq",
+    "ggn_diagonal", "gradient_density", "logdet", "negative_count", "outliers",
+    "papyan_decomposition", "parameter_blocks", "random_subspace", "solve", "spectral_entropy",
+    "trace", "trace_function",
     # training
     "QUANTITIES", "SaddleFreeNewtonState", "SharpnessMonitorState", "SharpnessTracker",
-    "adaptive_preconditioner", "compare_optimizers", "measurement_subset", "optimizer_info",
+    "adaptive_preconditioner", "compare_optimizers", "gradient_flow", "learning_rate_sweep",
+    "measurement_subset", "optimizer_info",
     "read_sharpness_log", "saddle_free_newton", "sharpness", "sharpness_monitor",
     "stability_threshold",
     # loss landscapes
@@ -79,13 +94,17 @@ __all__ = [
     "connectivity", "permutation_spec", "plot_connectivity", "random_permutation",
     "reset_batch_stats",
     # results
-    "VERDICTS", "CriticalPointReport", "CriticalPointSearch", "Eigenpairs", "EigenvalueCount",
-    "FoundPoint", "OptimizerComparison", "OptimizerInfo", "OptimizerRun", "OutlierSplit",
-    "Result", "SharpnessLog", "SharpnessResult", "SpectralDensity", "Status", "TraceEstimate",
+    "VERDICTS", "CriticalPointReport", "CriticalPointSearch", "CurvatureReport",
+    "DiagonalEstimate", "Eigenpairs", "EigenvalueCount", "EpsilonSharpness", "FoundPoint",
+    "FunctionTrace", "GradientFlow", "LearningRateSweep", "OptimizerComparison",
+    "OptimizerInfo", "OptimizerRun", "OutlierSplit", "PapyanDecomposition", "Result",
+    "SharpnessLog", "SharpnessResult", "SolveResult", "SpectralDensity", "Status",
+    "SubspaceOverlap", "TraceEstimate",
     # plots
-    "plot_comparison", "plot_densities", "plot_density", "plot_eigenvalues",
-    "plot_index_vs_loss", "plot_sharpness",
+    "plot_comparison", "plot_curvature_report", "plot_densities", "plot_density",
+    "plot_eigenvalues", "plot_gradient_flow", "plot_index_vs_loss", "plot_learning_rate_sweep",
+    "plot_log_density", "plot_sharpness",
     # checkpoints, compilation cache, submodules
-    "enable_compilation_cache", "landscape", "linalg", "load_checkpoint", "plots", "restore",
+    "algebra", "enable_compilation_cache", "landscape", "linalg", "load_checkpoint", "plots", "restore",
     "symmetry", "tree",
 ]

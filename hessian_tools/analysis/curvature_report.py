@@ -15,8 +15,8 @@ import numpy as np
 from hessian_tools import tree
 from hessian_tools._checks import check_choice, check_count, check_key
 from hessian_tools.analysis.eigen import eigenvalues
-from hessian_tools.analysis import spectral
 from hessian_tools.analysis.spectral import DEFAULT_NUM_PROBES, DEFAULT_NUM_STEPS
+from hessian_tools.analysis.spectral import density as spectral_density
 from hessian_tools.linalg.slq import slq_quadrature_host
 from hessian_tools.objective import Objective
 from hessian_tools.operators import CurvatureOperator, gauss_newton, hessian, value_and_grad
@@ -119,8 +119,9 @@ def curvature_report(obj: Objective, *, key, k: int = 10, operator: str = "hessi
       :func:`hessian_tools.plots.plot_curvature_report`.
 
     Raises:
-      TypeError: not an Objective, or bad ``layers``. ValueError: no key, ``k < 2`` or
-      above the dimension, an unknown ``operator``, a selector that matches nothing.
+      TypeError: not an Objective, or bad ``layers``.
+      ValueError: no key, ``k < 2`` or above the dimension, an unknown ``operator``, a
+        selector that matches nothing.
     """
     if not isinstance(obj, Objective):
         raise TypeError(f"curvature_report takes an Objective, got {type(obj).__name__}.")
@@ -137,7 +138,7 @@ def curvature_report(obj: Objective, *, key, k: int = 10, operator: str = "hessi
     coeffs = np.asarray(tree.basis_dot(eig.vectors, grad), np.float64)
     weights = coeffs**2 / g2 if g2 > 0 else np.zeros(k)
     grad_dens = gradient_density(op, grad, num_steps=num_steps, seed=tree.key_bits(key))
-    dens = spectral.density(op, key=next(keys), num_probes=num_probes,
+    dens = spectral_density(op, key=next(keys), num_probes=num_probes,
                             num_steps=num_steps) if density else None
     layer_max, layer_dens, matvecs = {}, {}, op.num_matvecs
     for name, sub in blocks.items():
@@ -145,7 +146,7 @@ def curvature_report(obj: Objective, *, key, k: int = 10, operator: str = "hessi
         layer_max[name] = float(eigenvalues(sub_op, k=1, key=next(keys), tol=tol).values[0])
         if density:
             steps = None if num_steps is None else min(num_steps, sub_op.dim)
-            layer_dens[name] = spectral.density(sub_op, key=next(keys), num_probes=num_probes,
+            layer_dens[name] = spectral_density(sub_op, key=next(keys), num_probes=num_probes,
                                                 num_steps=steps)
         matvecs += sub_op.num_matvecs
     return CurvatureReport(

@@ -190,9 +190,10 @@ def epsilon_sharpness(obj: Objective, *, key, epsilon: float = 1e-3, subspace=No
       ``loss``, ``max_loss``, ``perturbation`` ``A y``, ``history``, ``num_evaluations``).
 
     Raises:
-      TypeError: not an Objective. ValueError: no key, bad ``epsilon``, ``subspace``,
-      ``steps``, ``num_starts``, ``method`` or ``tol``; a basis not shaped like the
-      parameters; a non-finite loss; ``1 + L(x) <= 0`` (the formula divides by it).
+      TypeError: not an Objective.
+      ValueError: no key, bad ``epsilon``, ``subspace``, ``steps``, ``num_starts``,
+        ``method`` or ``tol``; a basis not shaped like the parameters; a non-finite loss;
+        ``1 + L(x) <= 0`` (the formula divides by it).
 
     Examples:
       >>> import jax, jax.numpy as jnp, hessian_tools as ht

@@ -211,8 +211,9 @@ def gradient_flow(obj: Objective, *, t_max: float, times=None, num_points: int =
       A :class:`~hessian_tools.results.dynamics.GradientFlow`.
 
     Raises:
-      TypeError: not an Objective. ValueError: bad times, ``dt``, ``alpha``, tolerances or
-      budget; ``sharpness`` or ``alpha`` without a key; streamed data.
+      TypeError: not an Objective.
+      ValueError: bad times, ``dt``, ``alpha``, tolerances or budget; ``sharpness`` or
+        ``alpha`` without a key; streamed data.
 
     Examples:
       >>> import jax.numpy as jnp, numpy as np, hessian_tools as ht
