@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(HERE / "results"), help="results folder")
     parser.add_argument("--markdown", default=str(HERE / "RESULTS_sharpness.md"))
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps per run, at least 5 x every (default 500; 100 "
+                        help="training steps per run, at least 5 x every (default 300; 100 "
                         "with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="default 2; 1 with --quick")
     parser.add_argument("--models", default="mlp-small,cnn")
@@ -318,7 +318,7 @@ def main(argv=None) -> int:
     everies = (10, 50) if args.quick else (10, 50, 200)
     models = []
     for name in args.models.split(","):
-        models.append(minibatch(name, args.steps or (100 if args.quick else 500), sizes,
+        models.append(minibatch(name, args.steps or (100 if args.quick else 300), sizes,
                                 everies, (300, SMALL_BUDGET),
                                 args.repeats or (1 if args.quick else 2)))
     machine["load_average_end"] = os.getloadavg()
