@@ -25,8 +25,10 @@ same steps.
 
 Usage (from the repository root; run alone, the machine is shared)::
 
-    flock /tmp/bench.lock .venv/bin/python benchmarks/bench_tracker_minibatch.py  # ~10 min
+    flock /tmp/bench.lock .venv/bin/python benchmarks/bench_tracker_minibatch.py  # ~15 min*
     .venv/bin/python benchmarks/bench_tracker_minibatch.py --quick                # smoke run
+
+(*) on 2 CPU cores at load 2-7; about 5 of those minutes compile.
 
 Writes ``<out>/sharpness_minibatch.json`` and its section of
 ``benchmarks/RESULTS_sharpness.md`` (between the minibatch markers; the rest of the file is
