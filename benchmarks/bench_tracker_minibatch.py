@@ -28,7 +28,7 @@ Usage (from the repository root; run alone, the machine is shared)::
     flock /tmp/bench.lock .venv/bin/python benchmarks/bench_tracker_minibatch.py  # ~15 min*
     .venv/bin/python benchmarks/bench_tracker_minibatch.py --quick                # smoke run
 
-(*) on 2 CPU cores at load 2-7; about 5 of those minutes compile.
+(*) on 2 CPU cores at load 2-7: 3.6 min of untimed warm-up (compiling), 10 min of timed runs.
 
 Writes ``<out>/sharpness_minibatch.json`` and its section of
 ``benchmarks/RESULTS_sharpness.md`` (between the minibatch markers; the rest of the file is
