@@ -146,10 +146,7 @@ def _wide_setup():
 def _timed_training(loss_fn, params, data, steps, every, tracker_kwargs):
     """Run ``steps`` GD steps (+ tracking when ``tracker_kwargs``).
 
-    Returns ``(total_s, train_s, measure_s, log)``: the wall time, and its split into
-    training and measuring. Both loops synchronise every ``every`` steps, so the split is
-    exact; the ratio ``measure_s / train_s`` compares costs paid seconds apart, under the
-    same load, which is far steadier on a shared machine than comparing two runs.
+    Returns ``(total_s, train_s, measure_s, log)`` (see :func:`_timed_loop`).
     """
     opt = optax.sgd(0.05)
     step = _train_step(loss_fn, opt, data)
@@ -158,20 +155,41 @@ def _timed_training(loss_fn, params, data, steps, every, tracker_kwargs):
         kwargs = dict(tracker_kwargs)
         tracker = ht.SharpnessTracker(ht.Objective(loss_fn, params, kwargs.pop("measure_data")),
                                       every=every, key=jax.random.key(2), **kwargs)
-    state = opt.init(params)
-    jax.block_until_ready(step(params, state))                       # compiled before timing
-    measure_s, start = 0.0, time.perf_counter()
+    carry = [params, opt.init(params)]
+    jax.block_until_ready(step(*carry))                             # compiled before timing
+
+    def train(i):
+        carry[:2] = step(*carry)[:2]
+        return carry[0]
+
+    measure = None if tracker is None else (
+        lambda i: tracker.update(i, carry[0], learning_rate=0.05))
+    total, train_s, measure_s = _timed_loop(steps, every, train, measure)
+    return total, train_s, measure_s, (tracker.log if tracker else None)
+
+
+def _timed_loop(steps, every, train, measure=None):
+    """``train(i)`` for ``i < steps`` (it returns something to wait on), with ``measure(i)``
+    before every ``every``-th step when given.
+
+    Returns ``(total_s, train_s, measure_s)``: the wall time, and its split into training and
+    measuring. Both loops (with and without ``measure``) synchronise every ``every`` steps,
+    so the split is exact; the ratio ``measure_s / train_s`` compares costs paid seconds
+    apart, under the same load, which is far steadier on a shared machine than comparing
+    two runs.
+    """
+    measure_s, out, start = 0.0, None, time.perf_counter()
     for i in range(steps):
         if i % every == 0:
-            jax.block_until_ready(params)                          # same sync points in both
-            if tracker is not None:
+            jax.block_until_ready(out)                             # same sync points in both
+            if measure is not None:
                 t0 = time.perf_counter()
-                tracker.update(i, params, learning_rate=0.05)
+                measure(i)
                 measure_s += time.perf_counter() - t0
-        params, state, _ = step(params, state)
-    jax.block_until_ready(params)
+        out = train(i)
+    jax.block_until_ready(out)
     total = time.perf_counter() - start
-    return total, total - measure_s, measure_s, (tracker.log if tracker else None)
+    return total, total - measure_s, measure_s
 
 
 _STEPS = {}
@@ -287,16 +305,20 @@ def _subset_vs_full(loss_fn, params, data, subsets, step, opt, steps) -> dict:
 
 KEEP_START = "<!-- hand-written section: kept when this file is regenerated -->"
 KEEP_END = "<!-- end of hand-written section -->"
+# written by bench_tracker_minibatch.py, kept here when this script regenerates the file
+MINIBATCH_START = "<!-- minibatch section: written by benchmarks/bench_tracker_minibatch.py -->"
+MINIBATCH_END = "<!-- end of minibatch section -->"
 
 
-def _kept_block(path: Path) -> list:
-    """The hand-written block of an existing results file (markers included), or []."""
+def _kept_block(path: Path, start: str = KEEP_START, end: str = KEEP_END) -> list:
+    """The block between ``start`` and ``end`` of an existing results file (markers
+    included; by default the hand-written one), or []."""
     if not path.exists():
         return []
     text = path.read_text()
-    if KEEP_START not in text or KEEP_END not in text:
+    if start not in text or end not in text:
         return []
-    block = text[text.index(KEEP_START):text.index(KEEP_END) + len(KEEP_END)]
+    block = text[text.index(start):text.index(end) + len(end)]
     return block.split("\n") + [""]
 
 
@@ -311,7 +333,7 @@ def write_markdown(path: Path, command: str, machine: dict, eos: list | None,
              f"{', '.join(f'{v:.1f}' for v in machine['load_average_start'])}; at end "
              f"{', '.join(f'{v:.1f}' for v in machine.get('load_average_end', ()))} "
              "(a shared machine: timings are indicative).", ""]
-    lines += kept
+    lines += kept + _kept_block(path, MINIBATCH_START, MINIBATCH_END)
     if eos:
         lines += ["## Edge of stability (Cohen et al. 2021)", "",
                   "Digits tanh MLP 64-32-32-10 (output layer initialised at 0.2x Glorot), "
