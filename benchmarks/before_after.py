@@ -32,7 +32,13 @@ Tasks (all on the digits example models, float32):
 The API differences between versions are handled by :class:`_Adapter`, keyed on
 ``ht.__version__``.
 
-Usage (from the repository root; ~25 minutes at load 10 on 2 cores)::
+Diagnostics (``--diagnose TASKS``, instead of the rounds): ``python -X importtime`` of each
+version by top-level package, ``--rounds`` plain runs of the tasks and one run each with
+``cProfile`` switched on around the warm calls; ``slq-host`` is a diagnostic task of its own
+(density's host Lanczos algebra with a NumPy diagonal operator). Appended to the JSON's
+``diagnostics`` list.
+
+Usage (from the repository root; 17 minutes at load 7 on 2 cores)::
 
     flock /tmp/bench.lock /work/main/.venv/bin/python benchmarks/before_after.py \\
         --before /tmp/ba_before --after /tmp/ba_after --rounds 3 \\
@@ -174,6 +180,22 @@ def _tracker_task(ht, jax, adapter, *, steps=100, every=5, lr=0.5):
             "final_loss": float(np.asarray(losses[-1]))}
 
 
+def _slq_host_task(ht, jax, *, dim=3466, num_probes=10, num_steps=80, repeats=5):
+    """The host Lanczos algebra of ``density`` alone: ``slq_quadrature_numpy`` as ``density``
+    calls it on mlp-small (10 probes x 80 steps, 3,466 float32 parameters, ``interleave=2``)
+    with a diagonal operator in NumPy, so that no product is compiled."""
+    import numpy as np
+    from hessian_tools.linalg.slq import slq_quadrature_numpy
+    d = np.linspace(-1.0, 2.0, dim, dtype=np.float32)
+    probes = jax.random.rademacher(jax.random.key(0), (num_probes, dim), dtype=np.float32)
+    call = lambda: slq_quadrature_numpy(lambda q: q * d, probes, num_steps=num_steps,  # noqa: E731
+                                        flat=True, interleave=2)
+    _, first = _timed(call)
+    times = [_timed(call, warm=True)[1] for _ in range(repeats)]
+    return {"first_s": first, "warm_s": statistics.median(times), "warm_min_s": min(times),
+            "warm_all_s": times}
+
+
 def _classify_task(ht, jax):
     from hessian_tools.examples.digits import digits_objective
     obj = digits_objective("mlp-tiny")
@@ -213,6 +235,8 @@ def worker(task: str, expect_root: str) -> dict:
         out = _tracker_task(ht, jax, adapter)
     elif task == "classify":
         out = _classify_task(ht, jax)
+    elif task == "slq-host":
+        out = _slq_host_task(ht, jax)
     else:
         raise ValueError(f"Unknown task {task!r}; choose from {TASKS}.")
     if _PROFILER is not None:
@@ -433,9 +457,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "before_after.json")
     parser.add_argument("--revs", default="", help="the revisions the snapshots hold (recorded)")
     parser.add_argument("--diagnose", default="",
-                        help="instead of the rounds: the import time of each version and a "
-                             "cProfile of these comma-separated tasks, added to --out's JSON "
-                             "under 'diagnostics'")
+                        help="instead of the rounds: the import time of each version, --rounds "
+                             "plain runs and one cProfile (of the warm calls) of these "
+                             "comma-separated tasks (those of --tasks, or 'slq-host': the "
+                             "density's host algebra alone), appended to --out's JSON "
+                             "list 'diagnostics'")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--expect-root", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -448,7 +474,7 @@ def main(argv=None) -> int:
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         parser.error(f"unknown tasks {bad}; choose from {list(TASKS)}")
-    if args.rounds < 1:
+    if args.rounds < (0 if args.diagnose else 1):
         parser.error(f"--rounds={args.rounds} must be at least 1")
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
     for name, root in roots.items():
@@ -502,6 +528,15 @@ def diagnose(args, roots: dict) -> int:
     for _ in range(2):                      # interleaved, twice
         for version in VERSIONS:
             out["import"].setdefault(version, []).append(import_times(roots[version]))
+    out["plain"] = {}
+    for _ in range(args.rounds):            # the tasks without the profiler, interleaved
+        for task in tasks:
+            for version in VERSIONS:
+                res = _run_one(task, roots[version], args.timeout)
+                out["plain"].setdefault(f"{task}:{version}", []).append(res)
+                print(task, version, {k: v for k, v in res.items()
+                                      if k.endswith("_s") and not isinstance(v, list)},
+                      flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
             for version in VERSIONS:
@@ -512,7 +547,7 @@ def diagnose(args, roots: dict) -> int:
     for name, prof in out["profiles"].items():
         print(f"===== {name}\n{prof['stats']}")
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    report["diagnostics"] = out
+    report.setdefault("diagnostics", []).append(out)
     tmp_out = args.out.with_suffix(".tmp")
     tmp_out.write_text(json.dumps(report, indent=1, default=str))
     tmp_out.replace(args.out)
