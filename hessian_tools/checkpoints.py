@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-import orbax.checkpoint as ocp
 import safetensors.numpy
 
 from hessian_tools import tree
@@ -144,6 +143,7 @@ def _read_orbax(path: Path) -> dict:
 
 
 def _restore_orbax(path: Path) -> dict:
+    import orbax.checkpoint as ocp      # here: importing orbax costs ~0.5 s, paid only by its users
     restored = ocp.StandardCheckpointer().restore(path.resolve())
     return jax.tree.map(np.asarray, restored)
 
@@ -420,6 +420,7 @@ def save_msgpack(path, params) -> Path:
 
 def save_orbax(path, params) -> Path:
     """Save a parameter pytree as an orbax checkpoint directory."""
+    import orbax.checkpoint as ocp      # see _restore_orbax
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(Path(path).resolve(), _nest(_flat_for_save(params), "/"))
     ckpt.wait_until_finished()

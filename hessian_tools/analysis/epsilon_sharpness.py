@@ -19,7 +19,6 @@ import time
 
 import jax
 import numpy as np
-import scipy.optimize
 
 from hessian_tools import tree
 from hessian_tools._checks import (check_choice, check_count, check_finite_loss, check_key,
@@ -115,6 +114,7 @@ def _lbfgsb(f, y, b, steps, tol, history) -> str:
     def negated(z):
         value, grad = f(z)
         return -value, -grad
+    import scipy.optimize                   # here: its import costs ~0.6 s, paid by its users only
     out = scipy.optimize.minimize(negated, y, jac=True, method="L-BFGS-B",
                                   bounds=np.stack([-b, b], axis=1),
                                   callback=lambda _: history.append(f.best[0]),

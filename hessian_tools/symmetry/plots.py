@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from hessian_tools.plots import symlog_eigenvalue_axis
@@ -33,6 +32,7 @@ def plot_connectivity(conn: Connectivity, axes=None):
     """
     panels = 3 if len(conn.curvature_t) else 1
     if axes is None:
+        import matplotlib.pyplot as plt     # pyplot only when a figure is made (~0.4 s import)
         _, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.8), layout="constrained",
                                squeeze=False)
         axes = axes[0]
