@@ -318,7 +318,8 @@ def _solve(matvec, rng, lock, dim, k_top, k_bottom, m_max, budget, tol, check_ev
             matvec, space, basis, q, m_max=rows, budget=budget - used, want=want, tols=tol,
             scale=scale, locked=lock.buffer, num_locked=len(lock),
             keep_products=lock.products is not None, check_every=check_every,
-            callback=callback, used=used, prods=prods_buf)
+            callback=callback, used=used,
+            prods=prods_buf if prods_buf is not None and _rows(prods_buf) == rows + 1 else None)
         used += steps
         runs += 1
         done, hint = _lock_and_decide(run, lock, want, (k_top, k_bottom), tol * scale)
