@@ -108,8 +108,8 @@ class MemoryPlan:
             need = _vectors(auto, self.lock_rows, self.keep_products) * self.vector_bytes
             fixes.append(f"krylov_dim='auto' (the largest basis that fits: {auto}, "
                          f"{need * gb:.1f} GB; the same answer after more restarts)")
-        fixes.append(f"a smaller krylov_dim (each row {self.vector_bytes * mb:,.0f} MB, "
-                     f"{2 if self.keep_products else 1}x with kept products)")
+        fixes.append(f"a smaller krylov_dim (each row {self.vector_bytes * mb:,.0f} MB"
+                     + (", twice that with the kept products)" if self.keep_products else ")"))
         if self.keep_products:
             alone = _vectors(self.krylov_dim, self.lock_rows, False) * self.vector_bytes
             fixes.append(f"residuals='recompute' in ht.eigenvalues (keep_products=False: "
