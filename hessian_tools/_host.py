@@ -5,6 +5,9 @@ BLAS).
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +15,8 @@ from threadpoolctl import threadpool_limits
 
 from hessian_tools.tree import key_bits
 
-__all__ = ["FlatLayout", "host_algebra", "host_is_device", "host_normal_flat", "host_normal_like",
-           "single_threaded_blas"]
+__all__ = ["FlatLayout", "available_memory", "host_algebra", "host_is_device", "host_normal_flat",
+           "host_normal_leaves", "host_normal_like", "single_threaded_blas"]
 
 
 def _host_rng(key_or_rng) -> np.random.Generator:
@@ -31,10 +34,15 @@ def host_normal_like(key, x):
     ``key`` may also be a ``numpy.random.Generator``, which the draw advances (a stream of
     vectors from one key); :func:`host_normal_flat` draws the same numbers as one array.
     """
-    rng = _host_rng(key)
     leaves, treedef = jax.tree.flatten(x)
-    return treedef.unflatten([jnp.asarray(rng.standard_normal(np.shape(a)).astype(
-        np.dtype(jnp.result_type(a)))) for a in leaves])
+    return treedef.unflatten([jnp.asarray(a) for a in host_normal_leaves(key, leaves)])
+
+
+def host_normal_leaves(key, leaves) -> list[np.ndarray]:
+    """The draw of :func:`host_normal_like` as NumPy arrays, one per leaf of ``leaves``."""
+    rng = _host_rng(key)
+    return [rng.standard_normal(np.shape(a)).astype(np.dtype(jnp.result_type(a)))
+            for a in leaves]
 
 
 def host_normal_flat(key, shapes, dtype) -> np.ndarray:
@@ -59,6 +67,34 @@ def host_algebra(like) -> bool:
     (:func:`host_is_device`) and every leaf has the same dtype."""
     return host_is_device() and len({np.dtype(jnp.result_type(a))
                                      for a in jax.tree.leaves(like)}) == 1
+
+
+def available_memory() -> tuple[int, str]:
+    """``(bytes, where)``: the memory a new allocation can take without swapping or failing.
+
+    On a CPU backend, the host's: ``MemAvailable`` of ``/proc/meminfo`` (the kernel's
+    estimate of what can be allocated without swapping), capped by a cgroup's
+    ``memory.max`` less its ``memory.current`` (containers). Elsewhere the least free
+    memory of this process's devices (``bytes_limit - bytes_in_use``). ``(0, "")`` when it
+    cannot be told (the caller then assumes it fits).
+    """
+    if jax.default_backend() != "cpu":
+        free = [stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+                for stats in (d.memory_stats() or {} for d in jax.local_devices())
+                if "bytes_limit" in stats]
+        return (min(free), f"free memory of {jax.local_devices()[0].device_kind}") if free \
+            else (0, "")
+    found = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        found.append((int(info["MemAvailable"].split()[0]) * 1024, "MemAvailable"))
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            found.append((int(limit) - used, "the cgroup's memory.max less memory.current"))
+    return min(found) if found else (0, "")
 
 
 def single_threaded_blas():

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hessian_tools import tree
+from hessian_tools import _host, tree
 from hessian_tools._callables import (PRECISIONS, ComposedLoss, Embed, LinenPredict,
                                       ModelPredict, NNXPredict, Restricted, Static, WithPrecision,
                                       as_pytree_fn, default_inputs, jaxpr_eqns, unwrap,
@@ -41,18 +41,38 @@ BN_MODES = ("eval", "batch")
 
 def check_finite(params, *, what: str = "Parameter") -> None:
     """Raise naming the first leaf with a NaN or infinity (``ValueError``) or a dtype that
-    cannot be differentiated (``TypeError``: integer, boolean or complex)."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        arr = np.asarray(leaf)
-        if not np.issubdtype(arr.dtype, np.floating) and arr.dtype != jnp.bfloat16:
-            raise TypeError(f"{what} leaf '{tree.path_str(path)}' has dtype {arr.dtype}; only "
+    cannot be differentiated (``TypeError``: integer, boolean or complex).
+
+    On a single CPU device NumPy reads the leaves in place (nothing to compile). Elsewhere
+    ``jax.Array`` leaves are counted where they live (one compiled reduction over all of
+    them; only the counts come back), so sharded parameters, even ones that span other
+    processes' devices, are never gathered or read into host memory.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for path, leaf in flat:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{what} leaf '{tree.path_str(path)}' has dtype {dtype}; only "
                             "real floating-point parameters can be differentiated. Move integer "
                             "state out of the params pytree.")
-        if not np.all(np.isfinite(arr.astype(np.float64) if arr.dtype == jnp.bfloat16 else arr)):
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr.astype(np.float64))))
-            raise ValueError(f"{what} leaf '{tree.path_str(path)}' (shape {arr.shape}) has {bad} "
-                             "non-finite entries (NaN or inf). The curvature at such a point is "
-                             "undefined: load an earlier checkpoint or fix the training run.")
+    on_device = [] if _host.host_is_device() else [
+        i for i, (_, leaf) in enumerate(flat) if isinstance(leaf, jax.Array)]
+    counts = dict(zip(on_device, np.asarray(_nonfinite_counts([flat[i][1] for i in on_device]))
+                      if on_device else []))
+    for i, (path, leaf) in enumerate(flat):
+        bad = counts[i] if i in counts else int(np.size(leaf) - np.count_nonzero(np.isfinite(
+            np.asarray(leaf, np.float64) if jnp.result_type(leaf) == jnp.bfloat16
+            else np.asarray(leaf))))
+        if bad:
+            raise ValueError(f"{what} leaf '{tree.path_str(path)}' (shape {np.shape(leaf)}) has "
+                             f"{bad} non-finite entries (NaN or inf). The curvature at such a "
+                             "point is undefined: load an earlier checkpoint or fix the training "
+                             "run.")
+
+
+@jax.jit
+def _nonfinite_counts(leaves):
+    return jnp.stack([jnp.sum(~jnp.isfinite(a), dtype=jnp.int32) for a in leaves])
 
 
 def _model_of(fn) -> ModelPredict | None:

@@ -124,9 +124,11 @@ class _DenseMatvec:
         return jnp.matmul(self.matrix, v, precision=jax.lax.Precision.HIGHEST)
 
 
-@jax.jit
-def _apply(matvec, v):
-    return matvec(v)
+@functools.partial(jax.jit, static_argnames=("pin",))
+def _apply(matvec, v, *, pin=None):
+    """``A v``; with sharded parameters (``pin``) the input and the product keep their
+    shardings (XLA has returned a product replicated otherwise)."""
+    return tree.pin_vector(matvec(tree.pin_vector(v, pin)), pin)
 
 
 def _mean_grad(loss, params, groups):
@@ -178,7 +180,11 @@ class CurvatureOperator:
         data are streamed (then every product is a Python loop over batches).
       slow_in_loops: products must not be put inside compiled loops or ``vmap`` (streamed
         data, or convolutions on the CPU); fixed when the operator is built.
-      params_like: a pytree of ``jax.ShapeDtypeStruct`` describing the vectors.
+      params_like: a pytree of ``jax.ShapeDtypeStruct`` describing the vectors (with the
+        parameters' shardings).
+      placement: the parameters' :class:`~hessian_tools.tree.Placement` when they are
+        sharded over several devices (products and solver buffers are pinned to it),
+        else ``None``.
       dim: the number of parameters (the operator's size).
       dtype: the floating dtype of the vectors.
       num_matvecs: products computed so far with this operator.
@@ -191,9 +197,8 @@ class CurvatureOperator:
         self.kind = kind
         self.tags = frozenset(tags) if tags is not None else TAGS.get(kind,
                                                                      frozenset({"symmetric"}))
-        self.params_like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a),
-                                                                       jnp.result_type(a)),
-                                        params_like)
+        self.params_like = tree.spec_like(params_like)        # shardings kept
+        self.placement = tree.Placement.of(self.params_like)
         self.matvec_fn = matvec_fn
         self._stream_fn = stream_fn
         self.meta = dict(meta or {})
@@ -237,7 +242,7 @@ class CurvatureOperator:
         """``A v`` without validating ``v`` (for solvers that built ``v`` themselves)."""
         self.num_matvecs += 1
         if self.matvec_fn is not None:
-            return _apply(self.matvec_fn, v)
+            return _apply(self.matvec_fn, v, pin=self.placement)
         return self._stream_fn(v)
 
     def rows(self, vectors, *, batch_size: int | None = None):
@@ -248,7 +253,7 @@ class CurvatureOperator:
             outs = [self.apply_unchecked(_row(vectors, i)) for i in range(num)]
             return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
         self.num_matvecs += num
-        return _apply_rows(self.matvec_fn, vectors, batch_size=batch_size)
+        return _apply_rows(self.matvec_fn, vectors, batch_size=batch_size, pin=self.placement)
 
     def flat_rows(self, x, *, batch_size: int | None = None) -> np.ndarray:
         """:meth:`rows` on a ``(k, dim)`` array in :class:`~hessian_tools._host.FlatLayout`
@@ -292,9 +297,10 @@ class CurvatureOperator:
 _row = jax.jit(tree.basis_get)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size",))
-def _apply_rows(matvec_fn, vectors, *, batch_size):
-    return jax.lax.map(matvec_fn, vectors, batch_size=batch_size)
+@functools.partial(jax.jit, static_argnames=("batch_size", "pin"))
+def _apply_rows(matvec_fn, vectors, *, batch_size, pin=None):
+    return tree.pin_basis(jax.lax.map(matvec_fn, tree.pin_basis(vectors, pin),
+                                      batch_size=batch_size), pin)
 
 
 @functools.partial(jax.jit, static_argnames=("treedef", "shapes", "batch_size"))

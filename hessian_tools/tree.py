@@ -8,14 +8,20 @@ gathers the leaves into one flat array, so sharded parameters stay sharded.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = [
-    "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_set", "check_same_structure",
-    "flat_paths", "key_bits", "norm", "normal_like", "path_str", "rademacher_like", "ravel",
-    "scale", "size", "sub", "vdot", "zeros_basis", "zeros_like",
+    "Placement", "add", "axpy", "basis_combine", "basis_dot", "basis_get", "basis_gram",
+    "basis_set", "check_same_structure", "flat_paths", "key_bits", "local_bytes", "norm",
+    "normal_like", "path_str", "pin_basis", "pin_vector", "rademacher_like", "ravel", "scale",
+    "size", "spec_like", "sub", "vdot",
+    "zeros_basis", "zeros_like",
 ]
 
 
@@ -25,10 +31,24 @@ is TF32 (about 1e-3 relative), which would cap the orthogonality of Lanczos base
 CPUs it changes nothing."""
 
 
+def _contract(a, b, lead: int) -> jax.Array:
+    """``sum`` over every axis of ``a`` past its first ``lead`` and every axis of ``b`` past
+    its first ``lead``, matched in order (the trailing axes are one parameter leaf's).
+
+    ``lax.dot_general`` over the leaf's own axes: no reshape to one flat axis, which for a
+    leaf sharded along a later axis would make XLA gather it first (``jnp.vdot`` and
+    ``tensordot`` flatten).
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    dtype = jnp.promote_types(a.dtype, b.dtype)
+    axes = tuple(range(lead, a.ndim)), tuple(range(b.ndim - a.ndim + lead, b.ndim))
+    return jax.lax.dot_general(jnp.conj(a.astype(dtype)), b.astype(dtype), (axes, ((), ())),
+                               precision=_HIGHEST)
+
+
 def vdot(x, y) -> jax.Array:
     """Euclidean inner product ``<x, y>`` of two pytrees of the same structure."""
-    parts = [jnp.vdot(a, b, precision=_HIGHEST)
-             for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
+    parts = [_contract(a, b, 0) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
     return sum(parts[1:], parts[0])
 
 
@@ -146,8 +166,16 @@ def zeros_basis(m: int, x):
 
 def basis_dot(basis, x) -> jax.Array:
     """``V x``: the inner products of every basis row with ``x``, shape ``(m,)``."""
-    parts = [jnp.tensordot(b, a, axes=a.ndim, precision=_HIGHEST) for b, a in
-             zip(jax.tree.leaves(basis), jax.tree.leaves(x))]
+    parts = [_contract(b, a, 1) for b, a in zip(jax.tree.leaves(basis), jax.tree.leaves(x))]
+    return sum(parts[1:], parts[0])
+
+
+def basis_gram(a, b) -> jax.Array:
+    """``A B^T``: the inner products of every row of stacked basis ``a`` with every row of
+    ``b``, shape ``(rows of a, rows of b)``."""
+    parts = [jax.lax.dot_general(u, w, ((tuple(range(1, u.ndim)),) * 2, ((), ())),
+                                 precision=_HIGHEST)
+             for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
     return sum(parts[1:], parts[0])
 
 
@@ -170,3 +198,96 @@ def basis_set(basis, i, x):
     """A copy of ``basis`` with row ``i`` replaced by ``x`` (``i`` may be traced)."""
     return jax.tree.map(
         lambda b, a: jax.lax.dynamic_update_index_in_dim(b, a.astype(b.dtype), i, 0), basis, x)
+
+
+# ---- where the leaves live: sharded parameters ------------------------------------------
+
+def _sharding(a):
+    return a.sharding if isinstance(a, (jax.Array, jax.ShapeDtypeStruct)) else None
+
+
+def spec_like(x):
+    """``jax.ShapeDtypeStruct`` leaves shaped like ``x``, keeping each leaf's sharding."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a),
+                                                       sharding=_sharding(a)), x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """The shardings of a vector's leaves when the parameters are spread over a mesh.
+
+    Compiled vector algebra pins its outputs to them (``with_sharding_constraint``): a
+    vector keeps each leaf's ``NamedSharding``, a stacked basis the same with its row axis
+    unsharded. Without the pins XLA chooses, and has returned a product replicated, which
+    then replicated every basis built from it. Hashable, so it is a static argument of the
+    compiled functions. :meth:`of` is ``None`` for parameters on one device, so those
+    compile exactly as before.
+    """
+
+    treedef: Any
+    vector_shardings: tuple
+    basis_shardings: tuple
+
+    @staticmethod
+    def of(x) -> Placement | None:
+        """The placement of vectors shaped like ``x`` (arrays or ``ShapeDtypeStruct``), or
+        ``None`` when no leaf is a ``NamedSharding`` over several devices."""
+        leaves, treedef = jax.tree.flatten(x)
+        found = [s if isinstance(s, NamedSharding) and len(s.device_set) > 1 else None
+                 for s in map(_sharding, leaves)]
+        if not any(found):
+            return None
+        rows = [None if s is None else
+                NamedSharding(s.mesh, PartitionSpec(None, *s.spec), memory_kind=s.memory_kind)
+                for s in found]
+        return Placement(treedef, tuple(found), tuple(rows))
+
+    def vector(self, x):
+        """``x`` (traced) constrained to the parameters' shardings."""
+        return self._pin(x, self.vector_shardings)
+
+    def basis(self, x):
+        """A stacked basis (traced) constrained to the rows' shardings."""
+        return self._pin(x, self.basis_shardings)
+
+    def _pin(self, x, shardings):
+        leaves = [a if s is None else jax.lax.with_sharding_constraint(a, s)
+                  for a, s in zip(jax.tree.leaves(x), shardings)]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def put(self, leaves, *, stacked: bool = False):
+        """Host (NumPy) leaves as ``jax.Array`` leaves with these shardings: each device
+        receives only its own block (``jax.make_array_from_callback``; every process must
+        hold the same host values), so nothing is gathered or sent whole."""
+        shardings = self.basis_shardings if stacked else self.vector_shardings
+        out = [jnp.asarray(a) if s is None else
+               jax.make_array_from_callback(np.shape(a), s, lambda idx, a=a: a[idx])
+               for a, s in zip(leaves, shardings)]
+        return jax.tree.unflatten(self.treedef, out)
+
+
+def pin_vector(x, placement: Placement | None):
+    """:meth:`Placement.vector`, or ``x`` itself when ``placement`` is ``None``."""
+    return x if placement is None else placement.vector(x)
+
+
+def pin_basis(x, placement: Placement | None):
+    """:meth:`Placement.basis`, or ``x`` itself when ``placement`` is ``None``."""
+    return x if placement is None else placement.basis(x)
+
+
+def local_bytes(x) -> int:
+    """Bytes one vector shaped like ``x`` takes in the memory that limits this process: on
+    CPU devices host memory, so every local shard (replicas included); on an accelerator
+    one device's shards. Unsharded leaves count whole."""
+    cpu = jax.default_backend() == "cpu"
+    total = 0
+    for a in jax.tree.leaves(x):
+        s, shape = _sharding(a), np.shape(a)
+        itemsize = np.dtype(jnp.result_type(a)).itemsize
+        if isinstance(s, NamedSharding):
+            per = int(np.prod(s.shard_shape(shape), dtype=np.int64)) * itemsize
+            total += per * (len(s.addressable_devices) if cpu else 1)
+        else:
+            total += int(np.prod(shape, dtype=np.int64)) * itemsize
+    return total

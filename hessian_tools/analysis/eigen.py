@@ -13,7 +13,9 @@ import numpy as np
 from hessian_tools import _host, tree
 from hessian_tools._checks import check_tol
 from hessian_tools._progress import progress_bar
-from hessian_tools.linalg.eigsolve import buffer_rows, lanczos_eigs
+from hessian_tools.linalg._space import COLUMN_BLOCK
+from hessian_tools.linalg import memory
+from hessian_tools.linalg.eigsolve import lanczos_eigs
 from hessian_tools.linalg.power import power_eigs
 from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import Eigenpairs, Status
@@ -60,33 +62,47 @@ def _residuals(vectors, products, values):
 _row = jax.jit(tree.basis_get)
 
 
-_stack = jax.jit(lambda *xs: jax.tree.map(lambda *a: jnp.stack(a), *xs))
+_concat = jax.jit(lambda xs: jax.tree.map(lambda *a: jnp.concatenate(a), *xs))
+_take = jax.jit(lambda x, idx: jax.tree.map(lambda a: a[idx], x))
 
 
 def _explicit_residuals(op, vectors, values):
-    """``||A v_i - lambda_i v_i||`` with one product per vector.
+    """``||A v_i - lambda_i v_i||`` with one product per vector, one vector at a time (a
+    product and its residual, never all of them at once).
 
     On a single CPU device the arithmetic is NumPy's, in float64 (nothing to compile);
     elsewhere it stays on the device in compiled code.
     """
-    rows = jax.tree.leaves(vectors)[0].shape[0]
-    if _host.host_is_device():
-        layout = _host.FlatLayout(op.params_like)
-        v = layout.flat(vectors, rows)
-        with _host.single_threaded_blas():
-            w = np.stack([layout.flat(op.apply_unchecked(layout.tree(v[i]))) for i in range(rows)])
-            return _host_residuals(v, w, values)
-    products = _stack(*[op.apply_unchecked(_row(vectors, i)) for i in range(rows)])
-    return _product_residuals(op, vectors, products, values)
+    out = []
+    for i, value in enumerate(values):
+        v = _row(vectors, i)
+        w = op.apply_unchecked(v)
+        if _host.host_is_device():
+            layout = _host.FlatLayout(op.params_like)
+            out.append(_host_residuals(layout.flat(v)[None], layout.flat(w)[None], [value])[0])
+        else:
+            out.append(float(_residuals(_expand(v), _expand(w),
+                                        jnp.asarray([value], op.dtype))[0]))
+    return np.array(out)
+
+
+_expand = jax.jit(lambda x: jax.tree.map(lambda a: a[None], x))
 
 
 KEPT_PRODUCTS_MAX_BYTES = 2 * 1024**3
 
 
-def _kept_product_bytes(op, k, which, krylov_dim) -> int:
-    """Memory of the products ``lanczos_eigs(keep_products=True)`` keeps: one basis more."""
-    m_max, lock_rows = buffer_rows(op.dim, k, which, krylov_dim)
-    return (m_max + 1 + lock_rows) * op.dim * jnp.dtype(op.dtype).itemsize
+def _memory_plan(op, k, which, krylov_dim, residuals):
+    """The solve's :class:`~hessian_tools.linalg.memory.MemoryPlan` and the residual kind:
+    ``"explicit"`` becomes ``"recompute"`` when the kept products would take more than
+    ``KEPT_PRODUCTS_MAX_BYTES`` or would not fit in the memory available."""
+    keep = residuals == "explicit"
+    need = memory.plan(op.params_like, k, which, krylov_dim, keep_products=keep)
+    kept = (need.krylov_dim + 1 + need.lock_rows) * need.vector_bytes
+    if keep and (kept > KEPT_PRODUCTS_MAX_BYTES or not need.fits):
+        residuals = "recompute"      # the same residuals, for k products instead of memory
+        need = memory.plan(op.params_like, k, which, krylov_dim, keep_products=False)
+    return need, residuals
 
 
 def _product_residuals(op, vectors, products, values):
@@ -99,9 +115,14 @@ def _product_residuals(op, vectors, products, values):
 
 
 def _host_residuals(v, w, values):
-    """Row norms of ``w - values v`` for ``(rows, dim)`` NumPy arrays, in float64."""
-    return np.linalg.norm(w.astype(np.float64)
-                          - np.asarray(values, np.float64)[:, None] * v.astype(np.float64), axis=1)
+    """Row norms of ``w - values v`` for ``(rows, dim)`` NumPy arrays, in float64, a block
+    of columns at a time (no float64 copy of the vectors)."""
+    values = np.asarray(values, np.float64)[:, None]
+    total = np.zeros(len(values))
+    for lo in range(0, v.shape[1], COLUMN_BLOCK):
+        d = w[:, lo:lo + COLUMN_BLOCK].astype(np.float64) - values * v[:, lo:lo + COLUMN_BLOCK]
+        total += np.einsum("rn,rn->r", d, d)
+    return np.sqrt(total)
 
 
 def _progress(total, enabled, desc):
@@ -138,8 +159,14 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
     ``<= r^2 / gap``.
 
     Cost: Lanczos needs roughly ``k + 20-60`` matvecs per run for well separated ends,
-    plus one verification run. Memory ``2 (krylov_dim + 2k + 9) x dim`` values with the
-    default ``residuals="explicit"``, half that otherwise.
+    plus one verification run. Memory at the peak: ``2 (krylov_dim + 2k + 9) + 6``
+    parameter-sized vectors with the default ``residuals="explicit"``, ``(krylov_dim + 2k +
+    9) + 6`` otherwise (``4k + 8`` locked rows for ``"both"``; see
+    :mod:`hessian_tools.linalg.memory`). Before solving, that is compared with the memory
+    available (host memory on CPUs, the device's free memory on an accelerator): the kept
+    products are dropped (``"recompute"``) when they would not fit, and a solve that still
+    would not fit is refused with the numbers and the fixes. ``method="power"`` needs
+    ``k + 3`` vectors (``2k + 3`` for ``"both"``).
 
     Args:
       op: the operator (``ht.hessian(obj)``, ``ht.gauss_newton(obj)``, ``ht.from_dense(A)``).
@@ -148,7 +175,10 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
       key: a ``jax.random`` key (required for Lanczos and power iteration).
       tol: relative residual tolerance (default :func:`default_tol` of the operator dtype).
       method: ``"lanczos"``, ``"power"`` or ``"dense"``.
-      krylov_dim: Lanczos run length and total budget (see ``lanczos_eigs``).
+      krylov_dim: basis rows before a thick restart (default ``max(3k + 30, 60)``, or
+        ``max(6k + 40, 100)`` for ``"both"``), or ``"auto"``: the largest up to the default
+        that fits in 90% of the available memory (the same answer; a smaller basis
+        restarts more often). The budget ``num_matvecs`` defaults to 50 times it.
       num_matvecs: see ``krylov_dim``.
       verify: the final search for missed copies of repeated eigenvalues (see
         ``lanczos_eigs``; ``False`` saves about a third of the matvecs).
@@ -171,7 +201,9 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
       :class:`Eigenpairs` with values in descending order.
 
     Raises:
-      ValueError: ``k`` larger than the dimension, an unknown ``which``/``method``, no key.
+      ValueError: ``k`` larger than the dimension, an unknown ``which``/``method``, no key;
+        a Lanczos solve that would not fit in the available memory (the message gives the
+        sizes, ``krylov_dim="auto"`` and ``method="power"``).
 
     Examples:
       >>> import jax, numpy as np, hessian_tools as ht
@@ -190,14 +222,13 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
         return _dense_eigs(op, k, which, tol, start, before)
     if method == "power":
         return _power(op, k, which, key, tol, num_matvecs, start, before)
-    budget = num_matvecs or 50 * buffer_rows(op.dim, k, which, krylov_dim)[0]
+    need, residuals = _memory_plan(op, k, which, krylov_dim, residuals)
+    need.check()
+    budget = num_matvecs or 50 * need.krylov_dim
     update, close = _progress(budget, progress, f"Lanczos ({op.kind})")
-    if residuals == "explicit" and _kept_product_bytes(op, k, which, krylov_dim) > \
-            KEPT_PRODUCTS_MAX_BYTES:
-        residuals = "recompute"      # the same residuals, for k products instead of memory
     try:
         res = lanczos_eigs(op.apply_unchecked, key, op.params_like, k=k, which=which, tol=tol,
-                           krylov_dim=krylov_dim, num_matvecs=num_matvecs, verify=verify,
+                           krylov_dim=need.krylov_dim, num_matvecs=num_matvecs, verify=verify,
                            callback=update, keep_products=residuals == "explicit")
     finally:
         close()
@@ -214,7 +245,9 @@ def eigenvalues(op: CurvatureOperator, *, k: int = 1, which: str = "largest", ke
                       status=Status.converged if converged else Status.budget, which=which, k=k,
                       tol=tol, scale=scale, method="lanczos", operator=op.kind,
                       wall_time=time.perf_counter() - start, num_restarts=res.num_restarts,
-                      residual_kind=residuals, seed=tree.key_bits(key), extra={"verify": verify})
+                      residual_kind=residuals, seed=tree.key_bits(key),
+                      extra={"verify": verify, "krylov_dim": need.krylov_dim,
+                             "memory_bytes": need.bytes})
 
 
 def _select(values, k, which):
@@ -251,11 +284,11 @@ def _power(op, k, which, key, tol, num_matvecs, start, before):
         out = power_eigs(op.apply_unchecked, sub, op.params_like, k=k, which=end, tol=tol,
                          num_matvecs=num_matvecs or 1000)
         values += list(out["values"])
-        vectors += out["vectors"]
+        vectors.append(out["vectors"])
         ok &= out["converged"]
     order = np.argsort(-np.array(values), kind="stable")
     values = np.array(values)[order]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[vectors[i] for i in order])
+    stacked = _take(vectors[0] if len(vectors) == 1 else _concat(vectors), jnp.asarray(order))
     residuals = _explicit_residuals(op, stacked, values)
     scale = float(np.max(np.abs(values)))
     return Eigenpairs(values=values, vectors=stacked, residuals=residuals,

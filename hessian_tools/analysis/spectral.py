@@ -60,9 +60,11 @@ def default_threshold(scale: float, dtype=jnp.float32) -> float:
 
 def _zeros(like):
     """Shape templates for the compiled functions: NumPy zeros on a single CPU device (no XLA
-    kernel compiled per leaf shape, about 0.03 s each), device zeros elsewhere."""
-    make = np.zeros if _host.host_is_device() else jnp.zeros
-    return jax.tree.map(lambda s: make(s.shape, s.dtype), like)
+    kernel compiled per leaf shape, about 0.03 s each), device zeros elsewhere (with the
+    parameters' shardings: never a whole vector on one device)."""
+    if _host.host_is_device():
+        return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), like)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), like)
 
 
 def _check_operator(op, what: str):
@@ -71,13 +73,14 @@ def _check_operator(op, what: str):
                         f"ht.gauss_newton(obj), ht.from_dense(A)), got {type(op).__name__}.")
 
 
-@functools.partial(jax.jit, static_argnames=("num_probes", "num_steps", "kind", "batch_size"))
-def _slq_compiled(matvec_fn, key, zeros, *, num_probes, num_steps, kind, batch_size):
-    probes = random_probes(key, zeros, num_probes, kind=kind)
+@functools.partial(jax.jit, static_argnames=("num_probes", "num_steps", "kind", "batch_size",
+                                             "pin"))
+def _slq_compiled(matvec_fn, key, zeros, *, num_probes, num_steps, kind, batch_size, pin=None):
+    probes = random_probes(key, zeros, num_probes, kind=kind, pin=pin)
     return slq_quadrature(matvec_fn, probes, num_steps=num_steps, batch_size=batch_size)
 
 
-_probes_jit = jax.jit(random_probes, static_argnames=("num", "kind"))
+_probes_jit = jax.jit(random_probes, static_argnames=("num", "kind", "pin"))
 
 
 def _auto_batch(num_probes: int, rows: int, op: CurvatureOperator) -> int | None:
@@ -176,10 +179,11 @@ def density(op: CurvatureOperator, *, key=None, num_probes: int = DEFAULT_NUM_PR
     zeros = _zeros(op.params_like)
     if loop == "compiled":
         rule = _slq_compiled(op.matvec_fn, key, zeros, num_probes=num_probes,
-                             num_steps=num_steps, kind=probe, batch_size=batch)
+                             num_steps=num_steps, kind=probe, batch_size=batch,
+                             pin=op.placement)
         op.num_matvecs += num_probes * num_steps
     else:
-        probes = _probes_jit(key, zeros, num=num_probes, kind=probe)
+        probes = _probes_jit(key, zeros, num=num_probes, kind=probe, pin=op.placement)
         if numpy_basis:       # the operator runs (and counts) the products
             rule = slq_quadrature_numpy(functools.partial(op.flat_rows, batch_size=batch),
                                         probes, num_steps=num_steps, group_size=batch,

@@ -16,8 +16,9 @@ from hessian_tools import _host, tree
 from hessian_tools._checks import check_count, check_key
 from hessian_tools.analysis.spectral import (_check_operator, _numpy_basis, _probes_jit, _zeros,
                                             density)
-from hessian_tools.linalg.trace import (PROBES, hutchinson_samples, hutchpp, hutchpp_rows,
-                                        orthonormalize_numpy, random_probes, xtrace_samples)
+from hessian_tools.linalg.trace import (PROBES, DeviceRows, HostRows, hutchinson_samples,
+                                        hutchpp, hutchpp_rows, orthonormalize_numpy,
+                                        random_probes, xtrace_samples)
 from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import TraceEstimate
 
@@ -27,17 +28,17 @@ __all__ = ["DEFAULT_TRACE_MATVECS", "trace"]
 DEFAULT_TRACE_MATVECS = 90
 
 
-@functools.partial(jax.jit, static_argnames=("num", "kind", "batch_size"))
-def _hutchinson_compiled(matvec_fn, key, zeros, *, num, kind, batch_size):
-    probes = random_probes(key, zeros, num, kind=kind)
+@functools.partial(jax.jit, static_argnames=("num", "kind", "batch_size", "pin"))
+def _hutchinson_compiled(matvec_fn, key, zeros, *, num, kind, batch_size, pin=None):
+    probes = random_probes(key, zeros, num, kind=kind, pin=pin)
     return hutchinson_samples(matvec_fn, probes, batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "num", "kind", "batch_size"))
-def _hutchpp_compiled(matvec_fn, key, zeros, *, k, num, kind, batch_size):
+@functools.partial(jax.jit, static_argnames=("k", "num", "kind", "batch_size", "pin"))
+def _hutchpp_compiled(matvec_fn, key, zeros, *, k, num, kind, batch_size, pin=None):
     k1, k2 = jax.random.split(key)
-    sketch = random_probes(k1, zeros, k, kind=kind)
-    probes = random_probes(k2, zeros, num, kind=kind)
+    sketch = random_probes(k1, zeros, k, kind=kind, pin=pin)
+    probes = random_probes(k2, zeros, num, kind=kind, pin=pin)
     return hutchpp(matvec_fn, sketch, probes, batch_size=batch_size)
 
 
@@ -54,12 +55,12 @@ def _trace_rows(op, key, method, num_matvecs, probe, batch_size):
     zeros = _zeros(op.params_like)
     rows = functools.partial(op.rows, batch_size=batch_size)
     if method == "hutchinson":
-        probes = _probes_jit(key, zeros, num=num_matvecs, kind=probe)
+        probes = _probes_jit(key, zeros, num=num_matvecs, kind=probe, pin=op.placement)
         return 0.0, _dots(probes, rows(probes))
     k, num = _hutchpp_split(num_matvecs)
     k1, k2 = jax.random.split(key)
-    return hutchpp_rows(rows, _probes_jit(k1, zeros, num=k, kind=probe),
-                        _probes_jit(k2, zeros, num=num, kind=probe))
+    return hutchpp_rows(rows, _probes_jit(k1, zeros, num=k, kind=probe, pin=op.placement),
+                        _probes_jit(k2, zeros, num=num, kind=probe, pin=op.placement))
 
 
 _dots = jax.jit(jax.vmap(tree.vdot))
@@ -105,14 +106,22 @@ def _trace_numpy(op, key, method, num_matvecs, probe):
 
 def _trace_xtrace(op, key, num_matvecs, probe, batch_size):
     """XTrace's leave-one-out samples with ``num_matvecs // 2`` test vectors (the same
-    probes as Hutchinson's with that key), the algebra in NumPy in float64, and the
-    jackknife standard error over the test vectors."""
-    layout = _host.FlatLayout(op.params_like)
+    probes as Hutchinson's with that key) and the jackknife standard error over the test
+    vectors. On a single CPU device the vectors are NumPy rows in float64; elsewhere they
+    stay on the device (sharded like the parameters) and only ``(m, m)`` Gram matrices
+    come to the host, where the rest runs in float64."""
     num = num_matvecs // 2
-    omega = _flat_probes(key, op, layout, num, probe)
+    if _host.host_is_device():
+        layout = _host.FlatLayout(op.params_like)
+        omega, rows = _flat_probes(key, op, layout, num, probe), HostRows
+        products = _host_products(op, layout, batch_size)
+    else:
+        omega = _probes_jit(key, _zeros(op.params_like), num=num, kind=probe, pin=op.placement)
+        rows = DeviceRows(op.params_like, op.placement)
+        products = functools.partial(op.rows, batch_size=batch_size)
     with _host.single_threaded_blas():
-        samples, left_out = xtrace_samples(omega, _host_products(op, layout, batch_size),
-                                           sphere=probe == "gaussian", jackknife=True)
+        samples, left_out = xtrace_samples(omega, products, sphere=probe == "gaussian",
+                                           jackknife=True, rows=rows)
     stderr = math.sqrt((num - 1) / num * np.sum((left_out - np.mean(left_out)) ** 2))
     return samples, stderr
 
@@ -230,12 +239,12 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
     elif method == "hutchinson":
         low = 0.0
         samples = _hutchinson_compiled(op.matvec_fn, key, zeros, num=num_matvecs, kind=probe,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, pin=op.placement)
         op.num_matvecs += num_matvecs
     else:
         k, num = _hutchpp_split(num_matvecs)
         low, samples = _hutchpp_compiled(op.matvec_fn, key, zeros, k=k, num=num, kind=probe,
-                                         batch_size=batch_size)
+                                         batch_size=batch_size, pin=op.placement)
         op.num_matvecs += num_matvecs
     samples = np.asarray(samples, np.float64)
     value = float(low) + float(np.mean(samples))

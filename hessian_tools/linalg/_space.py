@@ -38,6 +38,10 @@ __all__ = ["BREAKDOWN", "orthogonalize", "project_step", "host_orthogonalize", "
 BREAKDOWN = 100.0
 """A remainder of norm below ``BREAKDOWN * eps * scale`` is rounding: the step breaks down."""
 
+COLUMN_BLOCK = 1 << 15
+"""Columns per block of host arithmetic that would otherwise need a temporary as large as a
+vector or a basis (a float64 norm, an in-place combination): ``rows x 32768`` values."""
+
 
 # ---- device: pytrees, pure and traceable --------------------------------------------------
 
@@ -79,8 +83,13 @@ def project_step(basis, locked, j, w, scale):
 # ---- host: NumPy, with optional leading batch axes ------------------------------------------
 
 def _norm(w) -> np.ndarray:
-    w64 = w.astype(np.float64)
-    return np.sqrt(np.einsum("...n,...n->...", w64, w64))
+    """Euclidean norms along the last axis, summed in float64 a block of columns at a time
+    (no float64 copy of the vectors)."""
+    total = 0.0
+    for lo in range(0, w.shape[-1], COLUMN_BLOCK):
+        block = w[..., lo:lo + COLUMN_BLOCK].astype(np.float64)
+        total = total + np.einsum("...n,...n->...", block, block)
+    return np.sqrt(total)
 
 
 def host_orthogonalize(w, basis):
@@ -108,51 +117,88 @@ def host_project(basis, j, w, scale, locked=None):
     scale = np.maximum(np.max(np.abs(h), axis=-1) + beta, scale)
     tiny = beta <= BREAKDOWN * np.finfo(basis.dtype).eps * scale
     inv = np.where(tiny, 0.0, 1.0 / np.where(tiny, 1.0, beta))
-    q_next = (w * np.asarray(inv)[..., None]).astype(basis.dtype)
+    q_next = np.multiply(w, np.asarray(inv)[..., None], out=np.empty(w.shape, basis.dtype),
+                         casting="unsafe")
     if j + 1 < basis.shape[-2]:
         basis[..., j + 1, :] = q_next
     return q_next, h, np.where(tiny, 0.0, beta)
 
 
 # ---- the stores, as the eigensolver uses them ------------------------------------------------
+#
+# Coefficients address the filled rows: an ``(m, n)`` array combines rows ``0..m-1`` of a
+# basis. The device store pads them to its buffer's rows (fixed shapes: one compilation per
+# buffer size) and keeps every row past the filled ones zero, since its compiled sweeps run
+# over the whole buffer; the host store reads only rows ``0..m-1``, so it never clears.
+# ``pin`` is the parameters' :class:`~hessian_tools.tree.Placement` (``None`` on one device):
+# every vector and basis the device store makes is pinned to it, so a basis is created
+# sharded and stays so.
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _project(basis, locked, j, w, scale):
-    return project_step(basis, locked, j, w, scale)
+_PIN = ("pin",)
 
 
-@functools.partial(jax.jit, static_argnums=(3,))
-def _start_basis(v, hint, locked, rows):
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _project(basis, locked, j, w, scale, *, pin=None):
+    basis, q, h, beta = project_step(basis, locked, j, tree.pin_vector(w, pin), scale)
+    return tree.pin_basis(basis, pin), tree.pin_vector(q, pin), h, beta
+
+
+def _started(basis, v, hint, locked, pin):
+    v = tree.pin_vector(v, pin)
     if hint is not None:             # bias towards the next Ritz vectors, keep randomness
         v = tree.add(tree.scale(1.0 / tree.norm(v), v), hint)
     v = orthogonalize(v, locked)
     q = tree.scale(1.0 / tree.norm(v), v)
-    return tree.basis_set(tree.zeros_basis(rows, q), 0, q), q
+    return tree.pin_basis(tree.basis_set(basis, 0, q), pin), tree.pin_vector(q, pin)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _zeros_basis(rows, like):
-    return tree.zeros_basis(rows, like)
+@functools.partial(jax.jit, static_argnums=(3,), static_argnames=_PIN)
+def _start_basis(v, hint, locked, rows, *, pin=None):
+    return _started(_zeros(rows, v, pin), v, hint, locked, pin)
 
 
-@jax.jit
-def _take_rows(basis, idx):
-    return jax.tree.map(lambda a: a[idx], basis)
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _restart_into(buffer, v, hint, locked, *, pin=None):
+    """:func:`_start_basis` in a finished run's buffer (donated, cleared): the previous
+    basis is gone before the next one fills."""
+    return _started(jax.tree.map(jnp.zeros_like, buffer), v, hint, locked, pin)
 
 
-@jax.jit
-def _combine(coeffs, basis):
-    return tree.basis_combine(coeffs, basis)
+def _zeros(rows, like, pin):
+    return tree.pin_basis(tree.zeros_basis(rows, like), pin)
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _set_rows(buffer, rows, start):
-    return jax.tree.map(lambda b, r: jax.lax.dynamic_update_slice_in_dim(b, r.astype(b.dtype),
-                                                                         start, 0), buffer, rows)
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=_PIN)
+def _zeros_basis(rows, like, *, pin=None):
+    return _zeros(rows, like, pin)
 
 
-@jax.jit
-def _restart_rows(basis, coeffs):
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _clear(buffer, *, pin=None):
+    return tree.pin_basis(jax.tree.map(jnp.zeros_like, buffer), pin)
+
+
+@functools.partial(jax.jit, static_argnames=_PIN)
+def _take_rows(basis, idx, *, pin=None):
+    return tree.pin_basis(jax.tree.map(lambda a: a[idx], basis), pin)
+
+
+@functools.partial(jax.jit, static_argnames=_PIN)
+def _combine(coeffs, basis, *, pin=None):
+    out = tree.basis_combine(coeffs, basis)
+    return tree.pin_vector(out, pin) if coeffs.ndim == 1 else tree.pin_basis(out, pin)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _combine_into(buffer, coeffs, basis, start, *, pin=None):
+    """Rows ``start..start+n-1`` of ``buffer`` (donated) become ``V^T C``."""
+    rows = tree.basis_combine(coeffs, basis)
+    return tree.pin_basis(jax.tree.map(
+        lambda b, r: jax.lax.dynamic_update_slice_in_dim(b, r.astype(b.dtype), start, 0),
+        buffer, rows), pin)
+
+
+def _restarted(basis, coeffs):
     """Rows ``0..l-1``: ``V^T S`` (the kept Ritz vectors, or their products); rest zero."""
     kept = tree.basis_combine(coeffs, basis)
     n = coeffs.shape[1]
@@ -160,40 +206,51 @@ def _restart_rows(basis, coeffs):
                         kept)
 
 
-@jax.jit
-def _restart_basis(basis, coeffs, q_next):
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _restart_rows(basis, coeffs, *, pin=None):
+    return tree.pin_basis(_restarted(basis, coeffs), pin)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _restart_basis(basis, coeffs, q_next, *, pin=None):
     """Rows ``0..l-1``: the kept Ritz vectors ``V^T S``; row ``l``: ``q_next``; rest zero."""
-    return tree.basis_set(_restart_rows(basis, coeffs), coeffs.shape[1], q_next)
+    return tree.pin_basis(tree.basis_set(_restarted(basis, coeffs), coeffs.shape[1], q_next),
+                          pin)
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _set_row(buffer, j, w):
-    return tree.basis_set(buffer, j, w)
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _set_row(buffer, j, w, *, pin=None):
+    return tree.pin_basis(tree.basis_set(buffer, j, tree.pin_vector(w, pin)), pin)
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _fill_row(basis, locked, j, z):
+@functools.partial(jax.jit, donate_argnums=(0,), static_argnames=_PIN)
+def _fill_row(basis, locked, j, z, *, pin=None):
     """Store ``z``, orthonormalised against the basis and the locked rows, as row ``j``."""
-    z = orthogonalize(z, basis, locked)
+    z = orthogonalize(tree.pin_vector(z, pin), basis, locked)
     z = tree.scale(1.0 / tree.norm(z), z)
-    return tree.basis_set(basis, j, z), z
+    return tree.pin_basis(tree.basis_set(basis, j, z), pin), tree.pin_vector(z, pin)
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _grow(basis, rows):
-    return jax.tree.map(lambda b: jnp.pad(b, [(0, rows - b.shape[0])] + [(0, 0)] * (b.ndim - 1)),
-                        basis)
+@functools.partial(jax.jit, static_argnums=(1,), static_argnames=_PIN)
+def _grow(basis, rows, *, pin=None):
+    return tree.pin_basis(jax.tree.map(
+        lambda b: jnp.pad(b, [(0, rows - b.shape[0])] + [(0, 0)] * (b.ndim - 1)), basis), pin)
 
 
 class DeviceSpace:
     """Vectors as pytrees, algebra in compiled functions (zero rows cost a sweep, no mask).
 
     Every method takes and returns bases in this store's form; :meth:`vector` is what the
-    operator receives and :meth:`from_product` what it returns.
+    operator receives and :meth:`from_product` what it returns. With sharded parameters
+    every buffer is created with their sharding and every output is pinned to it
+    (:class:`~hessian_tools.tree.Placement`).
     """
 
     def __init__(self, like):
-        self.like = like
+        self.like = tree.spec_like(like)
+        self.pin = tree.Placement.of(self.like)
+        self._real = jnp.finfo(jnp.result_type(*jax.tree.leaves(self.like))).dtype
+        self.vector_bytes = tree.local_bytes(self.like)
 
     def vector(self, q):
         return q
@@ -202,57 +259,72 @@ class DeviceSpace:
         return w
 
     def zeros(self, rows):
-        return _zeros_basis(rows, self.like)
+        return _zeros_basis(rows, self.like, pin=self.pin)
+
+    def recycle(self, buffer):
+        """A finished run's buffer, cleared for the next run (in place: donated)."""
+        return _clear(buffer, pin=self.pin)
 
     def draw(self, rng):
-        """A standard normal vector from a NumPy generator (nothing compiled)."""
-        return _host.host_normal_like(rng, self.like)
+        """A standard normal vector from a NumPy generator (nothing compiled); with sharded
+        parameters each device receives only its block of the host draw."""
+        if self.pin is None:
+            return _host.host_normal_like(rng, self.like)
+        return self.pin.put(_host.host_normal_leaves(rng, jax.tree.leaves(self.like)))
 
-    def start(self, v, hint, locked, num_locked, rows):
-        return _start_basis(v, hint, locked, rows)
+    def start(self, v, hint, locked, num_locked, rows, reuse=None):
+        if reuse is not None and _rows(reuse) == rows:
+            return _restart_into(reuse, v, hint, locked, pin=self.pin)
+        return _start_basis(v, hint, locked, rows, pin=self.pin)
 
     def project(self, basis, locked, num_locked, j, w, scale):
-        return _project(basis, locked, np.int32(j), w, float(scale))
+        return _project(basis, locked, np.int32(j), w, float(scale), pin=self.pin)
 
     def fill_row(self, basis, locked, num_locked, j, z):
-        return _fill_row(basis, locked, np.int32(j), z)
+        return _fill_row(basis, locked, np.int32(j), z, pin=self.pin)
 
     def grow(self, basis, rows):
-        return _grow(basis, rows)
+        return _grow(basis, rows, pin=self.pin)
 
     def restart(self, basis, coeffs, q_next):
-        return _restart_basis(basis, jnp.asarray(coeffs, self._real(basis)), q_next)
+        return _restart_basis(basis, self._padded(coeffs, basis), q_next, pin=self.pin)
 
     def restart_rows(self, buffer, coeffs):
-        return _restart_rows(buffer, jnp.asarray(coeffs, self._real(buffer)))
+        return _restart_rows(buffer, self._padded(coeffs, buffer), pin=self.pin)
 
     def set_row(self, buffer, j, w):
-        return _set_row(buffer, j, w)
+        return _set_row(buffer, np.int32(j), w, pin=self.pin)
 
     def combine(self, coeffs, basis):
-        return _combine(jnp.asarray(coeffs, self._real(basis)), basis)
+        return _combine(self._padded(coeffs, basis), basis, pin=self.pin)
 
-    def set_rows(self, buffer, rows, start):
-        return _set_rows(buffer, rows, start)
+    def combine_into(self, buffer, start, coeffs, basis):
+        return _combine_into(buffer, self._padded(coeffs, basis), basis, np.int32(start),
+                             pin=self.pin)
 
     def take_rows(self, buffer, idx):
-        return _take_rows(buffer, jnp.asarray(np.array(idx, dtype=np.int32)))
+        return _take_rows(buffer, jnp.asarray(np.array(idx, dtype=np.int32)), pin=self.pin)
 
-    @staticmethod
-    def _real(basis):
-        return jnp.finfo(jnp.result_type(*jax.tree.leaves(basis))).dtype
+    def _padded(self, coeffs, basis):
+        """Coefficients of the filled rows, zero-padded to the buffer's rows."""
+        coeffs = np.asarray(coeffs, self._real)
+        pad = [(0, _rows(basis) - len(coeffs))] + [(0, 0)] * (coeffs.ndim - 1)
+        return jnp.asarray(np.pad(coeffs, pad))
 
 
 class HostSpace:
     """Vectors as one flat NumPy array (a single dtype), algebra by NumPy's BLAS.
 
-    Only the filled rows of a basis are swept. The operator gets the vector back as a pytree
-    of ``jax.Array`` leaves.
+    Only the filled rows of a basis are swept, and only they are read: rows past them may
+    hold a previous run's vectors. Restarts and locking combine rows in place, a block of
+    columns at a time. The operator gets the vector back as a pytree of ``jax.Array``
+    leaves.
     """
 
     def __init__(self, like):
         self.layout = _host.FlatLayout(like)
         self.dtype = self.layout.dtype
+        self.vector_bytes = self.layout.dim * self.dtype.itemsize
 
     def vector(self, q):
         return self.layout.tree(q)
@@ -263,17 +335,18 @@ class HostSpace:
     def zeros(self, rows):
         return np.zeros((rows, self.layout.dim), self.dtype)
 
+    def recycle(self, buffer):
+        return buffer
+
     def draw(self, rng):
         return _host.host_normal_flat(rng, self.layout.shapes, self.dtype)
 
-    def start(self, v, hint, locked, num_locked, rows):
+    def start(self, v, hint, locked, num_locked, rows, reuse=None):
         if hint is not None:
             v = v / _norm(v) + hint
         v = host_orthogonalize(v, _filled(locked, num_locked))
-        q = (v / _norm(v)).astype(self.dtype)
-        basis = self.zeros(rows)
-        basis[0] = q
-        return basis, q
+        basis = reuse if reuse is not None and len(reuse) == rows else self.zeros(rows)
+        return basis, _store(basis, 0, v)
 
     def project(self, basis, locked, num_locked, j, w, scale):
         q_next, h, beta = host_project(basis, j, np.asarray(w, self.dtype), scale,
@@ -282,9 +355,7 @@ class HostSpace:
 
     def fill_row(self, basis, locked, num_locked, j, z):
         z = host_orthogonalize(host_orthogonalize(z, basis[:j]), _filled(locked, num_locked))
-        z = (z / _norm(z)).astype(self.dtype)
-        basis[j] = z
-        return basis, z
+        return basis, _store(basis, j, z)
 
     def grow(self, basis, rows):
         return np.concatenate([basis, np.zeros((rows - len(basis), basis.shape[1]),
@@ -296,24 +367,40 @@ class HostSpace:
         return basis
 
     def restart_rows(self, buffer, coeffs):
-        kept = self.combine(coeffs, buffer)
-        buffer[:] = 0
-        buffer[:len(kept)] = kept
-        return buffer
+        return self.combine_into(buffer, 0, coeffs, buffer)
 
     def set_row(self, buffer, j, w):
         buffer[j] = w
         return buffer
 
     def combine(self, coeffs, basis):
-        return np.asarray(coeffs).T.astype(self.dtype) @ basis
+        coeffs = np.asarray(coeffs, self.dtype)
+        return coeffs.T @ basis[:len(coeffs)]
 
-    def set_rows(self, buffer, rows, start):
-        buffer[start:start + len(rows)] = rows
+    def combine_into(self, buffer, start, coeffs, basis):
+        """Rows ``start..start+n-1`` of ``buffer`` become ``V^T C``, a block of columns at a
+        time; ``basis`` may be ``buffer`` itself (a restart in place)."""
+        coeffs = np.asarray(coeffs, self.dtype)
+        c, m = coeffs.T, len(coeffs)
+        for lo in range(0, buffer.shape[1], COLUMN_BLOCK):
+            cols = slice(lo, lo + COLUMN_BLOCK)
+            buffer[start:start + c.shape[0], cols] = c @ basis[:m, cols]
         return buffer
 
     def take_rows(self, buffer, idx):
         return self.layout.tree(buffer[np.array(idx, dtype=int)])
+
+
+def _store(basis, j, v):
+    """Row ``j`` of ``basis`` becomes ``v`` normalised (float64 arithmetic, no float64
+    copy of the vector); returns a copy of it. The operator gets copies, never views of a
+    basis row: JAX may read a NumPy array without copying it, and rows are overwritten."""
+    np.multiply(v, 1.0 / _norm(v), out=basis[j], casting="unsafe")
+    return basis[j].copy()
+
+
+def _rows(basis) -> int:
+    return jax.tree.leaves(basis)[0].shape[0]
 
 
 def _filled(locked, num):

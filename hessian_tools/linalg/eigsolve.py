@@ -27,11 +27,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _host, tree
+from hessian_tools.linalg import memory
 from hessian_tools.linalg._space import HostSpace, space_for
+from hessian_tools.linalg.memory import buffer_rows, default_krylov_dim
 
 __all__ = ["krylov_schur", "lanczos_eigs", "warm_eigs", "LanczosEigsResult", "WarmEigsResult",
            "buffer_rows", "default_krylov_dim"]
@@ -74,7 +75,7 @@ def krylov_schur(matvec: Callable, space, basis, q, *, m_max: int, budget: int,
                  want: tuple[int, int], tols, scale: float = 0.0, locked=None,
                  num_locked: int = 0, keep_products: bool = False, check_every: int = 1,
                  min_steps: int = 0, fresh: Callable | None = None, dim: int | None = None,
-                 callback: Callable[[int], None] | None = None, used: int = 0):
+                 callback: Callable[[int], None] | None = None, used: int = 0, prods=None):
     """Run Lanczos from ``q`` (row 0 of ``basis``) until the wanted Ritz pairs converge.
 
     Wanted: the ``want[0]`` largest and ``want[1]`` smallest Ritz pairs, with residual
@@ -83,7 +84,9 @@ def krylov_schur(matvec: Callable, space, basis, q, *, m_max: int, budget: int,
     Thick-restarts when the basis holds ``m_max`` rows, keeping about half of them (the Ritz
     vectors nearest the wanted ends). ``basis`` may have fewer than ``m_max + 1`` rows: it
     doubles as it fills. On a breakdown (an invariant subspace) the run stops, or, with
-    ``fresh``, continues from ``fresh()``, orthogonalised against the basis.
+    ``fresh``, continues from ``fresh()``, orthogonalised against the basis. ``prods`` is
+    a buffer for the kept products (``space.recycle`` of a finished run's), else one is
+    allocated.
 
     Returns:
       ``(run, steps, scale)``: the :class:`Run` (basis, Ritz values ``theta``, vectors
@@ -93,7 +96,7 @@ def krylov_schur(matvec: Callable, space, basis, q, *, m_max: int, budget: int,
     rows = m_max + 1
     run = Run(basis, q, np.zeros((rows, rows)))
     if keep_products:
-        run.prods = space.zeros(_rows(basis))
+        run.prods = space.zeros(_rows(basis)) if prods is None else prods
     pending, steps = [], 0
     while steps < budget:
         if run.j + 1 >= _rows(run.basis) and _rows(run.basis) < rows:
@@ -149,8 +152,7 @@ def _thick_restart(run, want, m_max, space):
     bottom_n = (0 if not want[1] else keep_n if not want[0] else
                 max(want[1] + 1, min(keep_n // 2, keep_n - want[0] - 1)))
     keep = wanted(run.theta, keep_n - bottom_n, bottom_n)
-    coeffs = np.zeros((_rows(run.basis), len(keep)))
-    coeffs[:m] = run.s[:, keep]
+    coeffs = run.s[:, keep]                      # in place: no second basis
     run.basis = space.restart(run.basis, coeffs, run.q)
     if run.prods is not None:        # A (V^T S) = (A V^T) S: the products follow the vectors
         run.prods = space.restart_rows(run.prods, coeffs)
@@ -196,10 +198,13 @@ class _Locked:
     space: Any
     products: Any = None
 
-    def add(self, values, residuals, ends, vectors, products=None):
+    def add(self, values, residuals, ends, coeffs, run):
+        """Lock the Ritz pairs ``V^T coeffs`` of ``run``, combined straight into the
+        buffers (with their products ``(A V^T) coeffs`` when kept)."""
         if self.products is not None:
-            self.products = self.space.set_rows(self.products, products, len(self.values))
-        self.buffer = self.space.set_rows(self.buffer, vectors, len(self.values))
+            self.products = self.space.combine_into(self.products, len(self.values), coeffs,
+                                                    run.prods)
+        self.buffer = self.space.combine_into(self.buffer, len(self.values), coeffs, run.basis)
         self.values += [float(v) for v in values]
         self.residuals += [float(r) for r in residuals]
         self.ends += list(ends)
@@ -215,24 +220,12 @@ class _Locked:
         return len(self.values)
 
 
-def buffer_rows(dim: int, k: int, which: str, krylov_dim: int | None) -> tuple[int, int]:
-    """``(m_max, lock_rows)``: the basis rows kept before a restart (the basis buffer holds
-    ``m_max + 1``) and the locked-vector buffer's rows, as :func:`lanczos_eigs` allocates
-    them (the same again for ``keep_products``)."""
-    ends = 2 if which == "both" else 1
-    return min(dim, krylov_dim or default_krylov_dim(k, which)), min(dim, 2 * ends * k + 8)
-
-
-def default_krylov_dim(k: int, which: str) -> int:
-    """The default basis size before a restart (see :func:`lanczos_eigs`)."""
-    return max(6 * k + 40, 100) if which == "both" else max(3 * k + 30, 60)
-
-
 def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest",
-                 tol: float = 1e-6, krylov_dim: int | None = None,
+                 tol: float = 1e-6, krylov_dim: int | str | None = None,
                  num_matvecs: int | None = None, check_every: int = 1, verify: bool = True,
                  callback: Callable[[int], None] | None = None,
-                 basis: str = "auto", keep_products: bool = False) -> LanczosEigsResult:
+                 basis: str = "auto", keep_products: bool = False,
+                 check_memory: bool = True) -> LanczosEigsResult:
     """Extreme eigenpairs of a symmetric operator: Lanczos with Krylov-Schur restarts and locking.
 
     Each run (:func:`krylov_schur`) builds an orthonormal Krylov basis with full
@@ -253,7 +246,9 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
       which: ``"largest"`` or ``"smallest"`` (algebraic), or ``"both"`` (``k`` at each end).
       tol: relative residual tolerance.
       krylov_dim: basis rows kept before a thick restart (default ``max(3k + 30, 60)`` for one
-        end, ``max(6k + 40, 100)`` for both, capped by the dimension).
+        end, ``max(6k + 40, 100)`` for both, capped by the dimension), or ``"auto"``: the
+        largest up to the default that fits in 90% of the available memory
+        (:func:`hessian_tools.linalg.memory.plan`).
       num_matvecs: total budget (default ``50 * krylov_dim``).
       check_every: steps between convergence checks (each check syncs with the host and
         solves a small eigenproblem; every step is cheap next to a Hessian product).
@@ -272,17 +267,25 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
         return ``A v`` of each returned vector in ``products``. That gives the explicit
         residual ``||A v - lambda v||`` (up to rounding in the combination) with no further
         matvec, for ``krylov_dim + 2k + 8`` more vectors of memory.
+      check_memory: refuse (``ValueError``, with the numbers and the fixes) a solve whose
+        buffers would not fit in the memory available now
+        (:meth:`hessian_tools.linalg.memory.MemoryPlan.check`).
 
     Returns:
-      A :class:`LanczosEigsResult`, values in descending order. Memory
-      ``(krylov_dim + 2k + 9) x dim`` (twice that with ``keep_products``). Eigenvalue error
-      is at most the residual, and about ``residual^2 / gap`` away from clusters.
+      A :class:`LanczosEigsResult`, values in descending order. Memory at the peak
+      ``(krylov_dim + 2k + 9) + 6`` parameter-sized vectors for one end (``4k + 8`` locked
+      rows for both), the buffers twice with ``keep_products``
+      (:mod:`hessian_tools.linalg.memory`). Eigenvalue error is at most the residual, and
+      about ``residual^2 / gap`` away from clusters.
     """
-    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), v_like)
+    like = tree.spec_like(v_like)
     dim = tree.size(like)
     k_top = k if which in ("largest", "both") else 0
     k_bottom = k if which in ("smallest", "both") else 0
-    m_max, lock_rows = buffer_rows(dim, k, which, krylov_dim)
+    need = memory.plan(like, k, which, krylov_dim, keep_products=keep_products, basis=basis)
+    if check_memory:
+        need.check()
+    m_max, lock_rows = need.krylov_dim, need.lock_rows
     budget = num_matvecs or 50 * m_max
     space = space_for(like, basis)
     rng = np.random.default_rng(tree.key_bits(key))    # start vectors: drawn on the host
@@ -298,6 +301,7 @@ def _solve(matvec, rng, lock, dim, k_top, k_bottom, m_max, budget, tol, check_ev
     """The restart-lock-verify loop of :func:`lanczos_eigs`."""
     used, runs, scale, hint, done = 0, 0, 0.0, None, False
     space = lock.space
+    basis_buf = prods_buf = None     # a finished run's buffers, refilled by the next run
     while used < budget:
         if len(lock.values) >= dim:
             done = True                  # the whole space is locked: every eigenpair is known
@@ -307,15 +311,22 @@ def _solve(matvec, rng, lock, dim, k_top, k_bottom, m_max, budget, tol, check_ev
         want = (max(1, k_top - lock.count("top")) if k_top else 0,
                 max(1, k_bottom - lock.count("bottom")) if k_bottom else 0)
         rows = min(m_max, dim - len(lock.values))
-        basis, q = space.start(space.draw(rng), hint, lock.buffer, len(lock), rows + 1)
+        basis, q = space.start(space.draw(rng), hint, lock.buffer, len(lock), rows + 1,
+                               reuse=basis_buf)
+        basis_buf = hint = None
         run, steps, scale = krylov_schur(
             matvec, space, basis, q, m_max=rows, budget=budget - used, want=want, tols=tol,
             scale=scale, locked=lock.buffer, num_locked=len(lock),
             keep_products=lock.products is not None, check_every=check_every,
-            callback=callback, used=used)
+            callback=callback, used=used,
+            prods=prods_buf if prods_buf is not None and _rows(prods_buf) == rows + 1 else None)
         used += steps
         runs += 1
         done, hint = _lock_and_decide(run, lock, want, (k_top, k_bottom), tol * scale)
+        basis_buf, prods_buf = run.basis, None
+        if run.prods is not None:
+            prods_buf = space.recycle(run.prods)
+        del run
         if not verify and lock.count("top") >= k_top and lock.count("bottom") >= k_bottom:
             done = True
         if done:
@@ -351,18 +362,13 @@ def _lock_and_decide(run, lock, want, k_end, abs_tol):
             ends.append(end)
     if take and lock.room:
         take, ends = take[:lock.room], ends[:lock.room]
-        coeffs = np.zeros((_rows(run.basis), len(take)))
-        coeffs[:m] = run.s[:, take]
-        products = None if run.prods is None else lock.space.combine(coeffs, run.prods)
-        lock.add(theta[take], res[take], ends, lock.space.combine(coeffs, run.basis), products)
+        lock.add(theta[take], res[take], ends, run.s[:, take], run)
     if not take and not unfinished:
         return True, None
     rest = [i for i in wanted(theta, 4 if want[0] else 0, 4 if want[1] else 0) if i not in take]
     if not rest:
         return False, None
-    coeffs = np.zeros(_rows(run.basis))
-    coeffs[:m] = run.s[:, rest].sum(axis=1) / np.sqrt(len(rest))
-    return False, lock.space.combine(coeffs, run.basis)
+    return False, lock.space.combine(run.s[:, rest].sum(axis=1) / np.sqrt(len(rest)), run.basis)
 
 
 def _finish(lock, k_top, k_bottom, used, done, restarts, scale):
@@ -435,7 +441,7 @@ def warm_eigs(matvec: Callable, v_like, key, *, start=None, k_top: int = 1, k_bo
     Returns:
       A :class:`WarmEigsResult`.
     """
-    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), v_like)
+    like = tree.spec_like(v_like)
     dim = tree.size(like)
     k_top = min(k_top, dim)
     num_guard = max(0, min(num_guard, dim - k_top - k_bottom))
@@ -461,9 +467,7 @@ def warm_eigs(matvec: Callable, v_like, key, *, start=None, k_top: int = 1, k_bo
     idx = wanted(run.theta, n_top, k_bottom)
     converged = len(idx) == n_top + k_bottom and bool(
         np.all(run.res[idx] <= tols[:len(idx)] * max(scale, 1e-300)))
-    coeffs = np.zeros((_rows(run.basis), len(idx)))
-    coeffs[:run.j] = run.s[:, idx]
-    vectors = space.combine(coeffs, run.basis)
+    vectors = space.combine(run.s[:, idx], run.basis)
     keep = list(range(k_top)) + list(range(n_top, len(idx)))
     warm = space.take_rows(vectors, list(range(len(idx))))       # stacked pytrees
     return WarmEigsResult(run.theta[idx][keep], run.res[idx][keep],

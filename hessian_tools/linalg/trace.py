@@ -21,6 +21,7 @@ at a time (``None``: all at once, the fastest, memory ``num_probes x`` one produ
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -33,12 +34,13 @@ from hessian_tools.linalg._space import host_orthogonalize, orthogonalize
 
 __all__ = ["random_probes", "batched_matvec", "hutchinson_samples", "orthonormalize",
            "orthonormalize_numpy", "project_out", "hutchpp", "hutchpp_rows", "xtrace_samples",
-           "PROBES"]
+           "HostRows", "DeviceRows", "PROBES"]
 
 PROBES = ("rademacher", "gaussian")
 
 
-def random_probes(key, v_like, num: int, *, kind: str = "rademacher"):
+def random_probes(key, v_like, num: int, *, kind: str = "rademacher",
+                  pin: tree.Placement | None = None):
     """``num`` independent random vectors shaped like ``v_like``, stacked.
 
     Args:
@@ -47,13 +49,15 @@ def random_probes(key, v_like, num: int, *, kind: str = "rademacher"):
       v_like: a pytree of arrays (or anything with ``.shape``/``.dtype`` leaves).
       num: the number of probes (a Python int).
       kind: ``"rademacher"`` (entries +-1) or ``"gaussian"`` (standard normal).
+      pin: the parameters' placement when they are sharded: the probes are created with
+        their shardings (the same numbers).
 
     Returns:
       A stacked pytree: every leaf has shape ``(num, *leaf.shape)``.
     """
     like = jax.tree.map(lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a)), v_like)
     draw = tree.rademacher_like if kind == "rademacher" else tree.normal_like
-    return jax.vmap(lambda k: draw(k, like))(jax.random.split(key, num))
+    return tree.pin_basis(jax.vmap(lambda k: draw(k, like))(jax.random.split(key, num)), pin)
 
 
 def batched_matvec(matvec: Callable, vectors, *, batch_size: int | None = None):
@@ -181,8 +185,80 @@ def hutchpp_rows(apply_rows: Callable, sketch, probes):
     return jnp.sum(quad[:k]), quad[k:]
 
 
-def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool,
-                   jackknife: bool = False):
+class HostRows:
+    """XTrace's parameter-sized algebra on ``(m, n)`` float64 NumPy arrays (a single CPU
+    device, where NumPy reads JAX's arrays in place): a Householder QR, Gram matrices."""
+
+    eps = float(np.finfo(np.float64).eps)
+
+    @staticmethod
+    def prepare(omega):
+        return np.array(omega, np.float64)
+
+    @staticmethod
+    def qr(y):
+        """``(Q, R)`` with ``Y^T = Q^T R``: orthonormal rows ``Q``, ``R`` an ``(m, m)`` array."""
+        q, r = np.linalg.qr(y.T)
+        return q.T, r
+
+    @staticmethod
+    def gram(a, b) -> np.ndarray:
+        return a @ b.T
+
+    @staticmethod
+    def scale_rows(x, c):
+        return x * np.asarray(c)[:, None]
+
+    @staticmethod
+    def orthonormalize(y, rtol):
+        return orthonormalize_numpy(y, rtol=rtol)
+
+
+class DeviceRows:
+    """XTrace's parameter-sized algebra on stacked pytrees, in compiled functions (CGS2
+    for the QR, ``R`` and every Gram matrix by :func:`hessian_tools.tree.basis_gram`), so
+    rows keep the parameters' shardings and only ``(m, m)`` matrices reach the host, where
+    the rest of XTrace runs in float64. The vectors stay in the parameters' dtype."""
+
+    def __init__(self, like, pin: tree.Placement | None = None):
+        self.pin = pin
+        self.eps = float(jnp.finfo(jnp.result_type(*jax.tree.leaves(like))).eps)
+
+    @staticmethod
+    def prepare(omega):
+        return omega
+
+    def qr(self, y):
+        q = _orthonormalize_jit(y, None, pin=self.pin)
+        return q, self.gram(q, y)
+
+    @staticmethod
+    def gram(a, b) -> np.ndarray:
+        return np.asarray(_gram_jit(a, b), np.float64)
+
+    def scale_rows(self, x, c):
+        return _scale_rows_jit(x, jnp.asarray(c), pin=self.pin)
+
+    def orthonormalize(self, y, rtol):
+        return _orthonormalize_jit(y, rtol, pin=self.pin)
+
+
+@functools.partial(jax.jit, static_argnames=("rtol", "pin"))
+def _orthonormalize_jit(y, rtol, *, pin):
+    return tree.pin_basis(orthonormalize(y, rtol=rtol), pin)
+
+
+_gram_jit = jax.jit(tree.basis_gram)
+
+
+@functools.partial(jax.jit, static_argnames=("pin",))
+def _scale_rows_jit(x, c, *, pin):
+    return tree.pin_basis(jax.tree.map(lambda a: (a * c.reshape((-1,) + (1,) * (a.ndim - 1))
+                                                  ).astype(a.dtype), x), pin)
+
+
+def xtrace_samples(omega, products: Callable, *, sphere: bool, jackknife: bool = False,
+                   rows=HostRows):
     """XTrace's ``m`` leave-one-out estimates of ``tr(A)`` (Epperly, Tropp & Webber 2024).
 
     With ``Y = A Omega`` (test vectors as the rows of ``omega``) and ``Q`` an orthonormal basis
@@ -194,14 +270,20 @@ def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool,
     flops past the ``2m`` products. Each is unbiased; their mean is the estimate, and their
     spread over ``sqrt(m)`` the paper's error estimate.
 
+    Only the QR of ``Y`` and five ``(m, m)`` Gram matrices touch parameter-sized vectors;
+    ``rows`` says where: :class:`HostRows` (``(m, n)`` float64 NumPy arrays) or a
+    :class:`DeviceRows` (stacked pytrees in compiled code, sharded parameters staying
+    sharded). The rest runs on the host in float64 either way.
+
     ``sphere=True`` is the paper's improved form: ``omega`` rows are rescaled to norm
     ``sqrt(n)`` (uniform on the sphere from Gaussian rows), and then each is scaled so that
     its part outside ``range(Q_i)`` has squared norm ``n - m + 1``, the dimension it is
     sampled from. Use it with Gaussian rows; Rademacher rows are used as they are.
 
     Args:
-      omega: ``(m, n)`` float64 test vectors, ``m >= 2``.
-      products: ``rows -> A rows`` on ``(k, n)`` float64 arrays (``A`` symmetric).
+      omega: ``m >= 2`` test vectors: an ``(m, n)`` array for :class:`HostRows`, a stacked
+        pytree for :class:`DeviceRows`.
+      products: ``rows -> A rows`` in the same form (``A`` symmetric).
       sphere: the improved normalisation (see above).
       jackknife: also return XTrace's estimate with each test vector left out of the whole
         computation (sketch and probes), ``theta_(j)`` for ``j < m``, from the same products
@@ -209,31 +291,34 @@ def xtrace_samples(omega: np.ndarray, products: Callable, *, sphere: bool,
         jackknife variance ``(m - 1)/m * sum_j (theta_(j) - mean)^2`` does not understate
         the variance in expectation (Efron & Stein 1981; for the estimate on ``m - 1``
         vectors, which varies at least as much as the one on ``m`` in our checks).
+      rows: :class:`HostRows` (default) or a :class:`DeviceRows`.
 
     Returns:
       ``(m,)`` float64 estimates, or ``(estimates, theta_minus_j)`` with ``jackknife``. When
       ``Y`` is rank-deficient (``A`` of rank below ``m``, so the sketch captures all of it)
       every estimate is the exact ``tr(Q^T A Q)``.
     """
-    omega = np.array(omega, np.float64)
-    m, n = omega.shape
+    omega = rows.prepare(omega)
+    m, n = jax.tree.leaves(omega)[0].shape[0], tree.size(omega) // jax.tree.leaves(
+        omega)[0].shape[0]
     if sphere:
-        omega *= math.sqrt(n) / np.linalg.norm(omega, axis=1, keepdims=True)
-    y = products(omega)                                   # (m, n): rows A omega_i
-    q, r = np.linalg.qr(y.T)                              # Y = QR, Y's columns A omega_i
+        norms = np.sqrt(np.diag(rows.gram(omega, omega)))
+        omega = rows.scale_rows(omega, math.sqrt(n) / norms)
+    y = products(omega)                                   # rows A omega_i
+    q, r = rows.qr(y)                                     # Y = QR, Y's columns A omega_i
     diag = np.abs(np.diag(r))
-    if diag.min() <= 100 * np.finfo(np.float64).eps * max(diag.max(), 1e-300) * m:
-        basis = orthonormalize_numpy(y, rtol=100 * float(np.finfo(np.float32).eps))
-        low = np.full(m, float(np.einsum("kn,kn->", basis, products(basis))))
+    if diag.min() <= 100 * rows.eps * max(diag.max(), 1e-300) * m:
+        basis = rows.orthonormalize(y, 100 * float(np.finfo(np.float32).eps))
+        low = np.full(m, float(np.trace(rows.gram(basis, products(basis)))))
         return (low, low.copy()) if jackknife else low
-    z = products(q.T).T                                   # (n, m): A Q
-    w = q.T @ omega.T                                     # Q^T Omega
+    z = products(q)                                       # rows of A Q
+    w = rows.gram(q, omega)                               # Q^T Omega
     s = np.linalg.solve(r, np.eye(m)).T                   # columns: R^{-T} e_i
     s /= np.linalg.norm(s, axis=0, keepdims=True)
-    h = q.T @ z
+    h = rows.gram(q, z)
     h = (h + h.T) / 2                                     # Q^T A Q, symmetric
-    t = (z.T @ omega.T + r) / 2                           # Q^T A omega_i, two ways (Z, R)
-    quad0 = np.einsum("in,in->i", omega, y)               # omega_i^T A omega_i
+    t = (rows.gram(z, omega) + r) / 2                     # Q^T A omega_i, two ways (Z, R)
+    quad0 = np.diag(rows.gram(omega, y)).copy()           # omega_i^T A omega_i
     jack = _xtrace_left_out(h, w, t, quad0, s, n, sphere) if jackknife else None
     c = np.einsum("ki,ki->i", s, w)                       # s_i^T w_i
     if sphere:
