@@ -14,7 +14,7 @@ from hessian_tools import _host, tree
 from hessian_tools._checks import check_tol
 from hessian_tools._progress import progress_bar
 from hessian_tools.linalg._space import COLUMN_BLOCK
-from hessian_tools.linalg import memory
+from hessian_tools.linalg.memory import plan as memory_plan
 from hessian_tools.linalg.eigsolve import lanczos_eigs
 from hessian_tools.linalg.power import power_eigs
 from hessian_tools.operators import CurvatureOperator, to_dense
@@ -97,11 +97,11 @@ def _memory_plan(op, k, which, krylov_dim, residuals):
     ``"explicit"`` becomes ``"recompute"`` when the kept products would take more than
     ``KEPT_PRODUCTS_MAX_BYTES`` or would not fit in the memory available."""
     keep = residuals == "explicit"
-    need = memory.plan(op.params_like, k, which, krylov_dim, keep_products=keep)
+    need = memory_plan(op.params_like, k, which, krylov_dim, keep_products=keep)
     kept = (need.krylov_dim + 1 + need.lock_rows) * need.vector_bytes
     if keep and (kept > KEPT_PRODUCTS_MAX_BYTES or not need.fits):
         residuals = "recompute"      # the same residuals, for k products instead of memory
-        need = memory.plan(op.params_like, k, which, krylov_dim, keep_products=False)
+        need = memory_plan(op.params_like, k, which, krylov_dim, keep_products=False)
     return need, residuals
 
 

@@ -97,8 +97,19 @@ def host_orthogonalize(w, basis):
     if basis is None or basis.shape[-2] == 0:
         return w
     for _ in range(2):
-        w = w - np.einsum("...r,...rn->...n", np.einsum("...rn,...n->...r", basis, w), basis)
+        w = w - _host_combine(_host_dot_rows(basis, w), basis)
     return w
+
+
+def _host_dot_rows(basis, w):
+    """``basis @ w`` over the last axes (``(..., r)``): a BLAS product (``np.einsum`` took 2-3x
+    longer on the density's shapes, benchmarks/RESULTS.md, before and after 0.2)."""
+    return np.matmul(basis, w[..., None])[..., 0]
+
+
+def _host_combine(h, basis):
+    """``h @ basis`` over the last axes (``(..., n)``), by BLAS."""
+    return np.matmul(h[..., None, :], basis)[..., 0, :]
 
 
 def host_project(basis, j, w, scale, locked=None):
@@ -108,10 +119,10 @@ def host_project(basis, j, w, scale, locked=None):
     ``(q_next, h, beta)`` with ``h`` of shape ``(..., j + 1)``; ``scale`` may be per batch.
     """
     filled = basis[..., :j + 1, :]
-    h = np.einsum("...rn,...n->...r", filled, w)
-    w = host_orthogonalize(w - np.einsum("...r,...rn->...n", h, filled), locked)
-    h2 = np.einsum("...rn,...n->...r", filled, w)
-    w = host_orthogonalize(w - np.einsum("...r,...rn->...n", h2, filled), locked)
+    h = _host_dot_rows(filled, w)
+    w = host_orthogonalize(w - _host_combine(h, filled), locked)
+    h2 = _host_dot_rows(filled, w)
+    w = host_orthogonalize(w - _host_combine(h2, filled), locked)
     h = (h + h2).astype(np.float64)
     beta = _norm(w)
     scale = np.maximum(np.max(np.abs(h), axis=-1) + beta, scale)

@@ -30,9 +30,8 @@ import jax
 import numpy as np
 
 from hessian_tools import _host, tree
-from hessian_tools.linalg import memory
 from hessian_tools.linalg._space import HostSpace, space_for
-from hessian_tools.linalg.memory import buffer_rows, default_krylov_dim
+from hessian_tools.linalg.memory import buffer_rows, default_krylov_dim, plan as memory_plan
 
 __all__ = ["krylov_schur", "lanczos_eigs", "warm_eigs", "LanczosEigsResult", "WarmEigsResult",
            "buffer_rows", "default_krylov_dim"]
@@ -282,7 +281,7 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
     dim = tree.size(like)
     k_top = k if which in ("largest", "both") else 0
     k_bottom = k if which in ("smallest", "both") else 0
-    need = memory.plan(like, k, which, krylov_dim, keep_products=keep_products, basis=basis)
+    need = memory_plan(like, k, which, krylov_dim, keep_products=keep_products, basis=basis)
     if check_memory:
         need.check()
     m_max, lock_rows = need.krylov_dim, need.lock_rows
