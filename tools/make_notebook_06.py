@@ -45,7 +45,7 @@ from hessian_tools.examples import digits
 SMALL = os.environ.get("HESSIAN_TOOLS_SMALL") == "1"
 WIDTHS = (8, 32) if SMALL else (16, 64, 256)   # MLPs 64-h-h-10, tanh
 H_CURV = WIDTHS[-1] if SMALL else 64           # the width whose paths get curvature
-STEPS = 80 if SMALL else 300                   # full-batch Adam steps (digits.train)
+STEPS = 60 if SMALL else 300                   # full-batch Adam steps (digits.train)
 data = digits.load_digits_data()
 
 
@@ -180,7 +180,7 @@ with it."""),
     nbf.v4.new_code_cell("""ximg, y = digits.load_digits_data(image=True)
 if SMALL:   # a narrower CNN on 200 images, trained here
     cdata = (ximg[:200], y[:200])
-    cnn_a, cnn_b = (digits.train(digits.CNN((4, 8), rngs=nnx.Rngs(s)), cdata, steps=60)
+    cnn_a, cnn_b = (digits.train(digits.CNN((4, 8), rngs=nnx.Rngs(s)), cdata, steps=30)
                     for s in (0, 1))
 else:       # the library's "cnn" configuration (conv 16, conv 32, dense), trained and cached
     cdata = (ximg, y)
@@ -237,16 +237,47 @@ interpolated model on data."""),
 
 TEXT = {}   # the markdown that quotes the executed run's numbers (filled in below)
 
-TEXT["NAIVE_VS_ALIGNED"] = """Both networks fit the training set almost perfectly (loss near 0 at both ends), yet
-halfway between them the loss rises and accuracy drops: the path as trained crosses a ridge.
-After weight matching the two end points are the same functions as before (a permutation
-changes nothing), but the line between them stays much lower."""
-TEXT["WIDTH_SWEEP"] = """The barrier before alignment shrinks with width, and the barrier after alignment shrinks
-faster."""
-TEXT["CURVATURE"] = """The curvature tells the same story from the second-order side."""
-TEXT["CNN_ALIGN"] = """Alignment lowers the CNN's barrier too."""
-TEXT["CNN_CURVATURE"] = """"""
+TEXT["NAIVE_VS_ALIGNED"] = """Both networks fit the training set almost perfectly (a loss of about 1e-3 at both ends),
+yet halfway between them the loss of the path as trained rises to about 0.17 above the chord:
+the straight line crosses a ridge. Weight matching moved every unit of both layers (the two
+runs found their features in unrelated orders), brought B about 30% closer to A
+(`||a − b||` about 35.5 → 25.4), and cut the barrier about twelvefold, to about 0.014.
+Permuting B changes none of B's outputs: the loss at `t = 1` is the same on both paths.
+Only the straight line between A and B changes."""
+TEXT["WIDTH_SWEEP"] = """In the full configuration (two seeds per width, 300 steps of full-batch Adam), the barrier
+falls from 1.42 to 0.33 at h = 16 (a factor of about 4), from 0.17 to 0.014 at h = 64 (about
+12×) and from 0.11 to 0.010 at h = 256 (about 11×). Both columns shrink with width, as
+Entezari et al. predict. The barrier left after alignment shrinks fastest: it is 20% of the
+original at h = 16 and under 10% from h = 64 on. At h = 16 it is still a real ridge (accuracy
+drops on the way), which matches Ainsworth et al.'s observation that narrow networks are not
+linearly connected even after alignment. Weight matching itself is cheap: well under a second
+even at h = 256, with a few to a dozen sweeps. Two seeds per width is a small sample: the
+numbers would move by some tens of percent with other seeds, but the trend is the one in the
+literature."""
+TEXT["CURVATURE"] = """`connectivity` derives the spec and aligns B again, here with another key, which visits the
+groups in another order. Weight matching is a coordinate descent and finds a different local
+optimum: the barrier after alignment is about 0.03 here instead of 0.014. Both are far below
+the 0.17 of the path as trained.
 
+Curvature is measured at 7 points. At the two ends it is the same on both paths (a
+permutation does not change the spectrum), and small: the networks sit in flat, nearly
+positive semi-definite minima (λ_min ≈ 0). In the middle of the path as trained, the
+largest eigenvalue grows to about 5.5, the trace to about 40, and a clearly negative
+eigenvalue appears (about −0.3): the path crosses a saddle-like ridge. Along the aligned path
+all three stay smaller: λ_max about 3.1, trace about 17, λ_min about −0.14. The aligned
+midpoint is flatter and closer to a minimum, though not a minimum itself: a barrier of 0.03
+and a small negative eigenvalue remain. (Lanczos eigenvalues are within `tol = 1e-3` of the
+largest; the traces carry Hutch++'s standard errors, drawn as error bars.)"""
+TEXT["CNN_ALIGN"] = """For the CNN (the library's `cnn` configuration, 25,290 parameters), the path as trained
+has a barrier of about 1.09 and the training accuracy drops to about 0.70 halfway. Weight
+matching lowers the barrier about tenfold, to 0.10. Activation matching does better again:
+0.04, with accuracy never below 0.98 on the way. The two methods find different permutations
+(`||a − P(b)||` 22.1 vs 22.9): the pairing closest in weights is not the one whose channels
+behave most alike on the data. Activation matching needs two forward passes over the data;
+weight matching needs none."""
+TEXT["CNN_CURVATURE"] = """Here too the midpoint of the path as trained carries much more curvature than the midpoint
+of the aligned path (see the printed ranges), with a strongly negative λ_min on the path as
+trained. Only three points per path are measured, so the curves are coarse."""
 
 def _fill(cell):
     for key, text in TEXT.items():
