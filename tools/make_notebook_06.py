@@ -144,6 +144,7 @@ for r in rows:
                          xytext=(6, dy), fontsize=9)
 axes[1].set_xticks(w, [str(x) for x in w])
 axes[1].minorticks_off()
+axes[1].margins(x=0.15, y=0.15)
 axes[1].legend()
 for ax in axes:
     ax.grid(alpha=0.3)
