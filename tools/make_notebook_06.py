@@ -169,7 +169,6 @@ for row, name in enumerate(("as trained", "aligned")):
     print(f"{name:>10} λ_min:", np.round(conn.lambda_min[row], 3))
     print(f"{name:>10} tr H :", np.round(conn.trace[row], 2))
 axes = ht.plot_connectivity(conn)
-axes[1].set_yscale("symlog", linthresh=1e-2)   # a wider linear zone: readable ticks near 0
 axes[0].figure.suptitle(f"64-{H_CURV}-{H_CURV}-10 MLP: two seeds, as trained and aligned")
 plt.show()"""),
     nbf.v4.new_markdown_cell("""CURVATURE"""),
@@ -227,7 +226,6 @@ than the MLP's):"""),
 print(cconn)
 print(f"{cconn.num_matvecs} Hessian-vector products, {cconn.wall_time:.1f} s in all")
 axes = ht.plot_connectivity(cconn)
-axes[1].set_yscale("symlog", linthresh=1e-2)
 axes[0].figure.suptitle("digits CNN: two seeds, as trained and aligned by activation matching")
 plt.show()"""),
     nbf.v4.new_markdown_cell("""CNN_CURVATURE
