@@ -119,14 +119,11 @@ class PolishResult(FoundPoint):
       losses: the loss after every accepted step (the first at the start).
       certified_minimum: the report's verdict is ``"minimum"`` and the gradient reached
         ``grad_tol``: a certified strict local minimum (within the thresholds reported).
-      num_escapes: steps taken along a negative-curvature eigenvector after the gradient
-        vanished at a saddle (trust-region method).
-      trust_radius: the final trust-region radius (trust-region method).
+      trust_radius: the final trust-region radius (trust-region method; ``None`` otherwise).
     """
 
     method: str
     losses: tuple
-    num_escapes: int = 0
     trust_radius: float | None = None
 
     _tuples = FoundPoint._tuples + ("losses",)
