@@ -33,6 +33,7 @@ import numpy as np
 
 from hessian_tools import _host, tree
 from hessian_tools._chunking import check_chunk_size, conv_on_cpu, product_groups
+from hessian_tools.linalg.lanczos import lanczos_tridiag, ritz_pairs
 from hessian_tools.objective import Objective
 from hessian_tools.operators import (_FisherMatvec, _GGNMatvec, _HessianMatvec,
                                      _LinearizedMatvec, _linearize, _residual_bytes,
@@ -152,6 +153,17 @@ def _stacked_rows(fn, idx, count, vectors, *, axes, vmap):
     return jax.lax.fori_loop(0, count, body, jax.tree.map(jnp.zeros_like, vectors))
 
 
+@functools.partial(jax.jit, static_argnames=("axes", "num_steps"))
+def _lanczos_points(fn, v0s, *, axes, num_steps):
+    """``num_steps`` Lanczos steps (full reorthogonalisation) at every point in one compiled,
+    vmapped call: ``(ritz values (P, m) ascending, coefficients (P, m, m), bases (P, m+1, ...))``."""
+    def one(f, v0):
+        dec = lanczos_tridiag(f, v0, num_steps=num_steps)
+        pairs = ritz_pairs(dec)
+        return pairs.values, pairs.coeffs, dec.basis
+    return jax.vmap(one, in_axes=(axes, 0))(fn, v0s)
+
+
 _linearize_points = jax.jit(jax.vmap(_linearize, in_axes=(None, 0, None)))
 """The single-point linearisation of the dataset-mean gradient, at every point of a stack."""
 
@@ -228,6 +240,14 @@ class StackedOperator:
         """The ordinary single-point operator at point ``i`` (for point-by-point analyses)."""
         return single_operator(self.kind, self.obj.with_params(self.point(i)),
                                chunk_size=self.chunk_size)
+
+    def lanczos(self, v0s, num_steps: int):
+        """``num_steps`` Lanczos steps at every point from the start vectors ``v0s`` (a
+        stacked pytree ``(P, ...)``), all in one compiled call (``P x num_steps``
+        products, counted as one call): ``(theta, coeffs, bases)``, see
+        :func:`hessian_tools.linalg.lanczos.lanczos_tridiag` and ``ritz_pairs``."""
+        self.num_calls += 1
+        return _lanczos_points(self._fn, v0s, axes=self._axes, num_steps=num_steps)
 
     def products(self, idx, vectors):
         """``A(x_{idx[b]}) vectors[b, r]`` for the points ``idx`` (``B <= P`` of them).

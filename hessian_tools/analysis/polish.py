@@ -162,7 +162,7 @@ def polish(obj: Objective, params=None, *, key, method: str = "trust-region",
       >>> import jax, jax.numpy as jnp, hessian_tools as ht
       >>> from hessian_tools.analysis.polish import polish
       >>> loss = lambda p, batch: jnp.sum((p - 1.0) ** 2) + jnp.sum(p) ** 4
-      >>> obj = ht.Objective(loss, jnp.zeros(3), None)
+      >>> obj = ht.Objective(loss, jnp.zeros(3), (jnp.zeros((1, 1)),))
       >>> res = polish(obj, key=jax.random.key(0))
       >>> res.status, res.verdict
       ('critical', 'minimum')

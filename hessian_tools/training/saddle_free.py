@@ -355,7 +355,7 @@ def damped_newton(loss: Callable, *, learning_rate: float | Callable = 1.0,
       >>> for _ in range(20):
       ...     updates, state = opt.update(jax.grad(loss)(params), state, params)
       ...     params = optax.apply_updates(params, updates)
-      >>> round(float(params["x"]), 6), round(abs(float(params["y"])), 6)   # the saddle
+      >>> abs(round(float(params["x"]), 6)), round(abs(float(params["y"])), 6)   # the saddle
       (0.0, 0.0)
     """
     return _krylov_newton(loss, damped_newton_direction, learning_rate=learning_rate,

@@ -38,12 +38,35 @@ def _dense_eigs(p):
 def test_eigenvalues_at_every_point_match_dense_references():
     res = eigenvalues_at(OBJ, POINTS, k=2, which="both", key=jax.random.key(0))
     assert isinstance(res, PointResults) and len(res) == 3 and res.mode == "batched"
-    assert res.converged and res.num_rounds > 0 and res.num_calls >= res.num_rounds
+    assert res.converged and res.num_rounds == 0 and res.num_calls == 2    # compiled solver
     for r, p in zip(res, POINTS):
         w = _dense_eigs(p)
         np.testing.assert_allclose(r.values, np.r_[w[-1], w[-2], w[1], w[0]], atol=1e-8)
     assert res.values.shape == (3, 4)
     assert res.num_matvecs == sum(r.num_matvecs for r in res)
+
+
+def test_lockstep_solver_is_ht_eigenvalues_at_every_point():
+    key = jax.random.key(5)
+    res = eigenvalues_at(OBJ, POINTS, k=1, which="smallest", key=key, solver="lockstep",
+                         krylov_dim=12)
+    assert res.num_rounds > 0
+    for r, p, sub in zip(res, POINTS, jax.random.split(key, 3)):
+        single = ht.eigenvalues(ht.hessian(OBJ.with_params(p)), k=1, which="smallest", key=sub,
+                                krylov_dim=12)
+        np.testing.assert_array_equal(r.values, single.values)
+        assert r.num_matvecs == single.num_matvecs
+
+
+def test_compiled_solver_grows_the_krylov_space_until_converged():
+    res = eigenvalues_at(OBJ, POINTS, k=3, which="both", key=jax.random.key(1),
+                         solver="compiled", num_steps=7, tol=1e-10)
+    assert res.converged and res.num_rounds == 0
+    for r, p in zip(res, POINTS):
+        w = _dense_eigs(p)
+        np.testing.assert_allclose(r.values, np.r_[w[-1:-4:-1], w[2::-1]], atol=1e-9)
+        assert r.extra["num_steps"] == 24                  # 46 capped at the dimension
+        assert np.all(r.residuals <= 1e-9 * r.scale)
 
 
 def test_stacked_form_and_sequential_mode_give_the_same_results():
@@ -100,10 +123,10 @@ def test_classify_at_finds_the_planted_indices():
 
 
 def test_round_trip_to_dict():
-    res = eigenvalues_at(OBJ, POINTS[:2], k=1, key=jax.random.key(0))
+    res = eigenvalues_at(OBJ, POINTS, k=1, key=jax.random.key(0))
     back = PointResults.from_dict(res.to_dict())
     np.testing.assert_allclose(back.values, res.values)
-    assert back.num_points == 2 and back.analysis == "eigenvalues"
+    assert back.num_points == 3 and back.analysis == "eigenvalues"
 
 
 # ---- bad input ------------------------------------------------------------------------------
@@ -131,3 +154,9 @@ def test_errors():
         trace_at(OBJ, POINTS, key=key, operator="gnn")
     with pytest.raises(ValueError, match="which"):
         eigenvalues_at(OBJ, POINTS, key=key, which="middle")
+    with pytest.raises(ValueError, match="solver='compiled' takes.*krylov_dim"):
+        eigenvalues_at(OBJ, POINTS, key=key, solver="compiled", krylov_dim=10)
+    with pytest.raises(ValueError, match="solver='fast'"):
+        eigenvalues_at(OBJ, POINTS, key=key, solver="fast")
+    with pytest.raises(ValueError, match="k=13"):
+        eigenvalues_at(OBJ, POINTS, key=key, k=13, which="both")
