@@ -8,7 +8,11 @@ one result per point: exactly what the single-point function returns there
 ``i``. The single-point analyses run in lockstep, one thread per point, and every round of
 their operator products is one compiled call of a vmapped product over the points
 (:mod:`hessian_tools.stacked`): the same solver, the same residual guarantees, the products
-batched.
+batched. :func:`eigenvalues_at` has a second solver, ``"compiled"`` (its default where the
+Krylov bases fit in memory): one Lanczos run for all points inside one compiled, vmapped
+call, checked by explicit residuals under the same convergence test. Batching the products
+alone saves little on a CPU, where the host-driven solvers spend most of their time between
+products; compiling the whole solve is what pays there (``benchmarks/RESULTS_points.md``).
 
 Why ``*_at(obj, points)`` functions rather than a ``points=`` keyword on the single-point
 functions: ``ht.eigenvalues`` and ``ht.trace`` take an *operator*, which is one point, and
