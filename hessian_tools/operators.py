@@ -497,7 +497,8 @@ def to_dense(op: CurvatureOperator, *, chunk: int = 256) -> np.ndarray:
     """The explicit matrix of an operator, column by column (``dim`` matvecs; small ``dim`` only).
 
     Columns are computed ``chunk`` at a time by one compiled, vmapped product (compiled once
-    per operator architecture and chunk width, not per call).
+    per operator architecture and chunk width, not per call); an operator without a
+    traceable matvec runs them through :meth:`CurvatureOperator.rows`.
     """
     like = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), op.params_like)
     flat0, unravel = jax.flatten_util.ravel_pytree(like)
@@ -507,11 +508,16 @@ def to_dense(op: CurvatureOperator, *, chunk: int = 256) -> np.ndarray:
         eye = jnp.eye(n, min(chunk, n - start), -start, dtype=flat0.dtype)
         if op.matvec_fn is not None:
             out = _dense_columns(op.matvec_fn, eye, like)
-        else:
-            out = jnp.stack([jax.flatten_util.ravel_pytree(op(unravel(e)))[0] for e in eye.T], 1)
+            op.num_matvecs += eye.shape[1]
+        else:            # the operator runs (and counts) its products: streamed, or batched
+            out = _ravel_rows(op.rows(jax.vmap(unravel, in_axes=1)(eye))).T
         cols.append(np.asarray(out))
-    op.num_matvecs += n
     return np.concatenate(cols, axis=1)
+
+
+@jax.jit
+def _ravel_rows(stacked):
+    return jax.vmap(lambda v: jax.flatten_util.ravel_pytree(v)[0])(stacked)
 
 
 @jax.jit

@@ -25,7 +25,7 @@ from hessian_tools.analysis.eigen import default_tol, eigenvalues
 from hessian_tools.data import dataset_mean
 from hessian_tools.objective import Objective
 from hessian_tools._chunking import product_groups
-from hessian_tools.operators import hessian, to_dense, value_and_grad
+from hessian_tools.operators import CurvatureOperator, hessian, to_dense, value_and_grad
 from hessian_tools.results import CriticalPointReport
 
 __all__ = ["classify", "default_grad_tol"]
@@ -243,12 +243,21 @@ def _check_options(key, grad_tol, tau, probe_scales, dense_max_params, max_lancz
                              f"{'>= 0' if name[0] == 'd' else '>= 1'}.")
 
 
+def _check_operator(obj, operator):
+    if operator is not None and not (isinstance(operator, CurvatureOperator)
+                                     and operator.kind == "hessian"
+                                     and operator.dim == obj.num_params):
+        raise ValueError(f"operator={operator!r} must be the Hessian of this objective (ht.hessian"
+                         f"(obj): kind 'hessian', dimension {obj.num_params}) or None.")
+
+
 def classify(obj: Objective, *, key, grad_tol: float | None = None,
              tau: float | None = None, eig_tol: float | None = None,
              dense_max_params: int = 4000, max_lanczos_index: int = 32,
              probe_scales: Sequence[float] = (1e-3, 1e-2, 1e-1), max_probe_eigvecs: int = 16,
              num_random_probes: int = 8, decrease_tol: float | None = None,
-             probe: bool = True) -> CriticalPointReport:
+             probe: bool = True, operator: CurvatureOperator | None = None
+             ) -> CriticalPointReport:
     """Classify the point ``obj.params``: minimum, degenerate minimum, saddle, maximum or not
     critical.
 
@@ -301,12 +310,15 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
       decrease_tol: loss change treated as noise in the probe (default
         ``1e3 eps max(1, |loss|)``).
       probe: run the flat-direction probe at all.
+      operator: the Hessian of ``obj`` at ``obj.params`` if already built (default
+        ``ht.hessian(obj)``; :func:`~hessian_tools.classify_at` passes the batched one).
 
     Returns:
       A :class:`CriticalPointReport`.
 
     Raises:
-      ValueError: no key, or a negative / non-finite threshold.
+      ValueError: no key, a negative / non-finite threshold, or an ``operator`` that is not
+        a Hessian of ``obj``'s dimension.
 
     Examples:
       >>> import jax, jax.numpy as jnp, hessian_tools as ht
@@ -317,6 +329,7 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
       ('saddle', 1)
     """
     _check_options(key, grad_tol, tau, probe_scales, dense_max_params, max_lanczos_index)
+    _check_operator(obj, operator)
     start, dtype = time.perf_counter(), _param_dtype(obj)
     loss, grad = value_and_grad(obj)
     loss, grad_norm = check_finite_loss(loss), float(tree.norm(grad))
@@ -325,7 +338,8 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
         eig_tol = max(default_tol(dtype), 1e-3) if tau is None else default_tol(dtype)
     decrease_tol = _default_decrease_tol(dtype, loss) if decrease_tol is None else decrease_tol
     k_spec, k_slq, k_probe = jax.random.split(key, 3)
-    H = hessian(obj)
+    H = hessian(obj) if operator is None else operator
+    before = H.num_matvecs
     if obj.num_params <= dense_max_params:
         spec = _dense_spectrum(H, tau, max_probe_eigvecs)
     else:
@@ -358,7 +372,7 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
         index_interval=spec.index_interval, index_method=spec.index_method,
         num_flat=spec.num_flat, num_flat_is_lower_bound=spec.flat_lower_bound,
         flat_probe=probe_info, thresholds=thresholds, notes=tuple(spec.notes),
-        num_matvecs=H.num_matvecs, wall_time=time.perf_counter() - start,
+        num_matvecs=H.num_matvecs - before, wall_time=time.perf_counter() - start,
         dtype=str(jnp.dtype(dtype)), seed=tree.key_bits(key), operator=H.kind)
 
 

@@ -176,18 +176,25 @@ def _check_starts(obj, starts, key):
         tree.check_same_structure(obj.params, x0, what=f"starts[{i}]")
 
 
-def _search_one(obj, x0, i, key, *, grad_tol, newton_steps, minres_matvecs, patience,
-                gradient_flat_tol, options):
-    x0 = jax.tree.map(lambda a, b: jnp.asarray(b, jnp.result_type(a)), obj.params, x0)
-    params, norms, iters, matvecs = _newton_mr(obj, x0, grad_tol=grad_tol, newton_steps=newton_steps,
-                                               minres_matvecs=minres_matvecs, patience=patience,
-                                               flat_tol=1e-2 * gradient_flat_tol)
+def classify_found(obj, params, key, options, gradient_flat_tol):
+    """``(report, status, flatness)`` at a point a search reached: :func:`classify`, then
+    ``"critical"``, ``"gradient-flat"`` or ``"not converged"`` (see :func:`find_critical_points`)."""
     rep = classify(obj.with_params(params), key=key, **options)
     flatness = _flatness(obj, params, max(abs(rep.lambda_max), abs(rep.lambda_min)))
     if rep.grad_norm <= rep.thresholds["grad_tol"]:
         status = "critical"
     else:
         status = "gradient-flat" if flatness <= gradient_flat_tol else "not converged"
+    return rep, status, flatness
+
+
+def _search_one(obj, x0, i, key, *, grad_tol, newton_steps, minres_matvecs, patience,
+                gradient_flat_tol, options):
+    x0 = jax.tree.map(lambda a, b: jnp.asarray(b, jnp.result_type(a)), obj.params, x0)
+    params, norms, iters, matvecs = _newton_mr(obj, x0, grad_tol=grad_tol, newton_steps=newton_steps,
+                                               minres_matvecs=minres_matvecs, patience=patience,
+                                               flat_tol=1e-2 * gradient_flat_tol)
+    rep, status, flatness = classify_found(obj, params, key, options, gradient_flat_tol)
     return FoundPoint(status=status, loss=rep.loss, grad_norm=rep.grad_norm, index=rep.index,
                       index_fraction=rep.index_fraction, verdict=rep.verdict, flatness=flatness,
                       start=i, newton_steps=iters, num_matvecs=matvecs + rep.num_matvecs + 1,

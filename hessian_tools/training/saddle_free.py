@@ -1,4 +1,4 @@
-"""Saddle-free Newton (Dauphin et al. 2014) as an optax ``GradientTransformation``.
+"""Saddle-free Newton (Dauphin et al. 2014) and damped Newton as optax ``GradientTransformation``s.
 
 Newton's method rescales each eigen-direction of the Hessian by ``1/lambda``; at a saddle
 this flips the sign of the step along negative-curvature directions, so Newton is
@@ -27,13 +27,31 @@ The start vector (``krylov_start``) decides the subspace:
   extreme eigenvectors of ``H`` at both ends, whatever the gradient; ``g``'s component
   outside them gets the gradient step.
 
+Damped Newton, the baseline Dauphin et al. compare against, takes the same Krylov step with
+``theta + damping`` in place of ``|theta| + damping``: ``-(H_k + damping I)^-1 g``. Along a
+negative-curvature direction (``theta < -damping``) it steps *up* the gradient, towards the
+saddle, which is why it is attracted to saddles.
+
+**The safeguard.** A full step can overshoot: with a small damping, a direction of
+near-zero curvature gets a step ``g_i / damping`` long (with the default damping 1e-3, an
+autoencoder escaped its saddle and then diverged to losses of 1e2-1e5). By default
+(``safeguard="armijo"``) each step is shortened by backtracking until the loss decreases
+enough: the largest ``t`` in ``1, 1/2, ..., 2^-max_backtracks`` with a finite
+``L(x + t u) <= L(x) + c1 t min(g.u, 0)`` (Armijo 1966; ``u`` the full step, ``g`` the
+gradient passed to ``update``), else no step. The loss never increases (on the batch the
+update sees). The saddle-free step is always a descent direction (``g.u < 0``), so the
+line search always succeeds for some ``t > 0`` unless ``g = 0``.
+
 Cost per step: ``k`` Hessian-vector products (the gradient is linearised once:
-``jax.linearize``), ``O(k^2 n)`` flops for full reorthogonalisation, memory ``(k + 1) x n``.
-The whole update is pure and runs under ``jit``.
+``jax.linearize``), ``O(k^2 n)`` flops for full reorthogonalisation, memory ``(k + 1) x n``;
+the safeguard adds one loss evaluation per trial step (one when the full step is taken)
+plus one at the current parameters unless ``value=`` is passed to ``update``. The whole
+update is pure and runs under ``jit``.
 
 References: Dauphin, Pascanu, Gulcehre, Cho, Ganguli & Bengio 2014, "Identifying and
 attacking the saddle point problem in high-dimensional non-convex optimization", sec. 6-7;
-Vinyals & Povey 2012, "Krylov subspace descent for deep learning".
+Vinyals & Povey 2012, "Krylov subspace descent for deep learning"; Nocedal & Wright,
+*Numerical Optimization* (2nd ed.), 3.1 (backtracking).
 """
 
 from __future__ import annotations
@@ -49,11 +67,16 @@ import optax
 from hessian_tools import tree
 from hessian_tools.linalg.lanczos import lanczos_tridiag, ritz_pairs
 
-__all__ = ["SaddleFreeNewtonState", "saddle_free_newton", "saddle_free_direction"]
+__all__ = ["SaddleFreeNewtonState", "saddle_free_newton", "saddle_free_direction",
+           "damped_newton", "damped_newton_direction", "SAFEGUARDS"]
+
+SAFEGUARDS = ("armijo", None)
+"""``"armijo"``: backtracking on the loss (the step never increases it); ``None``: the full
+step (the original transforms)."""
 
 
 class SaddleFreeNewtonState(NamedTuple):
-    """Optimizer state.
+    """Optimizer state (of :func:`saddle_free_newton` and :func:`damped_newton`).
 
     Attributes:
       count: steps taken (int32 scalar).
@@ -61,17 +84,40 @@ class SaddleFreeNewtonState(NamedTuple):
       ritz_values: ``(k,)`` Ritz values of the last step's subspace, ascending: their
         minimum is a (Lanczos) estimate of the most negative curvature seen.
       key: the PRNG key for ``krylov_start="random"`` (``None`` otherwise).
+      step_size: the fraction ``t`` of the last full step taken (1 without a safeguard; 0
+        when the line search found no decrease).
+      num_evaluations: loss evaluations spent by the safeguard so far (int32 scalar).
     """
 
     count: jax.Array
     num_matvecs: jax.Array
     ritz_values: jax.Array
     key: Any = None
+    step_size: Any = None
+    num_evaluations: Any = None
 
 
 def _start_vector(g, gnorm):
     """``g`` itself, or the all-ones vector when ``g == 0`` (the step is then zero anyway)."""
     return jax.tree.map(lambda a: jnp.where(gnorm > 0, a, jnp.ones_like(a)), g)
+
+
+def _krylov_direction(hvp, g, v0, num_steps, shift, complement_learning_rate):
+    """``Q^T S f(theta)^-1 S^T Q g + lr_c (g - Q^T Q g)`` with ``f(theta) = shift(theta)``."""
+    dec = lanczos_tridiag(hvp, v0, num_steps=num_steps)
+    basis = jax.tree.map(lambda b: b[:num_steps], dec.basis)
+    theta, s, _, _ = ritz_pairs(dec)
+    coeffs = tree.basis_dot(basis, g)                         # Q g, (k,)
+    scaled = shift(theta)
+    tiny = jnp.finfo(theta.dtype).tiny
+    inv = 1.0 / jnp.where(jnp.abs(scaled) > tiny, scaled, tiny)
+    hi = jax.lax.Precision.HIGHEST
+    inside = tree.basis_combine(jnp.matmul(s, inv * jnp.matmul(s.T, coeffs, precision=hi),
+                                           precision=hi), basis)
+    outside = tree.sub(g, tree.basis_combine(coeffs, basis))  # g - Q^T Q g
+    lr_c = (1.0 / jnp.maximum(jnp.max(jnp.abs(scaled)), tiny)
+            if complement_learning_rate is None else complement_learning_rate)
+    return tree.axpy(lr_c, outside, inside), theta
 
 
 def saddle_free_direction(hvp: Callable, g, v0, *, num_steps: int, damping: float,
@@ -82,22 +128,23 @@ def saddle_free_direction(hvp: Callable, g, v0, *, num_steps: int, damping: floa
     Lanczos start vector. Returns ``(direction, ritz_values)``: subtract
     ``learning_rate * direction`` from the parameters. ``num_steps`` HVPs.
     """
-    dec = lanczos_tridiag(hvp, v0, num_steps=num_steps)
-    basis = jax.tree.map(lambda b: b[:num_steps], dec.basis)
-    theta, s, _, _ = ritz_pairs(dec)
-    coeffs = tree.basis_dot(basis, g)                         # Q g, (k,)
-    scaled = jnp.abs(theta) + damping
-    inv = 1.0 / jnp.maximum(scaled, jnp.finfo(theta.dtype).tiny)
-    hi = jax.lax.Precision.HIGHEST
-    inside = tree.basis_combine(jnp.matmul(s, inv * jnp.matmul(s.T, coeffs, precision=hi),
-                                           precision=hi), basis)
-    outside = tree.sub(g, tree.basis_combine(coeffs, basis))  # g - Q^T Q g
-    lr_c = (1.0 / jnp.maximum(jnp.max(scaled), jnp.finfo(theta.dtype).tiny)
-            if complement_learning_rate is None else complement_learning_rate)
-    return tree.axpy(lr_c, outside, inside), theta
+    return _krylov_direction(hvp, g, v0, num_steps, lambda t: jnp.abs(t) + damping,
+                             complement_learning_rate)
 
 
-def _validate(num_steps, damping, learning_rate, complement_learning_rate, krylov_start, key):
+def damped_newton_direction(hvp: Callable, g, v0, *, num_steps: int, damping: float,
+                            complement_learning_rate: float | None = None):
+    """The damped Newton direction ``(H_k + damping)^-1 g`` (+ complement gradient).
+
+    As :func:`saddle_free_direction` with ``theta + damping`` for ``|theta| + damping``
+    (a Ritz value at ``-damping`` exactly is treated as the smallest positive number).
+    """
+    return _krylov_direction(hvp, g, v0, num_steps, lambda t: t + damping,
+                             complement_learning_rate)
+
+
+def _validate(num_steps, damping, learning_rate, complement_learning_rate, krylov_start, key,
+              safeguard, c1, max_backtracks):
     if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool) \
             or num_steps < 1:
         raise ValueError(f"num_steps={num_steps!r} must be a positive integer (typically "
@@ -115,14 +162,100 @@ def _validate(num_steps, damping, learning_rate, complement_learning_rate, krylo
         raise ValueError(f"krylov_start={krylov_start!r} is not 'gradient' or 'random'.")
     if krylov_start == "random" and key is None:
         raise ValueError("krylov_start='random' needs a PRNG key: pass key=jax.random.key(0).")
+    if safeguard not in SAFEGUARDS:
+        raise ValueError(f"safeguard={safeguard!r} is not one of {SAFEGUARDS} ('armijo': "
+                         "backtracking on the loss; None: the full step).")
+    if not 0.0 < c1 < 1.0:
+        raise ValueError(f"c1={c1!r} must lie in (0, 1) (the Armijo sufficient-decrease "
+                         "fraction, e.g. 1e-4).")
+    if not isinstance(max_backtracks, (int, np.integer)) or isinstance(max_backtracks, bool) \
+            or max_backtracks < 0:
+        raise ValueError(f"max_backtracks={max_backtracks!r} must be an integer >= 0 (halvings "
+                         "of the step tried by the line search).")
+
+
+def _armijo(fn, params, step, slope, value0, *, c1, max_backtracks):
+    """``(t, evaluations)``: the largest ``t = 2^-i``, ``i <= max_backtracks``, with a finite
+    ``fn(params + t step) <= value0 + c1 t min(slope, 0)``; ``t = 0`` if none."""
+    bound = jnp.minimum(slope, 0.0)
+
+    def ok(t):
+        value = fn(jax.tree.map(lambda p, u: (p + t * u).astype(p.dtype), params, step))
+        return jnp.isfinite(value) & (value <= value0 + c1 * t * bound)
+
+    def cond(carry):
+        _, i, accepted = carry
+        return ~accepted & (i < max_backtracks)
+
+    def body(carry):
+        t, i, _ = carry
+        return t / 2, i + 1, ok(t / 2)
+
+    one = jnp.ones((), jnp.result_type(slope))
+    t, i, accepted = jax.lax.while_loop(cond, body, (one, jnp.zeros((), jnp.int32), ok(one)))
+    return jnp.where(accepted, t, 0.0), i + 1
+
+
+def _krylov_newton(loss, direction_fn, *, learning_rate, num_steps, damping,
+                   complement_learning_rate, krylov_start, key, safeguard, c1, max_backtracks,
+                   name) -> optax.GradientTransformationExtraArgs:
+    """The transform both :func:`saddle_free_newton` and :func:`damped_newton` are."""
+    _validate(num_steps, damping, learning_rate, complement_learning_rate, krylov_start, key,
+              safeguard, c1, max_backtracks)
+    schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+
+    def init_fn(params):
+        dtype = jnp.result_type(*jax.tree.leaves(params))
+        real = jnp.finfo(dtype).dtype
+        k = min(num_steps, tree.size(params))
+        return SaddleFreeNewtonState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                                     jnp.zeros((k,), real),
+                                     key if krylov_start == "random" else None,
+                                     jnp.ones((), real), jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if params is None:
+            raise ValueError(f"{name} differentiates the loss at the current parameters: call "
+                             "opt.update(grads, state, params).")
+        batch = extra_args.get("batch")
+        fn = loss if batch is None else (lambda p: loss(p, batch))
+        try:
+            hvp = jax.linearize(jax.grad(fn), params)[1]
+        except TypeError as err:
+            raise TypeError(f"{name} could not evaluate loss at the params ({err}). A "
+                            "loss(params, batch) needs the batch: call opt.update(grads, state, "
+                            "params, batch=batch).") from err
+        key, v0 = state.key, _start_vector(updates, tree.norm(updates))
+        if krylov_start == "random":
+            key, sub = jax.random.split(state.key)
+            v0 = tree.normal_like(sub, updates)
+        k = min(num_steps, tree.size(params))
+        direction, theta = direction_fn(hvp, updates, v0, num_steps=k, damping=damping,
+                                        complement_learning_rate=complement_learning_rate)
+        step = tree.scale(-schedule(state.count), direction)
+        t, evals = jnp.ones((), state.step_size.dtype), jnp.zeros((), jnp.int32)
+        if safeguard == "armijo":
+            value0 = extra_args.get("value")
+            if value0 is None:
+                value0, evals = fn(params), evals + 1
+            t, used = _armijo(fn, params, step, tree.vdot(updates, step), value0, c1=c1,
+                              max_backtracks=max_backtracks)
+            step, evals = tree.scale(t, step), evals + used
+        return step, SaddleFreeNewtonState(
+            state.count + 1, state.num_matvecs + k, theta.astype(state.ritz_values.dtype), key,
+            jnp.asarray(t, state.step_size.dtype), state.num_evaluations + evals)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def saddle_free_newton(loss: Callable, *, learning_rate: float | Callable = 1.0,
                        num_steps: int = 10, damping: float = 1e-3,
                        complement_learning_rate: float | None = None,
-                       krylov_start: str = "gradient",
-                       key=None) -> optax.GradientTransformationExtraArgs:
-    """Saddle-free Newton: ``-(|H_k| + damping I)^-1 g`` in a Lanczos subspace of the Hessian.
+                       krylov_start: str = "gradient", key=None,
+                       safeguard: str | None = "armijo", c1: float = 1e-4,
+                       max_backtracks: int = 30) -> optax.GradientTransformationExtraArgs:
+    """Saddle-free Newton: ``-(|H_k| + damping I)^-1 g`` in a Lanczos subspace of the Hessian,
+    with an Armijo line search on the loss by default.
 
     See the module docstring for the maths. Use it like any optax optimizer; it needs the
     parameters (``update(grads, state, params)``) because it differentiates ``loss`` at
@@ -130,8 +263,8 @@ def saddle_free_newton(loss: Callable, *, learning_rate: float | Callable = 1.0,
 
         opt = ht.saddle_free_newton(loss, learning_rate=1.0, num_steps=10, damping=1e-2)
         state = opt.init(params)
-        grads = jax.grad(loss)(params, batch)
-        updates, state = opt.update(grads, state, params, batch=batch)
+        value, grads = jax.value_and_grad(loss)(params, batch)
+        updates, state = opt.update(grads, state, params, batch=batch, value=value)
         params = optax.apply_updates(params, updates)
 
     Args:
@@ -147,10 +280,16 @@ def saddle_free_newton(loss: Callable, *, learning_rate: float | Callable = 1.0,
         (default ``1 / (max|theta| + damping)``).
       krylov_start: ``"gradient"`` (subspace ``K_k(H, g)``) or ``"random"`` (needs ``key``).
       key: a ``jax.random`` key, for ``krylov_start="random"``.
+      safeguard: ``"armijo"`` (default: backtrack until the loss decreases by at least
+        ``c1 t |g.u|``; see the module docstring) or ``None`` (always the full step, which
+        can diverge with a small damping). ``update`` takes the loss at ``params`` as
+        ``value=`` to save one evaluation.
+      c1: the Armijo sufficient-decrease fraction.
+      max_backtracks: halvings tried before giving up on the step (then it is zero).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its state is a
-      :class:`SaddleFreeNewtonState`.
+      :class:`SaddleFreeNewtonState` (``step_size``: the fraction of the last step taken).
 
     Raises:
       ValueError: a bad option (at construction), or ``update`` called without params.
@@ -167,38 +306,60 @@ def saddle_free_newton(loss: Callable, *, learning_rate: float | Callable = 1.0,
       >>> round(float(params["x"]), 6), round(abs(float(params["y"])), 4)
       (0.0, 0.7071)
     """
-    _validate(num_steps, damping, learning_rate, complement_learning_rate, krylov_start, key)
-    schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+    return _krylov_newton(loss, saddle_free_direction, learning_rate=learning_rate,
+                          num_steps=num_steps, damping=damping,
+                          complement_learning_rate=complement_learning_rate,
+                          krylov_start=krylov_start, key=key, safeguard=safeguard, c1=c1,
+                          max_backtracks=max_backtracks, name="saddle_free_newton")
 
-    def init_fn(params):
-        dtype = jnp.result_type(*jax.tree.leaves(params))
-        k = min(num_steps, tree.size(params))
-        return SaddleFreeNewtonState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                                     jnp.zeros((k,), jnp.finfo(dtype).dtype),
-                                     key if krylov_start == "random" else None)
 
-    def update_fn(updates, state, params=None, **extra_args):
-        if params is None:
-            raise ValueError("saddle_free_newton differentiates the loss at the current "
-                             "parameters: call opt.update(grads, state, params).")
-        batch = extra_args.get("batch")
-        fn = loss if batch is None else (lambda p: loss(p, batch))
-        try:
-            hvp = jax.linearize(jax.grad(fn), params)[1]
-        except TypeError as err:
-            raise TypeError(f"saddle_free_newton could not evaluate loss at the params "
-                            f"({err}). A loss(params, batch) needs the batch: call "
-                            "opt.update(grads, state, params, batch=batch).") from err
-        key, v0 = state.key, _start_vector(updates, tree.norm(updates))
-        if krylov_start == "random":
-            key, sub = jax.random.split(state.key)
-            v0 = tree.normal_like(sub, updates)
-        k = min(num_steps, tree.size(params))
-        direction, theta = saddle_free_direction(
-            hvp, updates, v0, num_steps=k, damping=damping,
-            complement_learning_rate=complement_learning_rate)
-        step = tree.scale(-schedule(state.count), direction)
-        return step, SaddleFreeNewtonState(state.count + 1, state.num_matvecs + k,
-                                           theta.astype(state.ritz_values.dtype), key)
+def damped_newton(loss: Callable, *, learning_rate: float | Callable = 1.0,
+                  num_steps: int = 10, damping: float = 1e-3,
+                  complement_learning_rate: float | None = None,
+                  krylov_start: str = "gradient", key=None, safeguard: str | None = None,
+                  c1: float = 1e-4, max_backtracks: int = 30
+                  ) -> optax.GradientTransformationExtraArgs:
+    """Damped Newton, ``-(H_k + damping I)^-1 g`` in a Lanczos subspace: the baseline of
+    Dauphin et al. (2014) for :func:`saddle_free_newton`.
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    The same Krylov step as :func:`saddle_free_newton` (the same ``num_steps`` HVPs, the
+    same complement gradient step, the same options) with ``theta + damping`` in place of
+    ``|theta| + damping``. Where the damped Hessian is positive definite on the subspace
+    this is Newton's method regularised (Levenberg-Marquardt); along negative curvature
+    stronger than ``damping`` the step goes *towards* the saddle, the behaviour the
+    saddle-free step removes. The default ``safeguard=None`` keeps the baseline as the
+    paper uses it; with ``"armijo"`` a step that is not a descent direction is shortened
+    until the loss does not increase, which at a saddle means (almost) no step.
+
+    Args:
+      loss: as :func:`saddle_free_newton`.
+      learning_rate: as :func:`saddle_free_newton`.
+      num_steps: as :func:`saddle_free_newton`.
+      damping: added to the Ritz values (Levenberg-Marquardt damping).
+      complement_learning_rate: default ``1 / max|theta + damping|``.
+      krylov_start: as :func:`saddle_free_newton`.
+      key: as :func:`saddle_free_newton`.
+      safeguard: ``None`` (default, the full step) or ``"armijo"``.
+      c1: as :func:`saddle_free_newton`.
+      max_backtracks: as :func:`saddle_free_newton`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with a :class:`SaddleFreeNewtonState`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, hessian_tools as ht
+      >>> loss = lambda p: p["x"] ** 2 - p["y"] ** 2 + p["y"] ** 4
+      >>> params = {"x": jnp.array(0.5), "y": jnp.array(1e-3)}
+      >>> opt = ht.training.saddle_free.damped_newton(loss, num_steps=2, damping=0.0)
+      >>> state = opt.init(params)
+      >>> for _ in range(20):
+      ...     updates, state = opt.update(jax.grad(loss)(params), state, params)
+      ...     params = optax.apply_updates(params, updates)
+      >>> abs(round(float(params["x"]), 6)), round(abs(float(params["y"])), 6)   # the saddle
+      (0.0, 0.0)
+    """
+    return _krylov_newton(loss, damped_newton_direction, learning_rate=learning_rate,
+                          num_steps=num_steps, damping=damping,
+                          complement_learning_rate=complement_learning_rate,
+                          krylov_start=krylov_start, key=key, safeguard=safeguard, c1=c1,
+                          max_backtracks=max_backtracks, name="damped_newton")
