@@ -18,9 +18,10 @@ from hessian_tools.operators import (CurvatureOperator, dense_hessian, empirical
                                      value_and_grad)
 # ---- analyses of a point
 from hessian_tools.analysis import (class_mean_vectors, class_means_overlap, classify,
-                                    curvature_report, default_grad_tol, default_sigma,
-                                    default_threshold, default_tol, density, diagonal,
-                                    eigenvalues, epsilon_sharpness, find_critical_points,
+                                    classify_at, curvature_report, default_grad_tol,
+                                    default_sigma, default_threshold, default_tol, density,
+                                    diagonal, eigenvalues, eigenvalues_at, epsilon_sharpness,
+                                    find_critical_points, find_saddles, polish, trace_at,
                                     frobenius_norm_sq, ggn_diagonal, gradient_density, logdet,
                                     negative_count, outliers, papyan_decomposition,
                                     parameter_blocks, random_subspace, solve, spectral_entropy,
@@ -28,7 +29,8 @@ from hessian_tools.analysis import (class_mean_vectors, class_means_overlap, cla
 # ---- training
 from hessian_tools.training import (QUANTITIES, SaddleFreeNewtonState, SharpnessMonitorState,
                                     SharpnessTracker, adaptive_preconditioner,
-                                    compare_optimizers, gradient_flow, learning_rate_sweep,
+                                    compare_optimizers, damped_newton, gradient_flow,
+                                    learning_rate_sweep,
                                     measurement_subset, optimizer_info,
                                     read_sharpness_log, saddle_free_newton, sharpness,
                                     sharpness_monitor, stability_threshold)
@@ -47,7 +49,8 @@ from hessian_tools.symmetry import (Alignment, Connectivity, PermutationSpec, al
 # ---- results
 from hessian_tools.results import (VERDICTS, CriticalPointReport, CriticalPointSearch,
                                    CurvatureReport, DiagonalEstimate, Eigenpairs,
-                                   EigenvalueCount, EpsilonSharpness, FoundPoint, FunctionTrace,
+                                   EigenvalueCount, EpsilonSharpness, FoundPoint, FoundSaddle,
+                                   FunctionTrace, PointResults, PolishResult, SaddleSearch,
                                    GradientFlow, LearningRateSweep, OptimizerComparison,
                                    OptimizerInfo, OptimizerRun, OutlierSplit,
                                    PapyanDecomposition, Result, SharpnessLog, SharpnessResult,
@@ -73,13 +76,15 @@ __all__ = [
     # analyses
     "class_mean_vectors", "class_means_overlap", "classify", "curvature_report",
     "default_grad_tol", "default_sigma", "default_threshold", "default_tol", "density",
-    "diagonal", "eigenvalues", "epsilon_sharpness", "find_critical_points", "frobenius_norm_sq",
+    "classify_at", "diagonal", "eigenvalues", "eigenvalues_at", "epsilon_sharpness",
+    "find_critical_points", "find_saddles", "frobenius_norm_sq", "polish", "trace_at",
     "ggn_diagonal", "gradient_density", "logdet", "negative_count", "outliers",
     "papyan_decomposition", "parameter_blocks", "random_subspace", "solve", "spectral_entropy",
     "trace", "trace_function",
     # training
     "QUANTITIES", "SaddleFreeNewtonState", "SharpnessMonitorState", "SharpnessTracker",
-    "adaptive_preconditioner", "compare_optimizers", "gradient_flow", "learning_rate_sweep",
+    "adaptive_preconditioner", "compare_optimizers", "damped_newton", "gradient_flow",
+    "learning_rate_sweep",
     "measurement_subset", "optimizer_info",
     "read_sharpness_log", "saddle_free_newton", "sharpness", "sharpness_monitor",
     "stability_threshold",
@@ -96,6 +101,7 @@ __all__ = [
     # results
     "VERDICTS", "CriticalPointReport", "CriticalPointSearch", "CurvatureReport",
     "DiagonalEstimate", "Eigenpairs", "EigenvalueCount", "EpsilonSharpness", "FoundPoint",
+    "FoundSaddle", "PointResults", "PolishResult", "SaddleSearch",
     "FunctionTrace", "GradientFlow", "LearningRateSweep", "OptimizerComparison",
     "OptimizerInfo", "OptimizerRun", "OutlierSplit", "PapyanDecomposition", "Result",
     "SharpnessLog", "SharpnessResult", "SolveResult", "SpectralDensity", "Status",

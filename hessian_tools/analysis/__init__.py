@@ -6,6 +6,8 @@ from hessian_tools.analysis.curvature_report import (curvature_report, gradient_
 from hessian_tools.analysis.diagonal import diagonal, frobenius_norm_sq, ggn_diagonal
 from hessian_tools.analysis.epsilon_sharpness import epsilon_sharpness, random_subspace
 from hessian_tools.analysis.functions import logdet, spectral_entropy, trace_function
+from hessian_tools.analysis.points import classify_at, eigenvalues_at, trace_at
+from hessian_tools.analysis.polish import find_saddles, polish
 from hessian_tools.analysis.papyan import (class_mean_vectors, class_means_overlap,
                                            papyan_decomposition)
 from hessian_tools.analysis.solve import solve
@@ -18,7 +20,8 @@ from hessian_tools.linalg.slq import default_sigma
 
 __all__ = ["class_mean_vectors", "class_means_overlap", "classify", "curvature_report",
            "default_grad_tol", "default_sigma", "default_threshold", "default_tol", "density",
-           "diagonal", "eigenvalues", "epsilon_sharpness", "find_critical_points",
+           "diagonal", "classify_at", "eigenvalues", "eigenvalues_at", "epsilon_sharpness",
+           "find_critical_points", "find_saddles", "polish", "trace_at",
            "frobenius_norm_sq", "ggn_diagonal", "gradient_density", "logdet", "negative_count",
            "outliers", "papyan_decomposition", "parameter_blocks", "random_subspace", "solve",
            "spectral_entropy", "trace", "trace_function"]

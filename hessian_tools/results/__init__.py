@@ -9,14 +9,15 @@ from hessian_tools.results.eigen import Eigenpairs
 from hessian_tools.results.papyan import PapyanDecomposition, SubspaceOverlap
 from hessian_tools.results.spectral import (EigenvalueCount, OutlierSplit, SpectralDensity,
                                             TraceEstimate)
+from hessian_tools.results.points import FoundSaddle, PointResults, PolishResult, SaddleSearch
 from hessian_tools.results.toolbox import DiagonalEstimate, FunctionTrace, SolveResult
 from hessian_tools.results.training import (OptimizerComparison, OptimizerInfo, OptimizerRun,
                                             SharpnessLog, SharpnessResult, stability_threshold)
 
 __all__ = ["VERDICTS", "CriticalPointReport", "CriticalPointSearch", "CurvatureReport",
            "DiagonalEstimate", "Eigenpairs", "EigenvalueCount", "EpsilonSharpness",
-           "FoundPoint", "FunctionTrace", "GradientFlow", "LearningRateSweep",
+           "FoundPoint", "FoundSaddle", "FunctionTrace", "GradientFlow", "LearningRateSweep",
            "OptimizerComparison", "OptimizerInfo", "OptimizerRun", "OutlierSplit",
-           "PapyanDecomposition", "Result", "SharpnessLog", "SharpnessResult", "SolveResult",
+           "PapyanDecomposition", "PointResults", "PolishResult", "Result", "SaddleSearch", "SharpnessLog", "SharpnessResult", "SolveResult",
            "SpectralDensity", "Status", "SubspaceOverlap", "TraceEstimate", "jsonable",
            "stability_threshold"]
