@@ -33,7 +33,7 @@ wide MLP whose float64 bottom eigenvalues took over an hour here, independent
 Usage (from the repository root, under the bench lock, from a snapshot of the package)::
 
     mkdir -p /tmp/ht_snap && cp -r hessian_tools /tmp/ht_snap/
-    flock /tmp/bench.lock env PYTHONPATH=/tmp/ht_snap .venv/bin/python benchmarks/bench_landscape.py
+    flock /tmp/bench.lock env PYTHONPATH=/tmp/ht_snap .venv/bin/python benchmarks/peers/bench_landscape.py
     ... --models cnn --peer-steps 21 --loop-rows 5 --curvature-models ''    # a quicker run
 
 Writes ``<out>/bench_landscape_<model>.json`` (``_paired.json`` with ``--only-paired``) and
@@ -67,8 +67,8 @@ from hessian_tools.objective import _path_str  # noqa: E402
 from hessian_tools.files import write_json  # noqa: E402
 from hessian_tools.results import _jsonable  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 
 def _machine() -> dict:
@@ -413,7 +413,7 @@ def main(argv=None):
     parser.add_argument("--curvature-tols", default="1e-3,1e-4")
     parser.add_argument("--curvature-reference", default="float64",
                         help="'float64' or 'eigenvalues:TOL' (see _reference)")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     for name in filter(None, args.models.split(",")):
