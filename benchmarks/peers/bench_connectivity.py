@@ -47,7 +47,7 @@ import torch
 from flax import nnx
 
 from hessian_tools.examples import digits
-from hessian_tools.report import atomic_write_bytes, atomic_write_text, save_figure, write_json
+from hessian_tools.files import atomic_write_bytes, atomic_write_text, save_figure, write_json
 from hessian_tools.symmetry import align, permutation_spec
 
 BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md

@@ -63,9 +63,9 @@ import hessian_tools as ht  # noqa: E402
 from hessian_tools import landscape as L  # noqa: E402
 from hessian_tools.examples import digits  # noqa: E402
 from hessian_tools.landscape import evaluate as ev  # noqa: E402
-from hessian_tools.objective import _path_str  # noqa: E402
+from hessian_tools.tree import path_str  # noqa: E402
 from hessian_tools.files import write_json  # noqa: E402
-from hessian_tools.results import _jsonable  # noqa: E402
+from hessian_tools.results import jsonable  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
 sys.path.insert(0, str(BENCH))
@@ -221,7 +221,7 @@ def plans(obj, dirs, num: int = 64, rounds: int = 5) -> dict:
 
 def linearity(name, obj, dirs, num: int = 256, repeats: int = 3) -> dict:
     """The MLP forward pass with and without the first layer's affine pre-activation shared."""
-    flat = lambda t: {_path_str(p): jnp.asarray(v) for p, v in
+    flat = lambda t: {path_str(p): jnp.asarray(v) for p, v in
                       jax.tree_util.tree_flatten_with_path(t)[0]}
     p, d1, d2 = flat(obj.params), flat(dirs[0]), flat(dirs[1])
     n = len(digits.CONFIGS[name]["widths"]) + 1
@@ -419,10 +419,10 @@ def main(argv=None):
     for name in filter(None, args.models.split(",")):
         suffix = "_paired" if args.only_paired else ""
         write_json(out / f"bench_landscape_{name}{suffix}.json",
-                   _jsonable(surface_bench(name, args)))
+                   jsonable(surface_bench(name, args)))
     for name in filter(None, args.curvature_models.split(",")):
         write_json(out / f"bench_landscape_curvature_{name}.json",
-                   _jsonable(curvature_bench(name, args)))
+                   jsonable(curvature_bench(name, args)))
 
 
 if __name__ == "__main__":
