@@ -26,7 +26,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)  ## peers for side-by-side benchmarks: torch 2.13.0 (CPU), PyHessian, ...
 	$(PY) -m pip install -q -e '.[dev,compare]'
-	$(PY) benchmarks/bench_eigs.py
+	$(PY) benchmarks/peers/bench_eigs.py
 
 docs: $(STAMP)  ## the reference documentation (API from the docstrings, notebooks), warnings as errors
 	$(VENV)/bin/mkdocs build --strict --site-dir site

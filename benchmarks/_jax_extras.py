@@ -33,7 +33,7 @@ def cached_eig_reference(out, model: str) -> np.ndarray:
     from pathlib import Path
     path = Path(out) / f"reference_{model}.json"
     if not path.exists():
-        raise SystemExit(f"{path} is missing: run benchmarks/bench_eigs.py --models {model} "
+        raise SystemExit(f"{path} is missing: run benchmarks/peers/bench_eigs.py --models {model} "
                          "first (it computes and caches the float64 reference).")
     return np.asarray(json.loads(path.read_text())["values"])
 

@@ -5,7 +5,7 @@ compares with the float64 reference that ``bench_eigs.py`` caches in
 ``results/reference_<model>.json`` (run that first). The error stops falling where the
 float32 HVP's rounding takes over. Run with ``--chunk-sizes auto,none`` to compare operators.
 
-    .venv/bin/python benchmarks/tol_floor.py --model cnn
+    .venv/bin/python benchmarks/accuracy/tol_floor.py --model cnn
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 
 def main(argv=None):
@@ -25,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--tols", default="1e-3,5e-4,2.5e-4,1e-4")
     parser.add_argument("--keys", type=int, default=3)
     parser.add_argument("--chunk-sizes", default="auto,none")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
 
     import jax

@@ -40,7 +40,7 @@ version by top-level package, ``--rounds`` plain runs of the tasks and one run e
 
 Usage (from the repository root; 17 minutes at load 7 on 2 cores)::
 
-    flock /tmp/bench.lock /work/main/.venv/bin/python benchmarks/before_after.py \\
+    flock /tmp/bench.lock /work/main/.venv/bin/python benchmarks/cost/before_after.py \\
         --before /tmp/ba_before --after /tmp/ba_after --rounds 3 \\
         --revs "before=baa54c0 after=main@9c0634d"
 
@@ -60,7 +60,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
 TASKS = ("eig-mlp-wide", "eig-cnn", "density", "trace", "tracker", "classify")
 VERSIONS = ("before", "after")
 
@@ -454,7 +454,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per process")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "before_after.json")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "before_after.json")
     parser.add_argument("--revs", default="", help="the revisions the snapshots hold (recorded)")
     parser.add_argument("--diagnose", default="",
                         help="instead of the rounds: the import time of each version, --rounds "

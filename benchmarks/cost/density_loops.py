@@ -1,8 +1,8 @@
 """Which SLQ loop form is faster per model: the compiled loop or the host loop with NumPy bases.
 
-    .venv/bin/python benchmarks/density_loops.py                       # mlp-small, 10 x 80
-    .venv/bin/python benchmarks/density_loops.py --example mlp-wide
-    .venv/bin/python benchmarks/density_loops.py --example cnn --probes 4 --steps 30
+    .venv/bin/python benchmarks/cost/density_loops.py                       # mlp-small, 10 x 80
+    .venv/bin/python benchmarks/cost/density_loops.py --example mlp-wide
+    .venv/bin/python benchmarks/cost/density_loops.py --example cnn --probes 4 --steps 30
 
 Each form runs in a fresh process: the first ``ht.density`` call (cold, compilation included)
 and a second one with another key (warm). For conv nets on CPU both forms are host loops:

@@ -5,7 +5,7 @@ Writes N checkpoints of a digits model (perturbed copies of the trained weights)
 fresh process with the persistent compilation cache off, so each pays its own compile, and
 (c) separate invocations with the persistent cache on and warm (a user's second command).
 
-    .venv/bin/python benchmarks/bench_batch.py --example mlp-wide --num 20
+    .venv/bin/python benchmarks/cost/bench_batch.py --example mlp-wide --num 20
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_sharpness.py            # ~10 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/bench_sharpness.py --quick    # a smoke run
+    .venv/bin/python benchmarks/studies/bench_sharpness.py            # ~10 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/studies/bench_sharpness.py --quick    # a smoke run
 
 Writes ``<out>/sharpness_eos.json``, ``<out>/sharpness_eos.png``,
 ``<out>/sharpness_overhead.json`` and ``benchmarks/RESULTS_sharpness.md``.
@@ -47,7 +47,7 @@ import hessian_tools as ht
 from hessian_tools.examples import digits
 from hessian_tools.files import atomic_write_text, save_figure, write_json
 
-HERE = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
 
 
 def _machine() -> dict:
@@ -306,7 +306,7 @@ def _subset_vs_full(loss_fn, params, data, subsets, step, opt, steps) -> dict:
 KEEP_START = "<!-- hand-written section: kept when this file is regenerated -->"
 KEEP_END = "<!-- end of hand-written section -->"
 # written by bench_tracker_minibatch.py, kept here when this script regenerates the file
-MINIBATCH_START = "<!-- minibatch section: written by benchmarks/bench_tracker_minibatch.py -->"
+MINIBATCH_START = "<!-- minibatch section: written by benchmarks/cost/bench_tracker_minibatch.py -->"
 MINIBATCH_END = "<!-- end of minibatch section -->"
 
 
@@ -436,7 +436,7 @@ def _render_only(out: Path, markdown: Path) -> int:
     machine = dict(eos["machine"])
     machine["load_average_end"] = over["machine"].get("load_average_end",
                                                       over["machine"]["load_average_start"])
-    write_markdown(markdown, over.get("command", "python benchmarks/bench_sharpness.py"),
+    write_markdown(markdown, over.get("command", "python benchmarks/studies/bench_sharpness.py"),
                    machine, eos["runs"], over)
     print(f"wrote {markdown}")
     return 0
@@ -445,8 +445,8 @@ def _render_only(out: Path, markdown: Path) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--out", default=str(HERE / "results"), help="results folder")
-    parser.add_argument("--markdown", default=str(HERE / "RESULTS_sharpness.md"))
+    parser.add_argument("--out", default=str(BENCH / "results"), help="results folder")
+    parser.add_argument("--markdown", default=str(BENCH / "RESULTS_sharpness.md"))
     parser.add_argument("--skip-eos", action="store_true")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--overhead-steps", type=int, default=None,
@@ -457,7 +457,7 @@ def main(argv=None) -> int:
     if args.render_only:
         return _render_only(Path(args.out), Path(args.markdown))
     out = Path(args.out)
-    command = "python benchmarks/bench_sharpness.py" + (" " + " ".join(argv or sys.argv[1:])
+    command = "python benchmarks/studies/bench_sharpness.py" + (" " + " ".join(argv or sys.argv[1:])
                                                         if (argv or sys.argv[1:]) else "")
     machine = _machine()
     eos = over = None

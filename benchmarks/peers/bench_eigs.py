@@ -14,8 +14,8 @@ On identical weights and data (the digits example models, all 1797 samples) it m
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_eigs.py --models mlp-wide,cnn
-    .venv/bin/python benchmarks/bench_eigs.py --models mlp-wide --quick
+    .venv/bin/python benchmarks/peers/bench_eigs.py --models mlp-wide,cnn
+    .venv/bin/python benchmarks/peers/bench_eigs.py --models mlp-wide --quick
 
 Writes ``<out>/bench_eigs_<model>.json`` and prints tables. Needs the ``compare`` extra
 (torch==2.13.0 CPU, pyhessian==0.1, hessian-eigenthings==1.0.0a5, matfree).
@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 K_VALUES = (1, 5)
 
@@ -440,7 +440,7 @@ def _parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="mlp-wide,cnn")
     p.add_argument("--quick", action="store_true", help="fewer repetitions, 5 loop steps")
-    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--out", default=str(BENCH / "results"))
     p.add_argument("--tol", type=float, default=1e-3)
     p.add_argument("--loop-iters", type=int, default=None)
     p.add_argument("--add-pyhessian-matched", action="store_true",

@@ -25,8 +25,8 @@ same steps.
 
 Usage (from the repository root; run alone, the machine is shared)::
 
-    flock /tmp/bench.lock .venv/bin/python benchmarks/bench_tracker_minibatch.py  # ~15 min*
-    .venv/bin/python benchmarks/bench_tracker_minibatch.py --quick                # smoke run
+    flock /tmp/bench.lock .venv/bin/python benchmarks/cost/bench_tracker_minibatch.py  # ~15 min*
+    .venv/bin/python benchmarks/cost/bench_tracker_minibatch.py --quick                # smoke run
 
 (*) on 2 CPU cores at load 2-7: 3.6 min of untimed warm-up (compiling), 10 min of timed runs.
 
@@ -53,11 +53,11 @@ import hessian_tools as ht
 from hessian_tools.examples import digits
 from hessian_tools.files import atomic_write_text, write_json
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
-from bench_sharpness import (MINIBATCH_END, MINIBATCH_START, _costs,  # noqa: E402
-                             _kept_block, _machine, _timed_loop)
+from studies.bench_sharpness import (MINIBATCH_END, MINIBATCH_START, _costs,  # noqa: E402
+                                     _kept_block, _machine, _timed_loop)
 
 BATCH = 32
 LR = 0.05
@@ -297,8 +297,8 @@ def write_section(path: Path, lines: list) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--out", default=str(HERE / "results"), help="results folder")
-    parser.add_argument("--markdown", default=str(HERE / "RESULTS_sharpness.md"))
+    parser.add_argument("--out", default=str(BENCH / "results"), help="results folder")
+    parser.add_argument("--markdown", default=str(BENCH / "RESULTS_sharpness.md"))
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per run, at least 5 x every (default 300; 100 "
                         "with --quick)")
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
         write_section(Path(args.markdown), section(result, result["command"], args.markdown))
         return 0
     rest = argv if argv is not None else sys.argv[1:]
-    command = " ".join(["python benchmarks/bench_tracker_minibatch.py", *rest])
+    command = " ".join(["python benchmarks/cost/bench_tracker_minibatch.py", *rest])
     machine = _machine()
     sizes = (128, 512, 1797)
     everies = (10, 50) if args.quick else (10, 50, 200)

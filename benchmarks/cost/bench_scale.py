@@ -15,9 +15,9 @@ compiled projection step's all-gathers and all-reduces, with this package's vect
 
 Usage (from the repository root, under the benchmark lock)::
 
-    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_scale.py \
+    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
         memory --params 1e6,5e6,2e7
-    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_scale.py \
+    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
         collectives
 """
 

@@ -30,8 +30,8 @@ same).
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_density.py                       # both models
-    .venv/bin/python benchmarks/bench_density.py --models mlp-small --probes 10 --steps 80
+    .venv/bin/python benchmarks/peers/bench_density.py                       # both models
+    .venv/bin/python benchmarks/peers/bench_density.py --models mlp-small --probes 10 --steps 80
 
 Writes ``<out>/bench_density_<model>.json`` and prints tables. Needs the ``compare`` extra
 (torch==2.13.0 CPU, pyhessian==0.1). The float64 reference eigenvalues are computed in a
@@ -52,8 +52,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 EXACT_MAX_PARAMS = 5000          # models up to this size get the dense float64 reference
 
@@ -470,7 +470,7 @@ def _parse(argv=None):
     p.add_argument("--trace-seeds", type=int, default=8,
                    help="seeds per trace, both libraries: the RMS error over them against "
                         "the reference is the accuracy, the median time the speed")
-    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--out", default=str(BENCH / "results"))
     p.add_argument("--worker", choices=("reference",), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--weights-sha256", help=argparse.SUPPRESS)

@@ -20,8 +20,8 @@ cached as flax msgpack). Then, in the same run:
 
 Usage (from the repository root, under the benchmark lock)::
 
-    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_connectivity.py
-    ... benchmarks/bench_connectivity.py --quick       # h = 64 only, fewer repeats
+    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/peers/bench_connectivity.py
+    ... benchmarks/peers/bench_connectivity.py --quick       # h = 64 only, fewer repeats
 
 Writes ``<out>/connectivity.json``, ``<out>/connectivity_paths.png`` and
 ``benchmarks/RESULTS_connectivity.md``.
@@ -47,13 +47,13 @@ import torch
 from flax import nnx
 
 from hessian_tools.examples import digits
-from hessian_tools.report import atomic_write_bytes, atomic_write_text, save_figure, write_json
+from hessian_tools.files import atomic_write_bytes, atomic_write_text, save_figure, write_json
 from hessian_tools.symmetry import align, permutation_spec
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 from _torch_twins import build_twin, torch_data
-from bench_sharpness import _kept_block
+from studies.bench_sharpness import _kept_block
 
 STEPS, LR = 300, 1e-2
 NUM_POINTS = 25
@@ -242,8 +242,8 @@ def write_markdown(path: Path, report: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="h = 64 only, fewer repeats")
-    parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--markdown", default=str(HERE / "RESULTS_connectivity.md"))
+    parser.add_argument("--out", default=str(BENCH / "results"))
+    parser.add_argument("--markdown", default=str(BENCH / "RESULTS_connectivity.md"))
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the Markdown and the figure from <out>/connectivity.json")
     args = parser.parse_args(argv)
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
         return 0
     data = digits.load_digits_data()
     widths = (64,) if args.quick else (64, 256, 512)
-    report = {"command": "python benchmarks/bench_connectivity.py" + " ".join(
+    report = {"command": "python benchmarks/peers/bench_connectivity.py" + " ".join(
         [""] + (argv if argv is not None else sys.argv[1:])), "machine": _machine(), "runs": []}
     for width in widths:
         run = run_width(width, data, repeats=2 if args.quick else 5,

@@ -1,7 +1,7 @@
 """Where a cold ``ht.eigenvalues`` call spends its time: import, model, compilation, solve.
 
-    .venv/bin/python benchmarks/cold_start.py --example mlp-wide            # no disk cache
-    .venv/bin/python benchmarks/cold_start.py --example mlp-wide --cache /tmp/cc   # run twice
+    .venv/bin/python benchmarks/cost/cold_start.py --example mlp-wide            # no disk cache
+    .venv/bin/python benchmarks/cost/cold_start.py --example mlp-wide --cache /tmp/cc   # run twice
 
 Prints the wall time of each phase, the number of XLA compilations and their total time
 (the largest first), and the cold and warm top-5 solve. With ``--cache`` the persistent

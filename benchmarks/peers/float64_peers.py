@@ -11,7 +11,7 @@ Ours runs at ``tol`` on keys 0..keys-1 (the first call is cold: ``ht.hessian`` p
 solve, compilation included); PyHessian runs at the same ``tol`` and then with its ``tol``
 tightened until its explicit residual meets ``tol`` (``_peers.run_pyhessian_matched``).
 
-    .venv/bin/python benchmarks/float64_peers.py --model cnn
+    .venv/bin/python benchmarks/peers/float64_peers.py --model cnn
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 
 def main(argv=None):
@@ -37,7 +37,7 @@ def main(argv=None):
                         help="comma-separated tols for ours (default: --tol)")
     parser.add_argument("--pyhessian-seeds", type=int, default=1,
                         help="torch seeds for the tightened PyHessian run")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
 
     import jax

@@ -9,8 +9,8 @@ XTrace it also shows the paper's error estimate (the spread of the leave-one-out
 over ``sqrt(m)``) next to the jackknife that ``ht.trace`` reports. *Coverage* is the share of
 keys whose 2-standard-error interval holds the reference.
 
-    .venv/bin/python benchmarks/trace_calibration.py --model mlp-small --keys 40
-    .venv/bin/python benchmarks/trace_calibration.py --model mlp-wide --keys 20 \\
+    .venv/bin/python benchmarks/accuracy/trace_calibration.py --model mlp-small --keys 40
+    .venv/bin/python benchmarks/accuracy/trace_calibration.py --model mlp-wide --keys 20 \\
         --budgets 16,24 --probes rademacher
 """
 
@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 
 def _reference(model: str, out: Path) -> float:
@@ -30,7 +32,7 @@ def _reference(model: str, out: Path) -> float:
     ref = cached_trace_reference(out, model)
     if ref is not None:
         return ref
-    raise SystemExit(f"No reference trace for {model} in {out}: run benchmarks/bench_density.py "
+    raise SystemExit(f"No reference trace for {model} in {out}: run benchmarks/peers/bench_density.py "
                      f"--models {model} first.")
 
 
@@ -40,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--keys", type=int, default=40)
     parser.add_argument("--budgets", default="12,16,24,48")
     parser.add_argument("--probes", default="rademacher,gaussian", help="XTrace's probes")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
 
     import jax

@@ -21,7 +21,7 @@ matrix-matrix work) or a compiled loop over them (``vmap=False``); both are time
 
 Usage (repository root)::
 
-    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_points.py
+    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_points.py
 """
 
 from __future__ import annotations

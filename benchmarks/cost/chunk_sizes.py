@@ -6,7 +6,7 @@ on the CPU (``operators.CHUNK_BYTES``). This script times one linearised HVP for
 size, and a PyHessian-style torch HVP (one retained double-backward graph per chunk) on the
 same weights and data, so the two can be compared as ratios in one run.
 
-    .venv/bin/python benchmarks/chunk_sizes.py --model cnn --sizes none,auto,128,256,450,900
+    .venv/bin/python benchmarks/cost/chunk_sizes.py --model cnn --sizes none,auto,128,256,450,900
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 
 def _median_time(fn, repeats):
@@ -72,7 +72,7 @@ def main(argv=None):
                         help="comma-separated chunk sizes: none (one batch), auto, or ints")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
 
     import jax

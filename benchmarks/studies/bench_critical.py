@@ -18,8 +18,8 @@ Two reproductions after Dauphin et al. 2014:
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/bench_critical.py            # ~10 min on 2 busy CPU cores
-    .venv/bin/python benchmarks/bench_critical.py --quick    # ~2 min, fewer starts and steps
+    .venv/bin/python benchmarks/studies/bench_critical.py            # ~10 min on 2 busy CPU cores
+    .venv/bin/python benchmarks/studies/bench_critical.py --quick    # ~2 min, fewer starts and steps
 
 Writes ``<out>/critical_points.json``, ``critical_index_vs_loss.png``,
 ``ae_training.json`` and ``ae_training.png`` (default ``benchmarks/results/``).
@@ -49,7 +49,7 @@ import hessian_tools as ht  # noqa: E402
 from hessian_tools.examples.digits import load_digits_data  # noqa: E402
 from hessian_tools.files import save_figure, write_json  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
 WEIGHT_DECAY = 1e-3
 
 
@@ -248,7 +248,7 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--out", default=str(BENCH / "results"))
     p.add_argument("--quick", action="store_true", help="fewer starts, shorter training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--newton-iters", type=int, default=40)

@@ -1,7 +1,7 @@
 """hessian_tools against PyHessian on one GPU: top-5, density and trace, identical weights.
 
-    python3 benchmarks/gpu_peers.py --out /tmp/gpu                    # on the GPU machine
-    .venv/bin/python benchmarks/gpu_peers.py --quick --out /tmp/gpu   # a smoke run on a CPU
+    python3 benchmarks/peers/gpu_peers.py --out /tmp/gpu                    # on the GPU machine
+    .venv/bin/python benchmarks/peers/gpu_peers.py --quick --out /tmp/gpu   # a smoke run on a CPU
 
 Both libraries run on the same device: JAX's default backend and torch's ``--torch-device``
 (``cuda`` when torch sees a GPU). The weights are the cached trained digits models, so the
@@ -38,8 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 EIG_MODELS = ("mlp-wide", "cnn")
 DENSITY_MODELS = ("mlp-small", "mlp-wide")
@@ -104,7 +104,7 @@ def _ours(model, task, precision, args) -> dict:
 # ---- references (cached by bench_eigs.py and bench_density.py) -----------------------------------
 
 def _cached(name: str, sha: str):
-    path = HERE / "results" / name
+    path = BENCH / "results" / name
     if not path.exists():
         return None
     data = json.loads(path.read_text())
@@ -175,7 +175,7 @@ def run(args) -> dict:
     import numpy as np
     import torch
     from _jax_extras import package_fingerprint, weights_sha
-    from bench_density import _setup
+    from peers.bench_density import _setup
     device = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device == "cuda"
     res = {"meta": {"jax": jax.__version__, "torch": torch.__version__,
@@ -215,7 +215,7 @@ def run(args) -> dict:
                                         "accuracy": accuracy([ph]), "tol": ph["pyhessian_tol"],
                                         "matched": ph["matched"]}
             elif task == "density":
-                from bench_density import _pyhessian_density
+                from peers.bench_density import _pyhessian_density
                 ref = _cached(f"reference_density_{name}.json", sha)
                 eigs = None if ref is None else np.asarray(ref["eigenvalues"])
                 accuracy = _w1_error(eigs)
@@ -224,9 +224,9 @@ def run(args) -> dict:
                                     "accuracy": accuracy([{"nodes": ph["nodes"],
                                                            "weights": ph["weights"]}])}
             else:
-                from bench_density import _pyhessian_trace, _rms_error
+                from peers.bench_density import _pyhessian_trace, _rms_error
                 from _jax_extras import cached_trace_reference
-                exact = cached_trace_reference(HERE / "results", name, sha)
+                exact = cached_trace_reference(BENCH / "results", name, sha)
                 ph = _pyhessian_trace(twin, tx, ty, max_iter=100, tol=1e-3, seeds=args.trace_seeds,
                                       reference=exact if exact is not None else float("nan"),
                                       cuda=cuda)
@@ -283,7 +283,7 @@ def print_row(row) -> None:
 def _parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(HERE / "results" / "gpu"))
+    p.add_argument("--out", default=str(BENCH / "results" / "gpu"))
     p.add_argument("--tasks", default="eigs,density,trace")
     p.add_argument("--models", default="mlp-small,mlp-wide,cnn")
     p.add_argument("--precisions", default="default,highest",

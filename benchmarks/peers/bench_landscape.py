@@ -33,7 +33,7 @@ wide MLP whose float64 bottom eigenvalues took over an hour here, independent
 Usage (from the repository root, under the bench lock, from a snapshot of the package)::
 
     mkdir -p /tmp/ht_snap && cp -r hessian_tools /tmp/ht_snap/
-    flock /tmp/bench.lock env PYTHONPATH=/tmp/ht_snap .venv/bin/python benchmarks/bench_landscape.py
+    flock /tmp/bench.lock env PYTHONPATH=/tmp/ht_snap .venv/bin/python benchmarks/peers/bench_landscape.py
     ... --models cnn --peer-steps 21 --loop-rows 5 --curvature-models ''    # a quicker run
 
 Writes ``<out>/bench_landscape_<model>.json`` (``_paired.json`` with ``--only-paired``) and
@@ -63,12 +63,12 @@ import hessian_tools as ht  # noqa: E402
 from hessian_tools import landscape as L  # noqa: E402
 from hessian_tools.examples import digits  # noqa: E402
 from hessian_tools.landscape import evaluate as ev  # noqa: E402
-from hessian_tools.objective import _path_str  # noqa: E402
+from hessian_tools.tree import path_str  # noqa: E402
 from hessian_tools.files import write_json  # noqa: E402
-from hessian_tools.results import _jsonable  # noqa: E402
+from hessian_tools.results import jsonable  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+BENCH = Path(__file__).resolve().parents[1]  # benchmarks/: shared helpers, results/, RESULTS*.md
+sys.path.insert(0, str(BENCH))
 
 
 def _machine() -> dict:
@@ -221,7 +221,7 @@ def plans(obj, dirs, num: int = 64, rounds: int = 5) -> dict:
 
 def linearity(name, obj, dirs, num: int = 256, repeats: int = 3) -> dict:
     """The MLP forward pass with and without the first layer's affine pre-activation shared."""
-    flat = lambda t: {_path_str(p): jnp.asarray(v) for p, v in
+    flat = lambda t: {path_str(p): jnp.asarray(v) for p, v in
                       jax.tree_util.tree_flatten_with_path(t)[0]}
     p, d1, d2 = flat(obj.params), flat(dirs[0]), flat(dirs[1])
     n = len(digits.CONFIGS[name]["widths"]) + 1
@@ -413,16 +413,16 @@ def main(argv=None):
     parser.add_argument("--curvature-tols", default="1e-3,1e-4")
     parser.add_argument("--curvature-reference", default="float64",
                         help="'float64' or 'eigenvalues:TOL' (see _reference)")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     for name in filter(None, args.models.split(",")):
         suffix = "_paired" if args.only_paired else ""
         write_json(out / f"bench_landscape_{name}{suffix}.json",
-                   _jsonable(surface_bench(name, args)))
+                   jsonable(surface_bench(name, args)))
     for name in filter(None, args.curvature_models.split(",")):
         write_json(out / f"bench_landscape_curvature_{name}.json",
-                   _jsonable(curvature_bench(name, args)))
+                   jsonable(curvature_bench(name, args)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """A fresh process's ``ht.density`` and ``ht.trace``, with or without the compilation cache.
 
     c=$(mktemp -d); for i in 1 2 3; do
-        .venv/bin/python benchmarks/cold_density.py --cache $c; done
-    .venv/bin/python benchmarks/cold_density.py --example mlp-wide --probes 0 \
+        .venv/bin/python benchmarks/cost/cold_density.py --cache $c; done
+    .venv/bin/python benchmarks/cost/cold_density.py --example mlp-wide --probes 0 \
         --trace-method xtrace --trace-matvecs 16              # a cold trace, no cache
 
 With ``--cache`` the first process compiles into the empty cache folder and later ones load
