@@ -1,0 +1,232 @@
+"""Builds notebooks/09_saddles_dauphin.ipynb (then execute it: python tools/run_notebook.py ...).
+
+Run again after editing only markdown: the outputs of an already executed notebook are kept
+when every code cell is unchanged (otherwise they are dropped and the notebook must be
+executed again).
+"""
+from pathlib import Path
+
+import nbformat as nbf
+
+PATH = Path("notebooks/09_saddles_dauphin.ipynb")
+
+cells = [
+    nbf.v4.new_markdown_cell("""# Saddles, not minima: Dauphin et al. 2014
+
+**Dauphin, Pascanu, Gulcehre, Cho, Ganguli & Bengio (2014)**, *Identifying and attacking the
+saddle point problem in high-dimensional non-convex optimization*, make two claims:
+
+1. **Fig. 1 (their MNIST/CIFAR nets):** critical points of a neural network's training loss
+   are not scattered at random: their training error rises with their **index** `α` (the
+   fraction of negative Hessian eigenvalues), on a continuum from the minima (`α = 0`,
+   lowest error) up through saddles of increasing index. Local minima with high error are
+   exponentially rare; most high-error critical points are saddles.
+2. **Sec. 6-7:** Newton's method is *attracted* to saddles (it rescales each eigendirection
+   by `1/λ`, flipping negative-curvature directions), gradient descent escapes them slowly
+   (small gradients), and **saddle-free Newton** (`1/|λ|`) escapes fast.
+
+Here: a small tanh MLP on scikit-learn's digits (2×2-pooled images, 16 inputs, a few hidden
+units, float64) so that every Hessian is classified exactly by a dense eigendecomposition.
+Set `HESSIAN_TOOLS_SMALL=1` for a smaller configuration (the test suite runs it); the
+numbers quoted in the text are those of the full configuration, whose outputs are stored
+here."""),
+    nbf.v4.new_code_cell("""import os, time
+import jax
+jax.config.update("jax_enable_x64", True)     # float64: critical points need accurate gradients
+import jax.numpy as jnp
+import numpy as np
+import optax
+import matplotlib.pyplot as plt
+import hessian_tools as ht
+from hessian_tools.examples.digits import load_digits_data
+
+SMALL = os.environ.get("HESSIAN_TOOLS_SMALL") == "1"
+N_EXAMPLES, HIDDEN = (300, 3) if SMALL else (800, 4)
+SEEDS = 1 if SMALL else 3
+TARGETS = [2] if SMALL else [1, 4, 8, 16]      # indices sought by eigenvector following
+FOLLOW = 8 if SMALL else 15                    # eigenvector-following steps per start
+RUN_STEPS = 15 if SMALL else 60                # Newton-type steps in section 3
+
+x, y = load_digits_data(dtype=jnp.float64)
+x = x.reshape(-1, 4, 2, 4, 2).mean((2, 4)).reshape(-1, 16)   # 8x8 -> 4x4 pixels
+x, y = x[:N_EXAMPLES], y[:N_EXAMPLES]
+data = (x, y)
+
+def init(key, scale=1.0):
+    k1, k2 = jax.random.split(key)
+    return {"w1": scale * jax.random.normal(k1, (16, HIDDEN)) / 4, "b1": jnp.zeros(HIDDEN),
+            "w2": scale * jax.random.normal(k2, (HIDDEN, 10)) / np.sqrt(HIDDEN), "b2": jnp.zeros(10)}
+
+def loss(p, batch):
+    xb, yb = batch
+    logits = jnp.tanh(xb @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    return ce + 1e-3 * (jnp.sum(p["w1"] ** 2) + jnp.sum(p["w2"] ** 2))   # small weight decay
+
+def error(p):
+    logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+    return float(jnp.mean(jnp.argmax(logits, -1) != y))
+
+obj = ht.Objective(loss, init(jax.random.key(0)), data)
+print(f"{obj.num_params} parameters, {obj.num_examples} examples")
+start = time.perf_counter()"""),
+    nbf.v4.new_markdown_cell("""## 1. Where do we look? Training trajectories and the points near them
+
+Dauphin et al. ran Newton's method on the gradient norm from points along training runs. We
+train with Adam from `SEEDS` initialisations and keep checkpoints; then ``ht.polish``
+(trust region, monotone in the loss) takes each end point to a certified minimum, and
+``ht.find_critical_points`` (Newton-MR on `½‖∇L‖²`: attracted to the nearest critical point
+of *any* index) starts from every checkpoint and from small-scale initialisations (near
+the symmetric point where all hidden units are off, whose loss is about `ln 10`)."""),
+    nbf.v4.new_code_cell("""opt = optax.adam(1e-2)
+
+@jax.jit
+def train_step(p, s):
+    u, s = opt.update(jax.grad(loss)(p, data), s)
+    return optax.apply_updates(p, u), s
+
+CHECK = [0, 10, 30, 100] if SMALL else [0, 5, 10, 20, 40, 80, 150, 300]
+checkpoints, ends = [], []
+for seed in range(SEEDS):
+    p = init(jax.random.key(seed))
+    s = opt.init(p)
+    for t in range(CHECK[-1] + 1):
+        if t in CHECK:
+            checkpoints.append(p)
+        p, s = train_step(p, s)
+    ends.append(p)
+
+minima = [ht.polish(obj, p, key=jax.random.key(10 + i), max_steps=30 if SMALL else 60)
+          for i, p in enumerate(ends)]
+for m in minima:
+    print(f"polished: {m.status}, verdict {m.verdict}, loss {m.loss:.4f}, index {m.index}, "
+          f"|grad| {m.grad_norm:.1e}, error {error(m.params):.3f}")
+
+small_inits = [init(jax.random.key(100 + i), scale=s)
+               for i, s in enumerate([0.05, 0.2] if SMALL else [0.02, 0.05, 0.1, 0.2, 0.4, 0.7])]
+t0 = time.perf_counter()
+found = ht.find_critical_points(obj, checkpoints + small_inits, key=jax.random.key(1),
+                                newton_steps=25 if SMALL else 50)
+print(f"Newton-MR from {len(found)} starts: {time.perf_counter() - t0:.1f} s")
+print(found)"""),
+    nbf.v4.new_markdown_cell("""NEWTONMR"""),
+    nbf.v4.new_markdown_cell("""## 2. Filling in the continuum: saddles of a chosen index
+
+Newton-MR lands where it lands. ``ht.find_saddles(obj, starts, target_index=k)`` instead
+*follows eigenvectors*: uphill along the `k` lowest Hessian eigenvectors, downhill in their
+complement, then Newton-MR to converge; a run has ``reached`` its target when the point is
+critical with exactly `k` negative eigenvalues. We start from the polished minima nudged by
+a small random step, for several target indices, and plot every critical point we have
+(Dauphin et al.'s Fig. 1: training error and loss against the index)."""),
+    nbf.v4.new_code_cell("""def nudge(p, key, eps=0.05):
+    leaves, treedef = jax.tree.flatten(p)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [l + eps * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
+
+searches = {}
+t0 = time.perf_counter()
+for k in TARGETS:
+    starts = [nudge(m.params, jax.random.key(200 + 10 * k + i)) for i, m in enumerate(minima)]
+    searches[k] = ht.find_saddles(obj, starts, target_index=k, key=jax.random.key(300 + k),
+                                  follow_steps=FOLLOW, newton_steps=30)
+    print(f"target {k:>2}: {searches[k]}   ({time.perf_counter() - t0:.0f} s so far)")
+
+points = [p for p in found if p.status == "critical"] + [m for m in minima if m.status == "critical"]
+points += [p for s in searches.values() for p in s if p.status == "critical"]
+alpha = np.array([p.index_fraction for p in points])
+losses = np.array([p.loss for p in points])
+errors = np.array([error(p.params) for p in points])
+order = np.argsort(alpha)
+print(f"{len(points)} critical points; index fraction, loss, training error:")
+for i in order:
+    print(f"  α = {alpha[i]:.3f} (index {points[i].index:>3}), loss {losses[i]:.4f}, error {errors[i]:.3f}")
+if len(points) > 2:
+    print(f"rank correlation (Spearman) of α with error: "
+          f"{np.corrcoef(np.argsort(np.argsort(alpha)), np.argsort(np.argsort(errors)))[0, 1]:.2f}")
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
+ht.plot_index_vs_loss(found, ax=axes[0], label="Newton-MR")
+for k, s in searches.items():
+    ht.plot_index_vs_loss(s, ax=axes[0], label=f"target {k}", color=f"C{2 + TARGETS.index(k)}")
+axes[0].set_title("loss at the points reached (filled: critical)")
+axes[1].scatter(alpha, 100 * errors, c=np.log10(losses), cmap="viridis")
+axes[1].set(xlabel="index α (fraction of negative eigenvalues)", ylabel="training error (%)",
+            title="Dauphin et al. Fig. 1: error against index, critical points only")
+axes[1].grid(alpha=0.3)
+fig.colorbar(axes[1].collections[0], ax=axes[1], label="log10 loss")
+plt.show()"""),
+    nbf.v4.new_markdown_cell("""CONTINUUM"""),
+    nbf.v4.new_markdown_cell("""## 3. Escaping a saddle: saddle-free Newton against Newton, GD and Adam
+
+We start next to the highest-index saddle found (a random step of norm `1e-3` off it) and run
+four optimizers for the same budget of products (a gradient counts one, each Krylov step of
+the Newton methods `k` Hessian-vector products plus the gradient): ``ht.damped_newton``
+(Newton regularised by `δ`, the paper's baseline), ``ht.saddle_free_newton`` (the same Krylov
+step with `|λ|`), and ``optax.sgd`` / ``optax.adam``."""),
+    nbf.v4.new_code_cell("""crit = [p for p in points if p.index and p.index > 0]
+saddle = max(crit, key=lambda p: p.index) if crit else minima[0]
+print(f"start next to a saddle of index {saddle.index} (α = {saddle.index_fraction:.3f}), loss {saddle.loss:.4f}")
+x0 = nudge(saddle.params, jax.random.key(7), eps=1e-3 / np.sqrt(obj.num_params))
+K, DAMP = 10, 1e-2
+
+def run(opt, steps, cost):
+    @jax.jit
+    def step(p, s):
+        value, g = jax.value_and_grad(loss)(p, data)
+        u, s = opt.update(g, s, p, batch=data, value=value)
+        return optax.apply_updates(p, u), s, value
+    p, s, curve = x0, opt.init(x0), []
+    for i in range(steps):
+        p, s, value = step(p, s)
+        curve.append(((i + 1) * cost, float(value)))
+    return np.array(curve), p
+
+runs = {f"saddle-free Newton (k={K}, δ={DAMP})": run(ht.saddle_free_newton(loss, num_steps=K, damping=DAMP), RUN_STEPS, K + 1),
+        f"damped Newton (k={K}, δ={DAMP})": run(ht.damped_newton(loss, num_steps=K, damping=DAMP), RUN_STEPS, K + 1),
+        "gradient descent (lr 0.5)": run(optax.sgd(0.5), RUN_STEPS * (K + 1), 1),
+        "Adam (lr 0.01)": run(optax.adam(1e-2), RUN_STEPS * (K + 1), 1)}
+fig, ax = plt.subplots(figsize=(8, 4.3), layout="constrained")
+for name, (c, _) in runs.items():
+    ax.plot(c[:, 0], c[:, 1], label=name)
+ax.axhline(saddle.loss, color="0.5", ls=":", label=f"the saddle (index {saddle.index})")
+ax.axhline(min(m.loss for m in minima), color="k", ls="--", lw=0.8, label="best polished minimum")
+ax.set(xlabel="products (gradients + Hessian-vector products)", ylabel="training loss",
+       title="starting 1e-3 away from a saddle")
+ax.legend(fontsize=8); ax.grid(alpha=0.3)
+plt.show()
+for name, (c, p) in runs.items():
+    rep = ht.classify(obj.with_params(p), key=jax.random.key(8))
+    print(f"{name:34s} final loss {c[-1, 1]:.4f}, error {error(p):.3f}, |grad| {rep.grad_norm:.1e}, "
+          f"index {rep.index}")
+print(f"total {time.perf_counter() - start:.1f} s")"""),
+    nbf.v4.new_markdown_cell("""ESCAPE"""),
+    nbf.v4.new_markdown_cell("""## Summary
+
+SUMMARY"""),
+]
+
+TEXT = {}   # the markdown that quotes the executed run's numbers (full configuration)
+
+
+def _fill(cell):
+    for key, text in TEXT.items():
+        if key in cell.source and text:
+            cell.source = cell.source.replace(key, text)
+    return cell
+
+
+cells = [_fill(c) if c.cell_type == "markdown" else c for c in cells]
+nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3",
+                                                               "display_name": "Python 3",
+                                                               "language": "python"}})
+if PATH.exists():   # keep the outputs of an executed notebook whose code is unchanged
+    old = nbf.read(PATH, as_version=4)
+    old_code = [c for c in old.cells if c.cell_type == "code"]
+    new_code = [c for c in nb.cells if c.cell_type == "code"]
+    if [c.source for c in old_code] == [c.source for c in new_code]:
+        for o, n in zip(old_code, new_code):
+            n.outputs, n.execution_count = o.outputs, o.execution_count
+        print("kept the executed outputs (code unchanged)")
+    else:
+        print("code changed: outputs dropped, execute the notebook again")
+nbf.write(nb, PATH)
