@@ -115,23 +115,35 @@ print(found)"""),
 Newton-MR lands where it lands. ``ht.find_saddles(obj, starts, target_index=k)`` instead
 *follows eigenvectors*: uphill along the `k` lowest Hessian eigenvectors, downhill in their
 complement, then Newton-MR to converge; a run has ``reached`` its target when the point is
-critical with exactly `k` negative eigenvalues. We start from the polished minima nudged by
-a small random step, for several target indices, and plot every critical point we have
+critical with exactly `k` negative eigenvalues. We also follow Dauphin et al.'s recipe and run
+Newton-MR from points on the straight lines between the `ln 10` saddle and the minima. The
+eigenvector following starts from the saddle and from a minimum, each nudged by a small
+random step, for several target indices, and plot every critical point we have
 (Dauphin et al.'s Fig. 1: training error and loss against the index)."""),
     nbf.v4.new_code_cell("""def nudge(p, key, eps=0.05):
     leaves, treedef = jax.tree.flatten(p)
     keys = jax.random.split(key, len(leaves))
     return jax.tree.unflatten(treedef, [l + eps * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
 
-searches = {}
+top = max((q for q in found if q.status == "critical"), key=lambda q: q.index)   # the ln 10 saddle
+# Dauphin et al.'s recipe: Newton from points between a high-error saddle and the minima
+line = [jax.tree.map(lambda a, b: (1 - t) * a + t * b, top.params, m.params)
+        for m in minima for t in ([0.5] if SMALL else [0.2, 0.4, 0.6, 0.8])]
 t0 = time.perf_counter()
-for k in TARGETS:
-    starts = [nudge(m.params, jax.random.key(200 + 10 * k + i)) for i, m in enumerate(minima)]
+between = ht.find_critical_points(obj, line, key=jax.random.key(2), newton_steps=25 if SMALL else 50)
+print(f"Newton-MR from {len(line)} points on the lines saddle -> minima: "
+      f"{len(between.critical)} critical "
+      f"({time.perf_counter() - t0:.0f} s)")
+searches = {}
+for k in TARGETS:   # eigenvector following: from the nudged saddle and from nudged minima
+    starts = [nudge(top.params, jax.random.key(200 + 10 * k))]
+    starts += [nudge(m.params, jax.random.key(200 + 10 * k + i + 1)) for i, m in enumerate(minima[:1])]
     searches[k] = ht.find_saddles(obj, starts, target_index=k, key=jax.random.key(300 + k),
                                   follow_steps=FOLLOW, newton_steps=30)
     print(f"target {k:>2}: {searches[k]}   ({time.perf_counter() - t0:.0f} s so far)")
 
-points = [p for p in found if p.status == "critical"] + [m for m in minima if m.status == "critical"]
+points = [p for p in list(found) + list(between) if p.status == "critical"]
+points += [m for m in minima if m.status == "critical"]
 points += [p for s in searches.values() for p in s if p.status == "critical"]
 alpha = np.array([p.index_fraction for p in points])
 losses = np.array([p.loss for p in points])
@@ -146,6 +158,7 @@ if len(points) > 2:
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
 ht.plot_index_vs_loss(found, ax=axes[0], label="Newton-MR")
+ht.plot_index_vs_loss(between, ax=axes[0], label="Newton-MR, lines", color="C1")
 for k, s in searches.items():
     ht.plot_index_vs_loss(s, ax=axes[0], label=f"target {k}", color=f"C{2 + TARGETS.index(k)}")
 axes[0].set_title("loss at the points reached (filled: critical)")
