@@ -44,8 +44,8 @@ SMALL = os.environ.get("HESSIAN_TOOLS_SMALL") == "1"
 N_EXAMPLES, HIDDEN = (300, 3) if SMALL else (800, 4)
 SEEDS = 1 if SMALL else 3
 TARGETS = [2] if SMALL else [1, 4, 8, 16]      # indices sought by eigenvector following
-FOLLOW = 8 if SMALL else 15                    # eigenvector-following steps per start
-RUN_STEPS = 15 if SMALL else 60                # Newton-type steps in section 3
+FOLLOW = 4 if SMALL else 15                    # eigenvector-following steps per start
+RUN_STEPS = 8 if SMALL else 60                # Newton-type steps in section 3
 
 x, y = load_digits_data(dtype=jnp.float64)
 x = x.reshape(-1, 4, 2, 4, 2).mean((2, 4)).reshape(-1, 16)   # 8x8 -> 4x4 pixels
@@ -85,7 +85,7 @@ def train_step(p, s):
     u, s = opt.update(jax.grad(loss)(p, data), s)
     return optax.apply_updates(p, u), s
 
-CHECK = [0, 10, 30, 100] if SMALL else [0, 5, 10, 20, 40, 80, 150, 300]
+CHECK = [0, 30] if SMALL else [0, 5, 10, 20, 40, 80, 150, 300]
 checkpoints, ends = [], []
 for seed in range(SEEDS):
     p = init(jax.random.key(seed))
@@ -96,7 +96,7 @@ for seed in range(SEEDS):
         p, s = train_step(p, s)
     ends.append(p)
 
-minima = [ht.polish(obj, p, key=jax.random.key(10 + i), max_steps=30 if SMALL else 60)
+minima = [ht.polish(obj, p, key=jax.random.key(10 + i), max_steps=15 if SMALL else 60)
           for i, p in enumerate(ends)]
 for m in minima:
     print(f"polished: {m.status}, verdict {m.verdict}, loss {m.loss:.4f}, index {m.index}, "
@@ -106,7 +106,7 @@ small_inits = [init(jax.random.key(100 + i), scale=s)
                for i, s in enumerate([0.05, 0.2] if SMALL else [0.02, 0.05, 0.1, 0.2, 0.4, 0.7])]
 t0 = time.perf_counter()
 found = ht.find_critical_points(obj, checkpoints + small_inits, key=jax.random.key(1),
-                                newton_steps=25 if SMALL else 50)
+                                newton_steps=12 if SMALL else 50)
 print(f"Newton-MR from {len(found)} starts: {time.perf_counter() - t0:.1f} s")
 print(found)"""),
     nbf.v4.new_markdown_cell("""NEWTONMR"""),
@@ -130,7 +130,7 @@ top = max((q for q in found if q.status == "critical"), key=lambda q: q.index)  
 line = [jax.tree.map(lambda a, b: (1 - t) * a + t * b, top.params, m.params)
         for m in minima for t in ([0.5] if SMALL else [0.2, 0.4, 0.6, 0.8])]
 t0 = time.perf_counter()
-between = ht.find_critical_points(obj, line, key=jax.random.key(2), newton_steps=25 if SMALL else 50)
+between = ht.find_critical_points(obj, line, key=jax.random.key(2), newton_steps=12 if SMALL else 50)
 print(f"Newton-MR from {len(line)} points on the lines saddle -> minima: "
       f"{len(between.critical)} critical "
       f"({time.perf_counter() - t0:.0f} s)")
@@ -139,7 +139,7 @@ for k in TARGETS:   # eigenvector following: from the nudged saddle and from nud
     starts = [nudge(top.params, jax.random.key(200 + 10 * k))]
     starts += [nudge(m.params, jax.random.key(200 + 10 * k + i + 1)) for i, m in enumerate(minima[:1])]
     searches[k] = ht.find_saddles(obj, starts, target_index=k, key=jax.random.key(300 + k),
-                                  follow_steps=FOLLOW, newton_steps=30)
+                                  follow_steps=FOLLOW, newton_steps=10 if SMALL else 30)
     print(f"target {k:>2}: {searches[k]}   ({time.perf_counter() - t0:.0f} s so far)")
 
 points = [p for p in list(found) + list(between) if p.status == "critical"]
