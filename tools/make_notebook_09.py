@@ -74,7 +74,7 @@ start = time.perf_counter()"""),
 
 Dauphin et al. ran Newton's method on the gradient norm from points along training runs. We
 train with Adam from `SEEDS` initialisations and keep checkpoints; then ``ht.polish``
-(trust region, monotone in the loss) takes each end point to a certified minimum, and
+(trust region, monotone in the loss) tries to take each end point to a certified minimum, and
 ``ht.find_critical_points`` (Newton-MR on `½‖∇L‖²`: attracted to the nearest critical point
 of *any* index) starts from every checkpoint and from small-scale initialisations (near
 the symmetric point where all hidden units are off, whose loss is about `ln 10`)."""),
@@ -226,7 +226,7 @@ TEXT["NEWTONMR"] = """**Ours.** The network has 118 parameters (800 examples). `
 the three Adam end points within 60 trust-region steps (status "not converged", |grad| 1.3e-2,
 1.6e-5, 3.2e-5; loss 0.718-0.733, training error 12.7-15.0%), but Newton-MR from them (next
 section) converges to index-0 critical points at the same losses. Newton-MR from the 30 starts
-(41 s) finds 12 critical points, all at loss 2.3025 ≈ ln 10 (the network outputs the class
+(32 s) finds 12 critical points, all at loss 2.3025 ≈ ln 10 (the network outputs the class
 frequencies) with index 27-36 (α = 0.23-0.31): the saddle(s) of the "all hidden units off"
 family. Ten more stop as *gradient-flat* (near the minima, and at ln 10 with index 23-28) and
 eight do not converge (among them points at loss 1.25-1.82 with index 1-3: the only hints of
@@ -259,7 +259,7 @@ eigenvector-following failure from minima is reported as a possible library issu
 TEXT["ESCAPE"] = """**Ours.** Starting 1e-3 from the index-36 ln 10 saddle (loss 2.3025), with 660 products each:
 **saddle-free Newton** leaves the plateau (loss below 95% of the saddle's) after 165
 products and ends at loss 0.7345 (error 14.7%, index 0, |grad| 9.8e-4), the lowest of the
-four and close to the best polished minimum (0.718). **Damped Newton** (δ = 0.01, the full
+four and close to the best Adam end point (0.718; the dashed line). **Damped Newton** (δ = 0.01, the full
 step as in the paper) never gets below the saddle's loss: it stays on the plateau for about
 130 products, then jumps to losses of 1e2-1e3 (max 1.06e3) and ends at 90.7 with an index-3
 Hessian. **Gradient descent** (lr 0.5) leaves after 200 products and is still at 0.940 at the
