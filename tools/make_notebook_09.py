@@ -7,6 +7,7 @@ executed again).
 from pathlib import Path
 
 import nbformat as nbf
+from _notebook import write_notebook
 
 PATH = Path("notebooks/09_saddles_dauphin.ipynb")
 
@@ -287,25 +288,4 @@ The qualitative claims hold on this tiny model; the continuum in Fig. 1 does not
 the intermediate critical points were not certified within our budgets."""
 
 
-def _fill(cell):
-    for key, text in TEXT.items():
-        if key in cell.source and text:
-            cell.source = cell.source.replace(key, text)
-    return cell
-
-
-cells = [_fill(c) if c.cell_type == "markdown" else c for c in cells]
-nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3",
-                                                               "display_name": "Python 3",
-                                                               "language": "python"}})
-if PATH.exists():   # keep the outputs of an executed notebook whose code is unchanged
-    old = nbf.read(PATH, as_version=4)
-    old_code = [c for c in old.cells if c.cell_type == "code"]
-    new_code = [c for c in nb.cells if c.cell_type == "code"]
-    if [c.source for c in old_code] == [c.source for c in new_code]:
-        for o, n in zip(old_code, new_code):
-            n.outputs, n.execution_count = o.outputs, o.execution_count
-        print("kept the executed outputs (code unchanged)")
-    else:
-        print("code changed: outputs dropped, execute the notebook again")
-nbf.write(nb, PATH)
+write_notebook(PATH, cells, TEXT)
