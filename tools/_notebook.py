@@ -2,6 +2,7 @@
 placeholders and write the notebook, keeping an executed notebook's outputs when its code
 cells are unchanged (edits of the text alone need no re-execution)."""
 
+import re
 from pathlib import Path
 
 import nbformat as nbf
@@ -15,8 +16,8 @@ def write_notebook(path: Path, cells: list, text: dict) -> None:
     for cell in cells:
         if cell.cell_type == "markdown":
             for key, value in text.items():
-                if key in cell.source and value:
-                    cell.source = cell.source.replace(key, value)
+                if value:     # whole words only: CURVATURE must not match inside CNN_CURVATURE
+                    cell.source = re.sub(rf"\b{re.escape(key)}\b", lambda _: value, cell.source)
     nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC})
     if path.exists():
         old = nbf.read(path, as_version=4)
