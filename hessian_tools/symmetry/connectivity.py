@@ -30,7 +30,7 @@ from hessian_tools.analysis import eigenvalues, trace
 from hessian_tools.landscape import (InterpolationPath, barrier, evaluate_points, fingerprint,
                                      interpolate)
 from hessian_tools.landscape.evaluate import metric_barrier
-from hessian_tools.landscape.surface import _progress
+from hessian_tools.landscape.surface import _metric_name, _progress
 from hessian_tools.objective import Objective
 from hessian_tools.operators import hessian
 from hessian_tools.results import Result
@@ -138,7 +138,7 @@ def _path_with_state(obj, params_a, state_a, params_b, state_b, num_points, metr
         distance=float(tree.norm(tree.sub(params_b, params_a))),
         fingerprint_a=fingerprint(params_a), fingerprint_b=fingerprint(params_b),
         num_evaluations=num_points, metric=met if metric is not None else None,
-        metric_name=None if metric is None else getattr(metric, "name", "metric"),
+        metric_name=_metric_name(metric),
         metric_barrier=None if metric is None else metric_barrier(t, met, metric),
         wall_time=time.perf_counter() - start)
 
