@@ -13,7 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")          # the CLI writes files; it never opens a window
 
-from hessian_tools.cli import classify, compare_optimizers, demo, landscape, spectrum  # noqa: E402
+from hessian_tools.cli import (classify, compare_optimizers, demo, gallery,  # noqa: E402
+                               landscape, spectrum)
 from hessian_tools.cli._common import MODEL_HELP, UserError  # noqa: E402
 from hessian_tools.compile_cache import enable_compilation_cache  # noqa: E402
 
@@ -37,6 +38,7 @@ def parser() -> argparse.ArgumentParser:
     classify.add_parser(sub)
     compare_optimizers.add_parser(sub)
     landscape.add_parsers(sub, argparse.ArgumentDefaultsHelpFormatter)
+    gallery.add_parser(sub)
     return p
 
 
