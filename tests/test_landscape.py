@@ -63,6 +63,8 @@ def test_quadratic_surface_equals_closed_form():
     np.testing.assert_allclose(surf.values, want, rtol=1e-10, atol=0)
     assert surf.origin_loss == pytest.approx(exact(p0), rel=1e-12)
     assert surf.shape == (7, 5) and surf.num_evaluations == 35      # the origin is on the grid
+    assert str(surf).startswith("LossSurface(7 x 5 grid over [-2, 2], [-1, 3]; loss at the "
+                                "origin") and "0 missing; 35 evaluations" in str(surf)
     one = loss_surface(obj, Directions(vectors=jax.tree.map(lambda a: a[:1], dirs.vectors),
                                        kind="custom"), grid=(xs,))
     np.testing.assert_allclose(one.values, want[:, 0] * 0 + [exact(p0 + x * d1) for x in xs],
@@ -254,6 +256,24 @@ def test_barrier_of_a_convex_function_is_zero_and_a_double_well_has_its_closed_f
     assert path.distance == pytest.approx(2.0) and path.num_evaluations >= 21
     np.testing.assert_allclose(path.loss, (np.linspace(-1, 1, 21) ** 2 - 1) ** 2, atol=1e-14)
     assert barrier([0.0, 0.5, 1.0], [1.0, 0.0, 3.0]) == (0.0, 0.0)
+
+
+def test_interpolation_beyond_the_ends_keeps_the_barrier_of_the_segment():
+    well = Objective(lambda p, batch: jnp.mean((p["x"] ** 2 - 1.0) ** 2 + 0 * batch),
+                     {"x": jnp.asarray(-1.0)}, jnp.zeros(3))
+    a, b = {"x": jnp.asarray(-1.0)}, {"x": jnp.asarray(1.0)}
+    path = interpolate(well, a, b, num_points=7, span=(-1.0, 2.0))   # grid misses 0 and 1
+    assert path.t[0] == -1.0 and path.t[-1] == 2.0 and {0.0, 1.0} <= set(path.t)
+    x = -1.0 + 2.0 * path.t
+    np.testing.assert_allclose(path.loss, (x ** 2 - 1) ** 2, atol=1e-14)
+    # outside [0, 1] the loss rises to 64, but the barrier is that of the segment
+    assert path.barrier == pytest.approx(1.0, abs=1e-14) and path.barrier_t == 0.5
+    text = str(path)
+    assert "t in [-1, 2]" in text and "barrier 1 at t=0.5" in text and "[" in text
+    assert len(text) < 200                                  # no arrays dumped
+    for bad in [(0.1, 1.0), (0.0, 0.9), (0.0, float("inf")), "ab", 3]:
+        with pytest.raises(ValueError, match="span"):
+            interpolate(well, a, b, span=bad)
 
 
 def test_interpolation_with_a_metric_and_json_round_trip():
@@ -484,6 +504,8 @@ def test_curvature_map_equals_dense_solves_at_each_point():
     dirs = random_directions(obj.params, jax.random.key(14))
     grid = (np.linspace(-1, 1, 3), np.array([-0.5, 0.5]))
     cmap = curvature_map(obj, dirs, grid=grid, key=jax.random.key(1), tol=1e-8)
+    assert str(cmap).startswith("CurvatureMap(") and "points converged" in str(cmap)
+    assert len(str(cmap)) < 250
     cold = curvature_map(obj, dirs, grid=grid, key=jax.random.key(2), tol=1e-8,
                          warm_start=False)
     for i, x in enumerate(grid[0]):

@@ -90,8 +90,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", action="append", metavar="[LABEL=]KIND:LR[:BETA]",
                    help=f"an optimizer (repeatable); KIND in {', '.join(OPTIMIZER_KINDS)}; "
                    f"default: {' '.join(DEFAULT_OPTIMIZERS)}")
-    p.add_argument("--steps", type=positive_int, default=500, help="training steps per "
-                   "optimizer")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps per "
+                   "optimizer (default 500, unless --epochs)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="passes over the data "
+                   "per optimizer, instead of --steps")
+    p.add_argument("--stop-at-loss", type=positive_float, default=None, metavar="LOSS",
+                   help="stop a run once its full-data loss is at most LOSS (its steps are "
+                   "then its time to the criterion)")
+    p.add_argument("--stop-at-accuracy", type=positive_float, default=None, metavar="ACC",
+                   help="stop a run once its full-data accuracy is at least ACC (0 to 1)")
+    p.add_argument("--checkpoints", action="store_true", help="save each run's final "
+                   "parameters as checkpoints/LABEL.npz under --out")
     p.add_argument("--every", type=positive_int, default=10, help="measure every N steps")
     p.add_argument("--batch-size", type=nonnegative_int, default=0,
                    help="minibatch size (0: full-batch gradient descent)")
@@ -118,9 +127,18 @@ def _plan(args):
                         "--optimizer fast=sgd:0.2 --optimizer slow=sgd:0.05.")
     if not args.tol < 1:
         raise UserError(f"--tol {args.tol} must be below 1 (a relative residual, e.g. 1e-3).")
+    if args.steps is not None and args.epochs is not None:
+        raise UserError("--steps and --epochs both given: pass one of them.")
+    if args.steps is None and args.epochs is None:
+        args.steps = 500
+    if args.stop_at_accuracy is not None and not args.stop_at_accuracy <= 1:
+        raise UserError(f"--stop-at-accuracy {args.stop_at_accuracy} must be at most 1 (a "
+                        "fraction, e.g. 0.95).")
     out = Path(args.out)
     targets = [out / f for f in _OUTPUTS] + [out / "logs" / f"{safe_name(n)}.jsonl"
                                              for n in optimizers]
+    if args.checkpoints:
+        targets += [out / "checkpoints" / f"{safe_name(n)}.npz" for n in optimizers]
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:
         raise UserError(f"{len(existing)} output file(s) already exist (e.g. {existing[0]}); "
@@ -140,11 +158,18 @@ def _compare(args) -> int:
     n = obj.num_examples
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} exceeds the {n} training examples.")
-    say(f"{name}: {n} examples, {len(optimizers)} optimizers, {args.steps} steps, measuring "
-        f"every {args.every}")
+    length = f"{args.steps} steps" if args.epochs is None else f"{args.epochs} epochs"
+    stops = [f"loss <= {args.stop_at_loss:g}"] if args.stop_at_loss is not None else []
+    stops += [f"accuracy >= {args.stop_at_accuracy:g}"] if args.stop_at_accuracy is not None \
+        else []
+    say(f"{name}: {n} examples, {len(optimizers)} optimizers, {length}"
+        + (f" or until {' and '.join(stops)}" if stops else "") + f", measuring every "
+        f"{args.every}")
     try:
         res = compare_optimizers(
-            obj, optimizers, train_steps=args.steps, every=args.every,
+            obj, optimizers, train_steps=args.steps, epochs=args.epochs, every=args.every,
+            stop_at_loss=args.stop_at_loss, stop_at_accuracy=args.stop_at_accuracy,
+            checkpoint_dir=out / "checkpoints" if args.checkpoints else None,
             key=jax.random.key(args.seed), batch_size=args.batch_size or None,
             measure_size=args.measure_size or None, quantities=quantities, tol=args.tol,
             log_dir=out / "logs", overwrite=True, verbose=not args.quiet and not args.json)
@@ -192,4 +217,16 @@ def _markdown(name, args, res) -> str:
             f"measured every {cfg['every']} steps on {cfg['measure_size']} examples (seed "
             f"{args.seed}). The threshold is 2/η for SGD, (2+2β)/η for heavy-ball momentum, "
             "and (2+2β₁)/((1-β₁)η) on the preconditioned sharpness for Adam.\n\n"
-            f"{res.table()}\n")
+            f"{res.table()}\n" + _stops(res))
+
+
+def _stops(res) -> str:
+    """Each run's length and why it ended, when a stopping criterion was given."""
+    rows = res.to_dict()["summary"]
+    if res.config.get("stop_at_loss") is None and res.config.get("stop_at_accuracy") is None:
+        return ""
+    return ("\nStopping criterion: loss <= {} and accuracy >= {}; steps to it (Saxe et al. "
+            "2014's training time):\n\n".format(res.config.get("stop_at_loss"),
+                                                 res.config.get("stop_at_accuracy"))
+            + "".join(f"- {r['optimizer']}: {r['steps']} steps ({r['stop_reason']})\n"
+                      for r in rows))

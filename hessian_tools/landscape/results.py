@@ -91,6 +91,14 @@ class LossSurface(_JsonResult):
 
     _ARRAYS = ("values", "metric")
 
+    def __str__(self) -> str:
+        shape = " x ".join(str(len(a)) for a in self.grid)
+        span = ", ".join(f"[{a[0]:g}, {a[-1]:g}]" for a in self.grid)
+        return (f"LossSurface({shape} grid over {span}; loss at the origin "
+                f"{self.origin_loss:.4g}, range [{np.nanmin(self.values):.4g}, "
+                f"{np.nanmax(self.values):.4g}], {int(np.isnan(self.values).sum())} missing; "
+                f"{self.num_evaluations} evaluations, {self.wall_time:.1f} s)")
+
     @property
     def ndim(self) -> int:
         return len(self.grid)
@@ -125,7 +133,8 @@ class InterpolationPath(_JsonResult):
     """The loss (and metric) along ``(1 - t) a + t b``.
 
     Attributes:
-      t: ``(num_points,)`` from 0 to 1.
+      t: ``(num_points,)``, increasing, from 0 to 1 unless ``span`` extended it; always
+        contains 0 and 1 (the two ends).
       loss: the dataset-mean loss at each ``t``.
       metric, metric_name: the metric along the path, or ``None``.
       barrier: ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` (Frankle et al. 2020): how far
@@ -152,6 +161,14 @@ class InterpolationPath(_JsonResult):
     wall_time: float = 0.0
 
     _ARRAYS = ("t", "loss", "metric")
+
+    def __str__(self) -> str:
+        metric = ("" if self.metric_name is None else
+                  f", {self.metric_name} barrier {self.metric_barrier:.4g}")
+        return (f"InterpolationPath({len(self.t)} points, t in [{self.t[0]:g}, {self.t[-1]:g}]"
+                f"; loss {self.loss[self.t == 0][0]:.4g} -> {self.loss[self.t == 1][0]:.4g}, "
+                f"barrier {self.barrier:.4g} at t={self.barrier_t:.3g}{metric}; distance "
+                f"{self.distance:.4g}, {self.num_evaluations} evaluations)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -191,6 +208,15 @@ class CurvatureMap(_JsonResult):
 
     _ARRAYS = ("lambda_max", "lambda_min", "ratio", "residuals")
     _INT_ARRAYS = ("point_matvecs",)
+
+    def __str__(self) -> str:
+        shape = " x ".join(str(len(a)) for a in self.grid)
+        return (f"CurvatureMap({shape} grid; lambda_max in [{np.nanmin(self.lambda_max):.4g}, "
+                f"{np.nanmax(self.lambda_max):.4g}], lambda_min in "
+                f"[{np.nanmin(self.lambda_min):.4g}, {np.nanmax(self.lambda_min):.4g}], "
+                f"max |lambda_min/lambda_max| {np.nanmax(self.ratio):.3g}; "
+                f"{int(np.sum(self.converged))}/{self.converged.size} points converged, "
+                f"{self.num_matvecs} products)")
 
     def __post_init__(self):
         object.__setattr__(self, "converged", np.asarray(self.converged, bool))

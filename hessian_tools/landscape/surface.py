@@ -154,7 +154,7 @@ def loss_surface(obj: Objective, dirs: Directions, *, grid, metric=None, path=No
 
 
 def interpolate(obj: Objective, params_a, params_b, *, num_points: int = 25, metric=None,
-                chunk_size=None) -> InterpolationPath:
+                chunk_size=None, span: tuple[float, float] = (0.0, 1.0)) -> InterpolationPath:
     """The loss (and metric) along the segment ``(1 - t) a + t b``, and its barrier.
 
     The barrier is Frankle et al. (2020)'s ``max_t [L(t) - ((1 - t) L(a) + t L(b))]``
@@ -166,35 +166,49 @@ def interpolate(obj: Objective, params_a, params_b, *, num_points: int = 25, met
       obj: the objective (its loss and data; its parameters are not used).
       params_a: the first end point (``t = 0``), a pytree like ``obj.params``.
       params_b: the second end point (``t = 1``), a pytree like ``obj.params``.
-      num_points: points on the segment, ``t = linspace(0, 1, num_points)``.
+      num_points: points on the line, ``t = linspace(*span, num_points)`` (with ``t = 0``
+        and ``t = 1`` added where the grid misses them).
       metric: as in :func:`loss_surface`.
       chunk_size: points per compiled call.
+      span: the range of ``t``, containing ``[0, 1]``: ``(-1, 2)`` extends the line beyond
+        both ends (Keskar et al. 2017, Fig. 3; Goodfellow et al. 2015). The barrier is
+        measured on ``[0, 1]`` only.
 
     Returns:
       :class:`InterpolationPath`. Cost: ``num_points`` forward passes over the data.
 
     Raises:
-      ValueError: mismatched or non-finite parameters, ``num_points < 2``.
+      ValueError: mismatched or non-finite parameters, ``num_points < 2``, a ``span`` that
+        does not contain ``[0, 1]``.
     """
     start = time.perf_counter()
     if not isinstance(num_points, (int, np.integer)) or isinstance(num_points, bool) \
             or num_points < 2:
         raise ValueError(f"num_points={num_points!r} must be an integer >= 2 (the two ends "
                          "are included).")
+    try:
+        lo, hi = (float(v) for v in span)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= 0.0 and hi >= 1.0):
+        raise ValueError(f"span={span!r} must be two finite numbers (lo, hi) with lo <= 0 and "
+                         "hi >= 1: the line must contain both end points, e.g. (-1, 2).")
     dirs = difference_direction(params_a, params_b)
     obj_a = obj.with_params(params_a)
-    t = np.linspace(0.0, 1.0, int(num_points))
+    t = np.union1d(np.linspace(lo, hi, int(num_points)), [0.0, 1.0])
     ev = _Evaluator(obj_a, params_a, dirs.vectors, metric=metric, num_points=len(t),
                     chunk_size=chunk_size)
     values = np.concatenate([ev(t[a:b, None]) for a, b in ev.chunks(len(t))])
-    height, at = barrier(t, values[:, 0])
+    inside = (t >= 0.0) & (t <= 1.0)
+    height, at = barrier(t[inside], values[inside, 0])
     metric_values = values[:, 1] if metric is not None else None
     return InterpolationPath(
         t=t, loss=values[:, 0], barrier=height, barrier_t=at,
         distance=float(dirs.extra["distance"]), fingerprint_a=dirs.fingerprint,
         fingerprint_b=dirs.extra["fingerprint_b"], num_evaluations=ev.num_evaluations,
         metric=metric_values, metric_name=_metric_name(metric),
-        metric_barrier=None if metric is None else metric_barrier(t, metric_values, metric),
+        metric_barrier=None if metric is None else metric_barrier(t[inside],
+                                                                  metric_values[inside], metric),
         wall_time=time.perf_counter() - start)
 
 

@@ -131,4 +131,12 @@ class EpsilonSharpness(Result):
         space = "full space" if self.subspace_dim is None else f"{self.subspace_dim}-dim subspace"
         return (f"EpsilonSharpness({self.value:.4g}% at epsilon={self.epsilon:g}, {space}; "
                 f"loss {self.loss:.4g} -> {self.max_loss:.4g}, {self.num_evaluations} "
-                f"evaluations, {self.status})")
+                f"evaluations, {self._status_text()})")
+
+    def _status_text(self) -> str:
+        """``Status.budget``'s generic advice names ``num_matvecs``; here the knob is
+        ``steps`` (the ascent's iterations per start)."""
+        if self.status is Status.budget:
+            return (f"budget: {sum(s == 'steps' for s in self.stops)} of {len(self.stops)} "
+                    "starts used every step before the ascent stalled: raise steps")
+        return str(self.status)

@@ -121,3 +121,10 @@ def test_bad_input():
         epsilon_sharpness(neg, key=key)
     with pytest.raises(TypeError, match="takes an Objective"):
         epsilon_sharpness(ht.hessian(obj), key=key)
+
+
+def test_a_budget_stop_names_the_steps_knob():
+    out = epsilon_sharpness(_quadratic(A, X0), epsilon=0.5, key=jax.random.key(0),
+                            num_starts=2, steps=1)
+    assert out.status is ht.Status.budget
+    assert "raise steps" in str(out) and "num_matvecs" not in str(out)

@@ -560,6 +560,25 @@ def test_cli_compare_optimizers_on_a_user_model(tmp_path):
     log = ht.read_sharpness_log(tmp_path / "out" / "logs" / "sgd_0.01.jsonl")
     assert len(log) == 3 and np.allclose(log["lambda_max"], expected, rtol=1e-6)
     assert "make" in (tmp_path / "out" / "comparison.md").read_text()
+    # epochs, a stopping criterion and checkpoints: SGD reaches loss <= 1 in 86 steps
+    argv = ["compare-optimizers", "--model", model, "--epochs", "300", "--every", "50",
+            "--measure-size", "0", "--optimizer", "sgd:0.01", "--stop-at-loss", "1.0",
+            "--checkpoints", "--out", str(tmp_path / "stop"), "--quiet"]
+    assert args.func(parser.parse_args(argv)) == 0
+    row = json.loads((tmp_path / "stop" / "comparison.json").read_text())["summary"][0]
+    assert row["stop_reason"] == "criterion" and 0 < row["steps"] < 300
+    assert row["final_loss"] <= 1.0
+    assert f"sgd:0.01: {row['steps']} steps (criterion)" in \
+        (tmp_path / "stop" / "comparison.md").read_text()
+    assert (tmp_path / "stop" / "checkpoints" / "sgd_0.01.npz").exists()
+    with pytest.raises(UserError, match="already exist"):       # the checkpoint is kept
+        (tmp_path / "stop" / "comparison.json").unlink()
+        args.func(parser.parse_args(argv))
+    for bad, match in ((["--steps", "5", "--epochs", "2"], "pass one of them"),
+                       (["--stop-at-accuracy", "1.5"], "at most 1")):
+        with pytest.raises(UserError, match=match):
+            args.func(parser.parse_args(["compare-optimizers", "--model", model, *bad,
+                                         "--out", str(tmp_path / "bad2"), "--quiet"]))
     for bad, match in (([f"{tmp_path / 'user_model.py'}:wrong"], "must return"),
                        ([f"{tmp_path / 'user_model.py'}:nope"], "no callable 'nope'"),
                        (["no_such_module_xyz:make"], "cannot import"),
