@@ -341,7 +341,10 @@ def _follow_step(obj, x, g, k, key, *, radius, minres_matvecs, prev=None, extra=
     projected off the ``k`` modes. The whole step is scaled to at most ``radius``.
 
     The followed modes are the ``k`` lowest (``prev`` None), or, with ``extra > 0``, the ``k``
-    of the ``k + extra`` lowest that overlap most with ``prev`` (mode tracking). Returns
+    of the ``k + extra`` lowest that overlap most with ``prev`` (mode tracking); a tracked
+    mode of positive curvature is climbed along its gradient component (the first step
+    chose the side where it softens), not re-decided by the softening test at every step,
+    which flips sides where another mode's curvature mixes in. Returns
     ``(new x, products, the followed modes)``."""
     H = hessian(obj.with_params(x))
     lam, vecs = _lowest_modes(H, k + 1 + extra, key)
@@ -354,7 +357,9 @@ def _follow_step(obj, x, g, k, key, *, radius, minres_matvecs, prev=None, extra=
     denom = (lam_up - np.sqrt(lam_up ** 2 + 4 * gi ** 2)) / 2
     tiny = np.finfo(np.float64).tiny
     up = -gi / np.where(denom < -tiny, denom, -tiny)
-    for i in np.flatnonzero(lam_up > 0):      # not yet negative: go where the mode softens
+    tracking = extra > 0 and prev is not None
+    for i in np.flatnonzero(lam_up > 0) if not tracking else ():
+        # not yet negative: go where the mode softens (once tracked, keep climbing along it)
         up[i] = -np.abs(up[i]) * _softening(obj, x, jax.tree.map(lambda a: a[i], up_vecs))
     g_perp = tree.sub(g, tree.basis_combine(jnp.asarray(gi, obj.dtype), up_vecs))
     perp_norm = float(tree.norm(g_perp))
