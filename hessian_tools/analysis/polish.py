@@ -319,15 +319,28 @@ def _softening(obj, x, v) -> float:
     return 1.0 if curv[0] >= curv[1] else -1.0
 
 
-def _pick_modes(lam, vecs, k, prev):
-    """Which ``k`` of the computed eigenpairs to follow: the ``k`` lowest (``prev`` None), or
-    those whose eigenvectors overlap most with the span of the previously followed ``prev``
-    (the squared projection onto it; eigenvectors of near-degenerate eigenvalues mix, their
-    span does not). Returns the indices, ascending in eigenvalue."""
-    if prev is None:
+_NULL_MODES = 4      # null modes (symmetries) tracking can skip: extra eigenpairs computed
+
+
+def _pick_modes(lam, vecs, k, prev, tracking):
+    """Which ``k`` of the computed eigenpairs to follow (indices, ascending in eigenvalue).
+
+    Without ``tracking``: the ``k`` lowest. With it: never a null mode (``|lambda| <=
+    sqrt(eps) max |lambda|``, e.g. the shift of a softmax's biases: moving along it changes
+    nothing, so a step spent on it is lost), and after the first step the ``k`` whose
+    eigenvectors overlap most with the span of the previously followed ``prev`` (the squared
+    projection onto it; eigenvectors of near-degenerate eigenvalues mix, their span does
+    not)."""
+    if not tracking:
         return np.arange(k)
-    overlap = np.asarray(tree.basis_gram(prev, vecs), np.float64) ** 2
-    return np.sort(np.argsort(-overlap.sum(axis=0), kind="stable")[:k])
+    scale = float(np.max(np.abs(lam)))
+    live = np.flatnonzero(np.abs(lam) > math.sqrt(np.finfo(np.float64).eps) * scale)
+    if len(live) < k:
+        live = np.arange(len(lam))
+    if prev is None:
+        return live[:k]
+    overlap = (np.asarray(tree.basis_gram(prev, vecs), np.float64) ** 2).sum(axis=0)[live]
+    return np.sort(live[np.argsort(-overlap, kind="stable")[:k]])
 
 
 def _follow_step(obj, x, g, k, key, *, radius, minres_matvecs, prev=None, extra=0):
@@ -347,8 +360,8 @@ def _follow_step(obj, x, g, k, key, *, radius, minres_matvecs, prev=None, extra=
     which flips sides where another mode's curvature mixes in. Returns
     ``(new x, products, the followed modes)``."""
     H = hessian(obj.with_params(x))
-    lam, vecs = _lowest_modes(H, k + 1 + extra, key)
-    chosen = _pick_modes(lam, vecs, k, prev if extra else None)
+    lam, vecs = _lowest_modes(H, k + 1 + (extra + _NULL_MODES if extra else 0), key)
+    chosen = _pick_modes(lam, vecs, k, prev, tracking=extra > 0)
     rest = np.setdiff1d(np.arange(len(lam)), chosen)
     lam_c = lam[rest].min() if len(rest) else lam[-1]
     up_vecs = jax.tree.map(lambda a: a[chosen], vecs)
@@ -381,7 +394,7 @@ def _follow_step(obj, x, g, k, key, *, radius, minres_matvecs, prev=None, extra=
 def _follow(obj, x, k, key, *, grad_tol, follow_steps, minres_matvecs, radius, track_extra=0):
     loss, g = _value_grad_at(obj, x)
     losses, norms, matvecs, modes = [float(loss)], [float(tree.norm(g))], 0, None
-    extra = max(0, min(track_extra, obj.num_params - k - 1)) if k else 0
+    extra = track_extra if k else 0
     for sub in jax.random.split(key, follow_steps):
         if norms[-1] <= _tol(obj, grad_tol, losses[-1]):
             break
@@ -433,12 +446,16 @@ def find_saddles(obj: Objective, starts: Sequence, *, key, target_index: int | N
       track_modes: mode tracking (keyword-only). ``0``: follow the ``k`` lowest
         eigenvectors at every step (ordering by index: where a followed mode's eigenvalue
         crosses another's the search switches modes and can wander off). ``m > 0``:
-        compute the ``k + 1 + m`` lowest eigenpairs and follow the ``k`` whose span
+        compute the ``k + 5 + m`` lowest eigenpairs and follow the ``k`` whose span
         overlaps most with the modes followed at the previous step (the first step takes
-        the ``k`` lowest), as eigenvector-following codes do (Wales 2003, sec. 6.2.3).
-        Cost: none extra on the dense path (``dim <= 256``); ``m`` more Ritz pairs per
-        step on the Lanczos path. Accuracy: the same eigensolver tolerance; a tracked
-        mode is lost only when it leaves the ``k + 1 + m`` lowest.
+        the ``k`` lowest), as eigenvector-following codes do (Wales 2003, sec. 6.2.3);
+        null modes (``|lambda| <= sqrt(eps) max |lambda|``: continuous symmetries such as
+        the shift of a softmax's biases, along which a step changes nothing) are never
+        followed, and a tracked mode of positive curvature keeps climbing along its
+        gradient component. Cost: none extra on the dense path (``dim <= 256``);
+        ``m + 4`` more Ritz pairs per step on the Lanczos path. Accuracy: the same
+        eigensolver tolerance; a tracked mode is lost only when it leaves the computed
+        ones, or at an avoided crossing where the eigenvectors rotate within one step.
 
     Returns:
       A :class:`~hessian_tools.results.points.SaddleSearch` of
