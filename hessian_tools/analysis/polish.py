@@ -384,24 +384,28 @@ def _follow_step(obj, x, g, k, key, *, radius, minres_matvecs, prev=None, extra=
         down = sol.x
         coeff = tree.basis_dot(up_vecs, down)
         down = tree.sub(down, tree.basis_combine(coeff, up_vecs))
-    step = tree.add(tree.basis_combine(jnp.asarray(up, obj.dtype), up_vecs), down)
+    up_step = tree.basis_combine(jnp.asarray(up, obj.dtype), up_vecs)
+    step = tree.add(up_step, down)
     norm = float(tree.norm(step))
     if norm > radius:
-        step = tree.scale(radius / norm, step)
-    return tree.add(x, step), H.num_matvecs, up_vecs
+        step, up_step = tree.scale(radius / norm, step), tree.scale(radius / norm, up_step)
+    return tree.add(x, step), H.num_matvecs, up_vecs, up_step
 
 
 def _follow(obj, x, k, key, *, grad_tol, follow_steps, minres_matvecs, radius, track_extra=0):
     loss, g = _value_grad_at(obj, x)
     losses, norms, matvecs, modes = [float(loss)], [float(tree.norm(g))], 0, None
-    extra = track_extra if k else 0
+    extra, r = (track_extra if k else 0), radius
     for sub in jax.random.split(key, follow_steps):
         if norms[-1] <= _tol(obj, grad_tol, losses[-1]):
             break
-        x, used, modes = _follow_step(obj, x, g, k, sub, radius=radius,
-                                      minres_matvecs=minres_matvecs, prev=modes,
-                                      extra=extra)
+        x, used, modes, up_step = _follow_step(obj, x, g, k, sub, radius=r,
+                                               minres_matvecs=minres_matvecs, prev=modes,
+                                               extra=extra)
         loss, g = _value_grad_at(obj, x)
+        if extra:                  # overshot the maximum along the followed modes: shorter
+            r = max(r / 2, 1e-3 * radius) if float(tree.vdot(g, up_step)) < 0 else \
+                min(radius, 1.5 * r)
         losses.append(float(loss))
         norms.append(float(tree.norm(g)))
         matvecs += used
@@ -451,8 +455,10 @@ def find_saddles(obj: Objective, starts: Sequence, *, key, target_index: int | N
         the ``k`` lowest), as eigenvector-following codes do (Wales 2003, sec. 6.2.3);
         null modes (``|lambda| <= sqrt(eps) max |lambda|``: continuous symmetries such as
         the shift of a softmax's biases, along which a step changes nothing) are never
-        followed, and a tracked mode of positive curvature keeps climbing along its
-        gradient component. Cost: none extra on the dense path (``dim <= 256``);
+        followed, a tracked mode of positive curvature keeps climbing along its
+        gradient component, and the step length adapts (halved, down to ``radius/1000``,
+        when the gradient turns against the last uphill step, i.e. it overshot the
+        maximum along the followed modes; else grown by 1.5 up to ``radius``). Cost: none extra on the dense path (``dim <= 256``);
         ``m + 4`` more Ritz pairs per step on the Lanczos path. Accuracy: the same
         eigensolver tolerance; a tracked mode is lost only when it leaves the computed
         ones, or at an avoided crossing where the eigenvectors rotate within one step.
