@@ -15,13 +15,13 @@ trained by Adam (lr 1e-2, full batch, 300 steps) from 3 seeds with checkpoints a
 3. ``ht.find_saddles(target_index=k)`` for k = 1, 4, 8, 16 from the nudged ln 10 saddle and
    a nudged polished minimum (the notebook's starts): the notebook's settings (order-by-index
    following, 15 steps) against mode tracking with longer following; and, with mode
-   tracking, from every unconverged Newton-MR point of index >= 1 with the target set to its
-   index. Per run: reached or not, (loss, index), products, wall time.
+   tracking, from every unconverged Newton-MR point of index >= 1 below loss 2.2 (not the
+   ln 10 family) with the target set to its index. Per run: reached or not, (loss, index), products, wall time.
 
 Usage (from the repository root; the numbers go into ``benchmarks/RESULTS_saddles.md``)::
 
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python \\
-        benchmarks/studies/bench_saddles_dauphin.py [--quick] [--out benchmarks/results]
+        benchmarks/studies/bench_saddles_dauphin.py [--quick] [--parts polish,targets,stuck]
 
 Writes ``<out>/saddles_dauphin.json`` and ``<out>/saddles_dauphin.png`` (loss against index
 of every certified point).
@@ -153,13 +153,17 @@ def main():
     ap.add_argument("--quick", action="store_true", help="targets 1 and 4 only, fewer steps")
     ap.add_argument("--out", default=str(BENCH / "results"))
     ap.add_argument("--follow", type=int, default=100, help="following steps with tracking")
+    ap.add_argument("--parts", default="polish,targets,stuck",
+                    help="comma-separated: polish (section 1), targets (3, the notebook's "
+                         "starts), stuck (3, from Newton-MR's unconverged points)")
     args = ap.parse_args()
     begin = time.perf_counter()
     obj, checkpoints, ends, small = build()
     print(f"{obj.num_params} parameters, {obj.num_examples} examples; load "
           f"{os.getloadavg()[0]:.1f}", flush=True)
+    parts = args.parts.split(",")
     out = dict(machine=platform.machine(), cpus=os.cpu_count(), load_start=os.getloadavg(),
-               polish=polish_study(obj, ends))
+               parts=parts, polish=polish_study(obj, ends) if "polish" in parts else [])
     minima = [ht.polish(obj, p, key=jax.random.key(10 + i), max_steps=60)
               for i, p in enumerate(ends)]
     t0 = time.perf_counter()
@@ -172,7 +176,7 @@ def main():
     targets = [1, 4] if args.quick else [1, 4, 8, 16]
     follow = 30 if args.quick else args.follow
     searches, rows = [], []
-    for k in targets:          # the notebook's starts: the nudged saddle and a nudged minimum
+    for k in targets if "targets" in parts else ():   # nudged saddle and nudged minimum
         starts = [nudge(top.params, jax.random.key(200 + 10 * k)),
                   nudge(minima[0].params, jax.random.key(200 + 10 * k + 1))]
         for label, kw in [("order-by-index, 15 steps", dict(track_modes=0, follow_steps=15)),
@@ -181,8 +185,9 @@ def main():
                               newton_steps=30, **kw)
             searches.append((label, s))
             rows += search_rows(s, label, w)
-    stuck = [q for q in found if q.status != "critical" and q.index and q.index > 0]
-    for q in stuck:            # Newton-MR's unconverged points: follow towards their index
+    stuck = [q for q in found if q.status != "critical" and q.index and q.index > 0
+             and q.loss < 2.2] if "stuck" in parts else []
+    for q in stuck:   # Newton-MR's unconverged points below ln 10: towards their own index
         label = "tracking from Newton-MR's"
         s, w = run_search(obj, [q.params], jax.random.key(400 + q.start), label,
                           target_index=q.index, follow_steps=follow, newton_steps=50)
