@@ -5,26 +5,32 @@ A training run stops at a small but non-zero gradient; the index and verdict of
 :func:`~hessian_tools.classify` there describe a point *near* a critical point. Second-order
 steps close the gap in a few iterations:
 
-* ``polish(method="trust-region")`` (default): Levenberg-Marquardt trust region on the loss
-  ``L``. Each step solves ``(H + sigma I) d = -g`` by MINRES
-  (:func:`hessian_tools.analysis.solve.solve`), caps ``||d||`` at the radius, and accepts
-  it when the actual decrease of ``L`` is at least a tenth of the quadratic model's
-  ``g.d + d.H d / 2`` (the ratio test of Nocedal & Wright, ch. 4). A step the model does
-  not predict to decrease ``L`` (negative curvature along ``d``) is refused and ``sigma``
-  raised, so the iteration never climbs towards a saddle: the loss decreases monotonically
-  and the point reached is a minimum unless the start sits exactly at a saddle.
+* ``polish(method="trust-region")`` (default): trust region on the loss ``L``. Each step
+  is Steihaug-Toint truncated CG on ``H d = -g`` inside the radius (stopped at the relative
+  residual ``min(0.5, ||g||)``; where CG meets negative curvature the step follows it to the
+  boundary), accepted when the actual decrease of ``L`` is at least a tenth of the
+  quadratic model's ``g.d + d.H d / 2`` (the ratio test of Nocedal & Wright, ch. 4). The
+  loss decreases monotonically and the iteration is not drawn towards saddles. If the
+  trust region ends without reaching ``grad_tol``, Newton-MR continues from its last point
+  (``fallback="newton-mr"``; ``certified_by`` says which method reached ``grad_tol``).
+  The step before 0.3 (Levenberg-Marquardt ``(H + sigma I) d = -g`` by MINRES, scaled to
+  the radius) is ``subproblem="lm-minres"``.
 * ``polish(method="newton-mr")``: Newton-MR on ``1/2 ||grad L||^2`` (the engine of
   :func:`~hessian_tools.find_critical_points`): converges to the *nearest* critical point,
   of whatever index.
 
 :func:`find_saddles` with ``target_index=k`` follows eigenvectors (partitioned rational
-function steps; Cerjan & Miller 1981, Baker 1986, Wales 2003 sec. 6.2): along the ``k``
-lowest eigenvectors of ``H`` the step goes *up* the loss, in their complement *down*, each
-as a shifted Newton step whose shift keeps it the right way; the trust radius caps the
-step. The final iterations are Newton-MR, and every point is classified, so a run has
+function steps; Cerjan & Miller 1981, Baker 1986, Wales 2003 sec. 6.2): along ``k`` followed
+eigenvectors of ``H`` the step goes *up* the loss, in their complement *down*, each as a
+shifted Newton step whose shift keeps it the right way; the trust radius caps the step. The
+followed modes are tracked from step to step by the overlap of their span with the previous
+one (``track_modes``), never a null mode, with a step length that halves on overshooting.
+The final iterations are Newton-MR, and every point is classified, so a run has
 ``reached`` its target only when the point is critical with exactly ``k`` negative
-eigenvalues. Without a target the search is Newton-MR from every start (for starts
-perturbed off known saddles, Dauphin et al. 2014).
+eigenvalues (below ``classify``'s zero threshold, 1% of max|lambda| by default: pass
+``classify_options={"tau": ...}`` to count weaker negative curvature). Without a target
+the search is Newton-MR from every start (for starts perturbed off known saddles, Dauphin
+et al. 2014).
 """
 
 from __future__ import annotations
@@ -182,12 +188,13 @@ def polish(obj: Objective, params=None, *, key, method: str = "trust-region",
            forcing: str = "gradient", subproblem: str = "steihaug-cg") -> PolishResult:
     """Drive ``params`` (a training end point) to a critical point, then classify it.
 
-    ``method="trust-region"`` (default): Levenberg-Marquardt trust region on the loss (see
-    the module docstring): MINRES on ``(H + sigma I) d = -g`` (inexact: relative residual
-    ``min(0.5, sqrt(||g||))``), the step capped at the radius, accepted when the loss falls
-    by at least a tenth of the model's prediction. The loss decreases at every accepted
-    step; near a non-degenerate minimum the steps are Newton steps and converge
-    quadratically. ``method="newton-mr"``: Newton-MR on ``1/2 ||grad L||^2``, which goes to
+    ``method="trust-region"`` (default): trust region on the loss (see the module
+    docstring): Steihaug-Toint CG on ``H d = -g`` inside the radius (inexact: relative
+    residual ``min(0.5, ||g||)``; negative curvature followed to the boundary), accepted
+    when the loss falls by at least a tenth of the model's prediction. The loss decreases
+    at every accepted step; near a non-degenerate minimum the steps are Newton steps and
+    converge quadratically; if ``grad_tol`` is not reached, Newton-MR continues
+    (``fallback``). ``method="newton-mr"``: Newton-MR on ``1/2 ||grad L||^2``, which goes to
     the nearest critical point of any index.
 
     The point reached is classified by :func:`~hessian_tools.classify` (the index and
@@ -195,9 +202,9 @@ def polish(obj: Objective, params=None, *, key, method: str = "trust-region",
     gradient norm is within ``grad_tol``; ``certified_minimum`` when, besides, the verdict
     is ``"minimum"``.
 
-    Cost per step: up to ``minres_matvecs`` Hessian-vector products plus one, and one
-    gradient per trial point; memory a few parameter-sized vectors (MINRES: 8). Then one
-    :func:`~hessian_tools.classify`.
+    Cost per step: up to ``minres_matvecs`` Hessian-vector products (CG or MINRES) plus
+    one, and one gradient per trial point; memory a few parameter-sized vectors (MINRES:
+    8). Then one :func:`~hessian_tools.classify`.
 
     Args:
       obj: the objective.
