@@ -16,7 +16,8 @@ trained by Adam (lr 1e-2, full batch, 300 steps) from 3 seeds with checkpoints a
    a nudged polished minimum (the notebook's starts): the notebook's settings (order-by-index
    following, 15 steps) against mode tracking with longer following; and, with mode
    tracking, from every unconverged Newton-MR point of index >= 1 below loss 2.2 (not the
-   ln 10 family) with the target set to its index. Per run: reached or not, (loss, index), products, wall time.
+   ln 10 family) with the target set to its index. Per run: reached or not, (loss,
+   index), products, wall time.
 
 Usage (from the repository root; the numbers go into ``benchmarks/RESULTS_saddles.md``)::
 

@@ -465,8 +465,9 @@ def find_saddles(obj: Objective, starts: Sequence, *, key, target_index: int | N
         followed, a tracked mode of positive curvature keeps climbing along its
         gradient component, and the step length adapts (halved, down to ``radius/1000``,
         when the gradient turns against the last uphill step, i.e. it overshot the
-        maximum along the followed modes; else grown by 1.5 up to ``radius``). Cost: none extra on the dense path (``dim <= 256``);
-        ``m + 4`` more Ritz pairs per step on the Lanczos path. Accuracy: the same
+        maximum along the followed modes; else grown by 1.5 up to ``radius``). Cost:
+        none extra on the dense path (``dim <= 256``); ``m + 4`` more Ritz pairs per step
+        on the Lanczos path. Accuracy: the same
         eigensolver tolerance; a tracked mode is lost only when it leaves the computed
         ones, or at an avoided crossing where the eigenvectors rotate within one step.
 
