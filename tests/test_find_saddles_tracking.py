@@ -153,3 +153,23 @@ def test_new_options_are_checked():
         polish(CROSSING, key=key, forcing="cubic")
     with pytest.raises(ValueError, match="subproblem='dogleg'"):
         polish(CROSSING, key=key, subproblem="dogleg")
+
+
+def _with_null_mode(p, batch):
+    """In y = Q p: 0.1 (y0^2 - 1)^2 + stiff quadratics in y2..y4; the loss does not depend
+    on y1 (an exact null mode, like a softmax's bias shift). Index-1 saddle at y0 = 0."""
+    y = jnp.asarray(Q) @ p
+    return 0.1 * (y[0] ** 2 - 1) ** 2 + 0.5 * jnp.sum(jnp.array([2.0, 3.0, 4.0]) * y[2:] ** 2)
+
+
+def test_tracking_never_follows_a_null_mode():
+    obj = ht.Objective(_with_null_mode, jnp.zeros(5), DUMMY)
+    rng = np.random.default_rng(1)
+    starts = [jnp.asarray(Q.T @ (np.eye(5)[0] + 0.02 * rng.normal(size=5))) for _ in range(2)]
+    old = find_saddles(obj, starts[:1], key=jax.random.key(0), target_index=1, track_modes=0,
+                       follow_steps=15, newton_steps=10)
+    new = find_saddles(obj, starts, key=jax.random.key(0), target_index=1)
+    assert len(old.reached) == 0                 # the null mode (eigenvalue 0) was "lowest"
+    assert len(new.reached) == 2
+    for p in new:
+        assert abs((Q @ np.asarray(p.params))[0]) < 1e-6 and p.loss == pytest.approx(0.1)
