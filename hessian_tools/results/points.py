@@ -120,11 +120,15 @@ class PolishResult(FoundPoint):
       certified_minimum: the report's verdict is ``"minimum"`` and the gradient reached
         ``grad_tol``: a certified strict local minimum (within the thresholds reported).
       trust_radius: the final trust-region radius (trust-region method; ``None`` otherwise).
+      certified_by: the method whose iterations brought the gradient to ``grad_tol``
+        (``"trust-region"`` or ``"newton-mr"``, the latter also as the trust region's
+        fallback); ``""`` when the point is not critical.
     """
 
     method: str
     losses: tuple
     trust_radius: float | None = None
+    certified_by: str = ""
 
     _tuples = FoundPoint._tuples + ("losses",)
 
