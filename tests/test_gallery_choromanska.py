@@ -17,7 +17,7 @@ def _minima(width, train, test, verdicts):
         width=width, num_params=10, train_loss=np.asarray(train, float),
         test_loss=np.asarray(test, float), test_error=np.zeros(n), start_grad_norm=np.ones(n),
         grad_norm=np.zeros(n), polished_by=("trust-region",) * n, polish_status=("critical",) * n,
-        polish_steps=(3,) * n, verdicts=tuple(verdicts), indices=(0,) * n,
+        polish_steps=(3,) * n, fallback=("-",) * n, verdicts=tuple(verdicts), indices=(0,) * n,
         lambda_min=np.ones(n), lambda_max=np.ones(n))
 
 
