@@ -395,10 +395,12 @@ def lockstep(stacked: StackedOperator, fn: Callable[[int, CurvatureOperator], An
     coordinator = _Coordinator(stacked, num)
     results: list = [None] * num
     errors: dict[int, BaseException] = {}
+    x64 = bool(jax.config.jax_enable_x64)   # a `with jax.enable_x64()` context is per thread
 
     def work(i):
         try:
-            results[i] = fn(i, PointOperator(stacked, i, coordinator))
+            with jax.enable_x64(x64):
+                results[i] = fn(i, PointOperator(stacked, i, coordinator))
         except _Aborted:
             pass
         except BaseException as err:      # noqa: BLE001  (re-raised in the calling thread)
