@@ -28,8 +28,9 @@ def test_basin_share_counts_points_at_or_above_the_accuracy():
     assert li.basin_share(surf, min_accuracy=0.4) == 0.75
 
 
-def _numbers(share, ratio, minima):
-    return {"basin_share": share, "ratio_median": ratio, "local_minima": minima}
+def _numbers(share, ratio, minima, acc=1.0):
+    return {"basin_share": share, "ratio_median": ratio, "local_minima": minima,
+            "origin_accuracy": acc}
 
 
 def test_li_verdict_follows_the_numbers():
@@ -38,6 +39,10 @@ def test_li_verdict_follows_the_numbers():
     assert "the wider basin" in agree and "the more convex" in agree and "as Li" in agree
     flip = li.verdict({"no skip": _numbers(0.6, 0.05, 1), "skip": _numbers(0.2, 0.3, 3)}, cfg)
     assert "narrower basin" in flip and "not the more convex" in flip and "not entirely" in flip
+    assert "Both networks fit" in agree
+    same = li.verdict({"no skip": _numbers(0.0, 0.3, 1), "skip": _numbers(0.0, 0.2, 1, 0.43)},
+                      cfg)
+    assert "no wider than" in same and "43% (with skips) training accuracy" in same
 
 
 def _width(width, before, after, lowest=0.99):
