@@ -90,9 +90,12 @@ for name, s in deep_surfs.items():
           f"{li.grid_local_minima(s.values)} local minima on the grid")
 li.plot_surfaces(deep_surfs, LI)
 plt.show()"""),
-    nbf.v4.new_markdown_cell("""Without skip connections the contours are irregular and the basin is narrow, with a plateau
-around it; with them the basin is wide and nearly round. (Li et al. see the full effect at
-20-110 layers on CIFAR-10; ten layers on digits show the start of it.)
+    nbf.v4.new_markdown_cell("""Both networks fit the training set (loss 0.00046 without and 0.0015 with skip connections at
+the origin, accuracy 100%). Without skip connections the contours are irregular and the basin is
+narrow, with a plateau around it; with them the basin is nearly round and about twice as wide:
+training accuracy stays at 90% or more over 1.0% of the plane against 0.5% without. Each surface
+has a single local minimum on the 41×41 grid: the chaos Li et al. see at 20-110 layers on
+CIFAR-10 does not appear at ten dense layers on digits, only its start.
 
 ## 3. A training trajectory
 
@@ -200,6 +203,19 @@ points, so an interrupted run resumes where it stopped, and a file made with oth
 directions, another grid or another checkpoint is refused."""),
 ]
 TEXT = {}   # the markdown that quotes the executed run's numbers (filled in below)
-TEXT["LI_VERDICT"] = ""
+TEXT["LI_VERDICT"] = """**Where ours and Li et al.'s agree, and where not.** The curvature maps agree with theirs:
+with skip connections `|λ_min / λ_max|` stays near 0 over most of the plane (median 0.079), the
+convex-looking basin of section 2 is convex at the Hessian's level too, and the larger ratios
+lie towards the edges of the plane; without them the ratio is large over much of the plane
+(median 0.192, up to 1.04: negative curvature as strong as the positive), from about half-way
+out from the minimum. Both minima themselves are convex (ratio below 2e-4 at the centre, all 162
+solves converged), and the one with skips is also flatter (λ_max 33 against 53). Where we differ:
+Li et al.'s networks without skips have chaotic surfaces with many local minima and a test error
+more than twice that of ResNet-56 (13.31% against 5.89%, their Table 1); our surfaces each have a
+single minimum on the grid, and both networks fit digits perfectly, so there is no error gap to
+compare (we measure training error; digits is easy). The reason is scale: the chaos appears in
+their plots at 56-110 layers of convolutions with BatchNorm on CIFAR-10, while ten dense layers of
+width 32 on 8×8 images show only its beginning: an irregular, narrower basin with negative
+curvature close to it."""
 
 write_notebook(PATH, cells, TEXT)

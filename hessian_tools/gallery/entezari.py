@@ -246,4 +246,4 @@ ENTRY = Entry(
     claim="Once the hidden units of two independently trained networks are aligned by a "
           "permutation, the loss barrier on the straight path between them largely vanishes, "
           "and more so the wider the networks.",
-    notebook="06_mode_connectivity.ipynb", run=run, full_seconds=None)
+    notebook="06_mode_connectivity.ipynb", run=run, full_seconds=76)

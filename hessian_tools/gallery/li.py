@@ -200,8 +200,8 @@ def verdict(numbers: dict, cfg: Config) -> str:
     width = ("the wider basin" if wider else "a basin no wider than the one without them"
              if b["basin_share"] == a["basin_share"] else "the narrower basin")
     text = [f"With {cfg.depth} hidden layers of width {cfg.width} on digits, the network "
-            f"with skip connections has {width}: {100 * b['basin_share']:.0f}% of the plane "
-            f"keeps 90% training accuracy against {100 * a['basin_share']:.0f}% without them"]
+            f"with skip connections has {width}: {100 * b['basin_share']:.1f}% of the plane "
+            f"keeps 90% training accuracy against {100 * a['basin_share']:.1f}% without them"]
     text.append(f" ({b['local_minima']} against {a['local_minima']} local minima on the "
                 f"{cfg.grid}x{cfg.grid} grid).")
     text.append(f" The median |λ_min/λ_max| over the plane is {b['ratio_median']:.3f} with "
@@ -277,4 +277,4 @@ ENTRY = Entry(
           "with depth, while skip connections keep one smooth, convex-looking basin (Fig. 5); "
           "the Hessian's |lambda_min/lambda_max| is near 0 over the convex-looking regions and "
           "large over the chaotic ones (Sec. 6).",
-    notebook="05_loss_landscapes.ipynb", run=run, full_seconds=None)
+    notebook="05_loss_landscapes.ipynb", run=run, full_seconds=119)
