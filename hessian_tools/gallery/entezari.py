@@ -26,7 +26,7 @@ from hessian_tools.objective import Objective
 from hessian_tools.symmetry import Alignment, align, permutation_spec
 
 __all__ = ["CONFIGS", "Config", "ENTRY", "WidthResult", "barrier_before_after", "plot_barriers",
-           "plot_paths", "rows", "run", "table", "train_pair", "width_sweep"]
+           "plot_paths", "rows", "run", "table", "train_pair", "verdict", "width_sweep"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -29,7 +29,7 @@ from hessian_tools.objective import Objective
 
 __all__ = ["CONFIGS", "Config", "DeepMLP", "ENTRY", "basin_share", "curvature_maps",
            "grid_local_minima", "plot_ratio_maps", "plot_surfaces", "rows", "run", "summary",
-           "surfaces", "train_pair"]
+           "surfaces", "train_pair", "verdict"]
 
 ARCHS = ("no skip", "skip")
 
@@ -54,7 +54,7 @@ class Config:
     tol: float = 1e-3
 
 
-CONFIGS = {"small": Config(depth=6, width=16, steps=100, grid=11, curvature_grid=3),
+CONFIGS = {"small": Config(depth=3, width=16, steps=60, grid=9, curvature_grid=3),
            "full": Config(depth=10, width=32, steps=300, grid=41, curvature_grid=9)}
 
 # Li et al. 2018: CIFAR-10 test errors (Table 1) and what their figures show.
