@@ -29,7 +29,7 @@ curvature operators; many points run in one compiled call. Set `HESSIAN_TOOLS_SM
 smaller configuration (the test suite runs it); the numbers quoted in the text are those of
 the full configuration, whose outputs are stored here.
 
-Sections 2 and 5b reproduce Li et al.'s comparison of deep networks without and with skip
+Sections 2, 5 and 5b reproduce Li et al.'s comparison of deep networks without and with skip
 connections: they are the gallery's `li` entry (issue 21), whose code lives in
 `hessian_tools/gallery/li.py`; `hessian-tools gallery li --out DIR` runs the same steps from
 the command line and writes the figures and a short report (ours beside the paper's). The
@@ -200,7 +200,13 @@ points, so an interrupted run resumes where it stopped, and a file made with oth
 directions, another grid or another checkpoint is refused."""),
 ]
 TEXT = {}   # the markdown that quotes the executed run's numbers (filled in below)
-TEXT["WARM_COLD"] = ""
+TEXT["WARM_COLD"] = """Warm-started, the 81 solves of the map of the network without skip connections took 834
+Hessian-vector products; solved independently, 993 (19% more). The two agree on λ_max to 5e-3,
+within the tolerance (`tol = 1e-3` of the largest |λ|, about 50 here). (The warm-started map's
+wall time includes the compilation; the independent solves reuse it.) At the trained weights
+the Hessian is nearly positive semi-definite (ratio 1.7e-4 at the centre); a filter-normalised
+step away from it, negative curvature becomes a sizeable fraction of the positive one, in
+places as large (ratio up to 1.04)."""
 TEXT["LI_VERDICT"] = """**Where ours and Li et al.'s agree, and where not.** The curvature maps agree with theirs:
 with skip connections `|λ_min / λ_max|` stays near 0 over most of the plane (median 0.079), the
 convex-looking basin of section 2 is convex at the Hessian's level too, and the larger ratios

@@ -6,7 +6,7 @@ filter-normalised surface on a random plane (Li et al.'s Fig. 5) and map the Hes
 ``|lambda_min / lambda_max|`` over the same plane (their Sec. 6 curvature maps: near 0 where
 the surface is locally convex, large where negative curvature matters).
 
-The notebook ``notebooks/05_loss_landscapes.ipynb`` (sections 2 and 5) calls these steps;
+The notebook ``notebooks/05_loss_landscapes.ipynb`` (sections 2, 5 and 5b) calls these steps;
 ``hessian-tools gallery li --out DIR`` runs :func:`run`.
 """
 
