@@ -54,7 +54,7 @@ class Config:
     tol: float = 1e-3
 
 
-CONFIGS = {"small": Config(depth=3, width=16, steps=60, grid=9, curvature_grid=3),
+CONFIGS = {"small": Config(depth=2, width=16, steps=40, grid=7, curvature_grid=3),
            "full": Config(depth=10, width=32, steps=300, grid=41, curvature_grid=9)}
 
 # Li et al. 2018: CIFAR-10 test errors (Table 1) and what their figures show.
