@@ -22,6 +22,12 @@ parameters on one device against the same solve with the kernels split over a 2x
 (the second of two solves of each: compiling is excluded). Host devices on a 2-core CPU
 share the same two cores, so this measures the overhead of sharding, not a speed-up.
 
+``basis``: on one CPU device, the wall time of a top-5 with the Krylov basis as host NumPy
+(``basis="host"``, the default there) against device arrays in compiled steps
+(``basis="device"``, the default on accelerators and with sharded parameters), against the
+parameter count at ``--examples`` examples (the second of two solves: compiling excluded),
+with the product's share of each.
+
 Usage (from the repository root, under the benchmark lock)::
 
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
@@ -32,6 +38,8 @@ Usage (from the repository root, under the benchmark lock)::
         products --params 1e4,1e5,1e6 --examples 64,256,1024
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
         sharded --params 1e5,1e6
+    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
+        basis --params 1e4,1e5,1e6 --examples 64
 """
 
 from __future__ import annotations
@@ -80,6 +88,32 @@ def _products(params: float, examples: int, seconds: float = 3.0) -> dict:
     wall = time.perf_counter() - t0
     return {"params": op.dim, "examples": examples, "products": n,
             "per_second": n / wall, "ns_per_param_example": wall / n / op.dim / examples * 1e9}
+
+
+def _basis(params: float, examples: int) -> dict:
+    import jax
+
+    import hessian_tools as ht
+    from hessian_tools.linalg.eigsolve import lanczos_eigs
+    op = ht.hessian(_mlp_objective(params, examples))
+    out = {"params": op.dim, "examples": examples}
+    for where in ("host", "device"):
+        for _ in range(2):                     # the second solve: compiled code reused
+            calls = []
+
+            def product(v):
+                t0 = time.perf_counter()
+                r = jax.block_until_ready(op(v))
+                calls.append(time.perf_counter() - t0)
+                return r
+            t0 = time.perf_counter()
+            lanczos_eigs(product, jax.random.key(0), op.params_like, k=5,
+                                           tol=1e-4, basis=where)
+            wall = time.perf_counter() - t0
+        out[where] = {"wall_s": wall, "products": len(calls), "product_s": sum(calls),
+                      "algebra_share": 1 - sum(calls) / wall}
+    out["device_over_host"] = out["device"]["wall_s"] / out["host"]["wall_s"]
+    return out
 
 
 SHARDED_SCRIPT = r"""
@@ -180,7 +214,7 @@ print(__import__("json").dumps({"width": width, "params": sum(int(np.prod(s)) fo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("memory", "collectives", "products", "sharded",
-                                         "_worker"))
+                                         "basis", "_worker"))
     parser.add_argument("--examples", default="64,256,1024")
     parser.add_argument("--params", default="1e6,5e6,2e7")
     parser.add_argument("--num-matvecs", type=int, default=None)
@@ -197,6 +231,11 @@ def main() -> None:
             print(json.dumps(_products(p, examples[0])), flush=True)
         for e in examples[1:]:
             print(json.dumps(_products(params[len(params) // 2], e)), flush=True)
+        return
+    if args.mode == "basis":
+        for p in args.params.split(","):
+            for e in args.examples.split(","):
+                print(json.dumps(_basis(float(p), int(e))), flush=True)
         return
     if args.mode == "sharded":
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
