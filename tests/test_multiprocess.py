@@ -120,3 +120,24 @@ def test_cli_spectrum_on_two_processes_writes_once_and_matches_one_process(tmp_p
         np.testing.assert_allclose(a["values"], b["values"], rtol=1e-9)
     np.testing.assert_allclose([got["loss"], got["grad_norm"]],
                                [want["loss"], want["grad_norm"]], rtol=1e-9)
+
+
+def test_distributed_environment_is_read_and_checked():
+    from hessian_tools.cli._common import UserError, start_distributed
+    assert start_distributed("spectrum", environ={}) is False       # one process: nothing
+    with pytest.raises(UserError, match="HESSIAN_TOOLS_PROCESS_ID='one' is not an integer"):
+        start_distributed("spectrum", environ={"HESSIAN_TOOLS_PROCESS_ID": "one"})
+    with pytest.raises(UserError, match="hessian-tools landscape runs in one process"):
+        start_distributed("landscape", environ={"HESSIAN_TOOLS_NUM_PROCESSES": "2"})
+
+
+def test_a_process_after_the_first_writes_and_prints_nothing(tmp_path, monkeypatch, capsys):
+    """What process 1 does under jax.distributed, in one process: computes, exit code as
+    process 0's, no folder, no lock, no file, nothing on stdout."""
+    from hessian_tools.cli import spectrum
+    monkeypatch.setattr(spectrum, "writes_files", lambda: False)
+    out = tmp_path / "out"
+    assert main(["spectrum", "--model", "hessian_tools.examples.digits:digits_objective",
+                 "--model-kwargs", '{"name": "mlp-tiny", "trained": false, "num_examples": 64}',
+                 "--top", "1", "--bottom", "0", "--no-compile-cache", "--out", str(out)]) == 0
+    assert not out.exists() and capsys.readouterr().out == ""
