@@ -47,7 +47,7 @@ def attention(query, key, value, bias=None, mask=None, *, precision=None, **_):
     dtype (``jax.nn.dot_product_attention``, flax's default, takes its softmax in float32,
     which caps a float64 analysis at float32's accuracy). No mask, no dropout."""
     scores = jnp.einsum("...qhd,...khd->...hqk", query, key, precision=precision)
-    scores = scores / jnp.sqrt(query.shape[-1]).astype(query.dtype)
+    scores = scores * query.shape[-1] ** -0.5               # a Python float: keeps the dtype
     return jnp.einsum("...hqk,...khd->...qhd", jax.nn.softmax(scores, axis=-1), value,
                       precision=precision)
 
