@@ -21,14 +21,14 @@ SCRIPT = textwrap.dedent("""
     assert len(jax.devices()) == 8, jax.devices()
     kw = dict(num_examples=32, dtype="float64")
     ref, obj = transformer.block_objective(**kw), transformer.sharded_block_objective(**kw)
-    q = obj.params["attention"]["query"]["kernel"].value
+    q = obj.params["attention"]["query"]["kernel"][...]
     assert q.sharding.spec == P(None, "model", None) and len(q.sharding.device_set) == 8
     assert q.addressable_shards[0].data.shape == (32, 1, 4)          # one head per device
     key = jax.random.key(2)
     want = ht.eigenvalues(ht.hessian(ref), k=3, key=key)
     got = ht.eigenvalues(ht.hessian(obj), k=3, key=key)
     np.testing.assert_allclose(got.values, want.values, rtol=1e-9)
-    v = got.vectors["attention"]["query"]["kernel"].value
+    v = got.vectors["attention"]["query"]["kernel"][...]
     assert v.sharding.is_equivalent_to(NamedSharding(q.sharding.mesh, P(None, None, "model",
                                                                         None)), v.ndim)
     transformer.main(["--k", "2", "--dtype", "float64", "--num-examples", "32"])
