@@ -7,9 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
-from hessian_tools.examples.transformer import block_objective, tensor_parallel_specs
+from flax import nnx
+
+from hessian_tools.examples.transformer import Block, tensor_parallel_specs
 
 SCRIPT = textwrap.dedent("""
     import jax
@@ -38,7 +41,9 @@ SCRIPT = textwrap.dedent("""
 def test_tensor_parallel_specs_split_heads_and_hidden_units():
     from jax.sharding import PartitionSpec as P
     from hessian_tools import tree
-    specs = tree.flat_paths(tensor_parallel_specs(block_objective(num_examples=8).params))
+    params = nnx.state(Block(rngs=nnx.Rngs(0)), nnx.Param)
+    assert sum(a.size for a in jax.tree.leaves(params)) == 9418
+    specs = tree.flat_paths(tensor_parallel_specs(params))
     assert specs["attention/key/kernel"] == P(None, "model", None)
     assert specs["attention/value/bias"] == P("model", None)
     assert specs["attention/out/kernel"] == P("model", None, None)
