@@ -15,7 +15,7 @@ matplotlib.use("Agg")          # the CLI writes files; it never opens a window
 
 from hessian_tools.cli import (classify, compare_optimizers, demo, gallery,  # noqa: E402
                                landscape, spectrum)
-from hessian_tools.cli._common import MODEL_HELP, UserError  # noqa: E402
+from hessian_tools.cli._common import MODEL_HELP, UserError, start_distributed  # noqa: E402
 from hessian_tools.compile_cache import enable_compilation_cache  # noqa: E402
 
 __all__ = ["main", "UserError", "EXIT_CODES"]
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     try:
         if not args.no_compile_cache:
             enable_compilation_cache()
+        start_distributed(args.command)
         return args.func(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -37,7 +37,7 @@ from hessian_tools.objective import BN_MODES, Objective
 
 __all__ = ["UserError", "MODEL_HELP", "add_output_flags", "add_model_flags", "versions",
            "load_model", "objective_from_args", "import_target", "parse_model_kwargs",
-           "speaker", "check_output_folder", "positive_int", "nonnegative_int",
+           "speaker", "check_output_folder", "start_distributed", "writes_files", "positive_int", "nonnegative_int",
            "positive_float", "seed_value"]
 
 MODEL_HELP = ("MODULE:FUNCTION or path/to/file.py:FUNCTION. FUNCTION(**MODEL_KWARGS) returns a "
@@ -298,3 +298,61 @@ def check_output_folder(out: Path) -> Path:
         raise UserError(f"--out {out} cannot be written ({err.strerror or err}): choose a "
                         "writable folder.") from None
     return out
+
+
+# ---- several processes (jax.distributed) -----------------------------------------------------
+
+DISTRIBUTED_COMMANDS = ("spectrum", "compare")
+"""The subcommands that run under ``jax.distributed`` (process 0 writes, the others compute)."""
+
+
+def _env_int(name: str, environ) -> int | None:
+    text = environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{name}={text!r} is not an integer: set it to the number (of "
+                        "processes, or this process's index from 0).") from None
+
+
+def start_distributed(command: str | None, environ=None) -> bool:
+    """Join a ``jax.distributed`` run when the environment asks for one; ``True`` if joined.
+
+    Asked for by ``HESSIAN_TOOLS_NUM_PROCESSES`` (with ``HESSIAN_TOOLS_PROCESS_ID`` and JAX's
+    ``JAX_COORDINATOR_ADDRESS=host:port``), by ``JAX_COORDINATOR_ADDRESS`` alone, or by
+    ``HESSIAN_TOOLS_DISTRIBUTED=1``; what is not given is detected by JAX on a cluster it
+    knows (SLURM, Open MPI, Kubernetes, Cloud TPU). CPU collectives use gloo. Must run
+    before JAX starts its backend (the CLI calls it before building the model).
+
+    Raises:
+      UserError: a malformed variable, a subcommand that does not run on several processes,
+        or a ``jax.distributed.initialize`` that fails (its message is kept).
+    """
+    environ = os.environ if environ is None else environ
+    num = _env_int("HESSIAN_TOOLS_NUM_PROCESSES", environ)
+    pid = _env_int("HESSIAN_TOOLS_PROCESS_ID", environ)
+    if num is None and pid is None and not environ.get("JAX_COORDINATOR_ADDRESS") \
+            and environ.get("HESSIAN_TOOLS_DISTRIBUTED", "") in ("", "0"):
+        return False
+    if command not in DISTRIBUTED_COMMANDS:
+        raise UserError(f"hessian-tools {command} runs in one process; only "
+                        f"{' and '.join(DISTRIBUTED_COMMANDS)} run under jax.distributed. "
+                        "Unset HESSIAN_TOOLS_NUM_PROCESSES, HESSIAN_TOOLS_PROCESS_ID, "
+                        "JAX_COORDINATOR_ADDRESS and HESSIAN_TOOLS_DISTRIBUTED.")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(num_processes=num, process_id=pid)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise UserError(f"jax.distributed.initialize failed ({err}). Set "
+                        "JAX_COORDINATOR_ADDRESS=host:port (process 0's), "
+                        "HESSIAN_TOOLS_NUM_PROCESSES and HESSIAN_TOOLS_PROCESS_ID on every "
+                        "process (see docs/scale.md).") from None
+    return True
+
+
+def writes_files() -> bool:
+    """Whether this process writes the output folder and prints: process 0 of a
+    ``jax.distributed`` run (every process computes; the others only read ``--out``)."""
+    return jax.process_index() == 0

@@ -328,11 +328,13 @@ def result_names(paths: list[Path]) -> list[str]:
 def run_checkpoints(obj: Objective, paths: list[Path], out: Path, config: AnalysisConfig, *,
                     overwrite: bool = False, progress: bool = False,
                     on_done: Callable[[CheckpointResult], None] | None = None,
-                    extra: dict | None = None) -> list[CheckpointResult]:
+                    extra: dict | None = None, write: bool = True) -> list[CheckpointResult]:
     """Analyse each checkpoint; one bad checkpoint is recorded and the rest still run.
 
     Results go to ``out/checkpoints/<name>.json``, a folder of their own, so no checkpoint's
     name can collide with the run's own files. ``progress=True`` draws two bars on stderr.
+    ``write=False`` (the processes after the first under ``jax.distributed``) computes and
+    reuses stored results alike but writes nothing.
     """
     bars = BatchProgress(len(paths), config) if progress else None
     folder = out / "checkpoints"
@@ -340,7 +342,7 @@ def run_checkpoints(obj: Objective, paths: list[Path], out: Path, config: Analys
         results = []
         for path, name in zip(paths, result_names(paths)):
             rec = _one(obj, Path(path), name, folder / f"{name}.json", config, overwrite, bars,
-                       extra)
+                       extra, write)
             if bars is not None:
                 bars.finish(rec.result.get("num_matvecs") if rec.status == "done" else None)
             results.append(rec)
@@ -352,7 +354,7 @@ def run_checkpoints(obj: Objective, paths: list[Path], out: Path, config: Analys
             bars.close()
 
 
-def _one(obj, path, name, target, config, overwrite, bars, extra) -> CheckpointResult:
+def _one(obj, path, name, target, config, overwrite, bars, extra, write) -> CheckpointResult:
     rec = CheckpointResult(str(path), name, "done", output=str(target))
     try:
         identity = checkpoint_identity(path)
@@ -374,9 +376,10 @@ def _one(obj, path, name, target, config, overwrite, bars, extra) -> CheckpointR
         rec.result = analyze(restored.objective, config, on_matvec=observer)
         rec.result["restored"] = {"params_at": restored.params_at,
                                   "state_at": restored.state_at, "notes": list(restored.notes)}
-        write_json(target, {"checkpoint": str(path), "identity": identity,
-                            "step": step_of(path), "config": config.to_dict(),
-                            "result": rec.result, **(extra or {})})
+        if write:
+            write_json(target, {"checkpoint": str(path), "identity": identity,
+                                "step": step_of(path), "config": config.to_dict(),
+                                "result": rec.result, **(extra or {})})
     except (CheckpointError, AnalysisError, UserError) as err:
         rec.status, rec.error = "failed", str(err)
     except OSError as err:              # writing the result: keep what was written before

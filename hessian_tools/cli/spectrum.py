@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -15,7 +16,8 @@ from hessian_tools.checkpoints import CheckpointError, find_checkpoints
 from hessian_tools.cli.reports import plot_records, record_tau, row, table, write_reports
 from hessian_tools.cli._common import (UserError, add_model_flags, add_output_flags,
                                        check_output_folder, nonnegative_int, objective_from_args,
-                                       positive_float, positive_int, speaker, versions)
+                                       positive_float, positive_int, speaker, versions,
+                                       writes_files)
 from hessian_tools.cli.runs import (OPERATORS, AnalysisConfig, AnalysisError, BatchProgress,
                                     CheckpointResult, OutputLock, analyze, run_checkpoints, stored_result)
 from hessian_tools.files import save_figure, write_json
@@ -133,23 +135,35 @@ def _what(args, obj, name, config) -> str:
             "Negative eigenvalues: below −τ with τ = 1% of max|λ| (ht.default_threshold).")
 
 
+def _output(args):
+    """``(out, lock, write)``: the output folder, its lock and whether this process writes.
+    Under ``jax.distributed`` only process 0 writes files and prints; the others compute
+    alike, read ``--out`` only to reuse stored results as process 0 does, and print nothing
+    but errors (stderr)."""
+    if writes_files():
+        out = check_output_folder(Path(args.out))
+        return out, OutputLock(out), True
+    args.quiet, args.json = True, False
+    return Path(args.out), contextlib.nullcontext(), False
+
+
 def run_spectrum(args) -> int:
     obj, name = objective_from_args(args)
     config = _config(args, obj)
-    out = check_output_folder(Path(args.out))
+    out, lock, write = _output(args)
     say = speaker(args)
     start = time.perf_counter()
-    with OutputLock(out):
+    with lock:
         if not args.checkpoints:
-            records = [_own_weights(obj, config, out, args, say)]
+            records = [_own_weights(obj, config, out, args, say, write)]
         else:
-            records = _run(obj, config, out, args, say)
+            records = _run(obj, config, out, args, say, write)
         code = _summarise(records, out, args, time.perf_counter() - start, say,
-                          _what(args, obj, name, config))
+                          _what(args, obj, name, config), write)
     return code
 
 
-def _own_weights(obj, config, out, args, say):
+def _own_weights(obj, config, out, args, say, write=True):
     """The model's own weights: analysed and written like a checkpoint named ``model``."""
     target = out / "checkpoints" / "model.json"
     rec = CheckpointResult("model", "model", "done", output=str(target))
@@ -169,9 +183,10 @@ def _own_weights(obj, config, out, args, say):
     finally:
         if bars is not None:
             bars.close()
-    write_json(target, {"checkpoint": None, "model": args.model or args.example,
-                        "config": config.to_dict(), "result": rec.result,
-                        "versions": versions()})
+    if write:
+        write_json(target, {"checkpoint": None, "model": args.model or args.example,
+                            "config": config.to_dict(), "result": rec.result,
+                            "versions": versions()})
     return rec
 
 
@@ -179,7 +194,7 @@ def _interactive(args) -> bool:
     return not (args.quiet or args.json) and interactive()
 
 
-def _run(obj, config, out, args, say):
+def _run(obj, config, out, args, say, write=True):
     paths = _paths(args)
     progress = _interactive(args)
 
@@ -190,13 +205,17 @@ def _run(obj, config, out, args, say):
         elif not progress:               # with bars, the overall bar says it
             say(f"[{'ok' if rec.status == 'done' else 'exists, skipped'}] {rec.path}")
     return run_checkpoints(obj, paths, out, config, overwrite=args.overwrite,
-                           progress=progress, on_done=done, extra={"versions": versions()})
+                           progress=progress, on_done=done, extra={"versions": versions()},
+                           write=write)
 
 
-def _summarise(records, out: Path, args, wall, say, what) -> int:
+def _summarise(records, out: Path, args, wall, say, what, write=True) -> int:
     rows = [row(r) for r in records]
     failed = [r for r in records if r.status == "failed"]
     unconverged = [r for r in rows if r["converged"] is False]
+    code = 1 if failed else 3 if unconverged and not args.allow_unconverged else 0
+    if not write:
+        return code
     summary = {"command": " ".join(sys.argv), "what": what, "rows": rows,
                "num_failed": len(failed), "num_unconverged": len(unconverged),
                "failed": [{"checkpoint": r.path, "error": r.error} for r in failed],
@@ -216,23 +235,25 @@ def _summarise(records, out: Path, args, wall, say, what) -> int:
     if failed:
         print(f"{len(failed)} of {len(records)} checkpoints failed: "
               + ", ".join(r.path for r in failed), file=sys.stderr)
-        return 1
-    return 3 if unconverged and not args.allow_unconverged else 0
+    return code
 
 
 def run_compare(args) -> int:
     obj, name = objective_from_args(args)
     config = _config(args, obj)
-    out = check_output_folder(Path(args.out))
+    out, lock, write = _output(args)
     say = speaker(args)
-    with OutputLock(out):
+    with lock:
         records = run_checkpoints(obj, _paths(args), out, config, overwrite=args.overwrite,
-                                  progress=_interactive(args), extra={"versions": versions()})
+                                  progress=_interactive(args), extra={"versions": versions()},
+                                  write=write)
         failed = [r for r in records if r.status == "failed"]
         for r in failed:
             print(f"error: {r.path}: {r.error}", file=sys.stderr)
         if failed:
             return 1
+        if not write:
+            return 0
         written = _compare_figures(records, out, config)
         rows = [row(r) for r in records]
         write_json(out / "compare.json", {"rows": rows, "what": _what(args, obj, name, config),
