@@ -16,6 +16,7 @@ Two experiments on scikit-learn's digits, in float64:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -30,7 +31,7 @@ from hessian_tools.analysis import density, outliers
 from hessian_tools.examples.digits import cross_entropy, load_digits_data
 from hessian_tools.gallery._entry import Entry, Report, Row
 from hessian_tools.objective import Objective
-from hessian_tools.operators import dense_hessian, hessian, value_and_grad
+from hessian_tools.operators import dense_hessian, hessian
 from hessian_tools.results import OutlierSplit, Result, SpectralDensity
 from hessian_tools.tree import key_bits
 
@@ -86,6 +87,8 @@ class BNMLP(nnx.Module):
                                              param_dtype=param_dtype) for b in widths]
                               ) if batch_norm else None
         self.head = nnx.Linear(sizes[-1], NUM_CLASSES, rngs=rngs, param_dtype=param_dtype)
+        stats = nnx.state(self, nnx.BatchStat)     # nnx keeps them in float32 otherwise
+        nnx.update(self, jax.tree.map(lambda a: a.astype(param_dtype), stats))
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):
@@ -113,29 +116,41 @@ def batches(data, config: Config) -> list:
 def train_pair(config: Config, data, *, seed: int = 0) -> dict:
     """The MLP without and with BatchNorm, each from ``nnx.Rngs(seed)``, trained by SGD with
     momentum on the same shuffled minibatches (BatchNorm in training mode, its running
-    statistics updated). Cost: ``epochs * num_examples / batch_size`` steps per network."""
+    statistics updated). Cost: ``epochs * num_examples / batch_size`` steps per network,
+    all in one compiled ``lax.scan`` per network."""
     x, y = data
-    orders = [np.asarray(jax.random.permutation(k, len(y)))
-              for k in jax.random.split(jax.random.key(seed), config.epochs)]
+    steps = len(y) // config.batch_size
+    order = np.concatenate([np.asarray(jax.random.permutation(k, len(y)))[:steps * config.batch_size]
+                            for k in jax.random.split(jax.random.key(seed), config.epochs)])
+    order = jnp.asarray(order.reshape(-1, config.batch_size))
+    tx = optax.sgd(config.learning_rate, momentum=0.9)
     models = {}
     for name, bn in (("no BN", False), ("BN", True)):
         model = BNMLP(config.widths, batch_norm=bn, rngs=nnx.Rngs(seed))
-        opt = nnx.Optimizer(model, optax.sgd(config.learning_rate, momentum=0.9), wrt=nnx.Param)
-        step = nnx.jit(_sgd_step)
         model.train()
-        for order in orders:
-            for i in range(0, len(y) - config.batch_size + 1, config.batch_size):
-                idx = order[i:i + config.batch_size]
-                step(model, opt, x[idx], y[idx])
+        graph, params, rest = nnx.split(model, nnx.Param, ...)
+        params, rest = _fit(graph, params, rest, tx.init(params), tx, x, y, order)
+        nnx.update(model, params, rest)
         model.eval()
         models[name] = model
     return models
 
 
-def _sgd_step(model, opt, x, y):
-    loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), (x, y)))(model)
-    opt.update(model, grads)
-    return loss
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _fit(graph, params, rest, opt_state, tx, x, y, order):
+    def loss(p, rest, idx):
+        model = nnx.merge(graph, *jax.tree.map(jnp.asarray, (p, rest)))  # this trace's
+        value = cross_entropy(model(x[idx]), (x[idx], y[idx]))
+        return value, nnx.state(model, nnx.Not(nnx.Param))
+
+    def step(carry, idx):
+        p, rest, s = carry
+        grads, rest = jax.grad(loss, has_aux=True)(p, rest, idx)
+        updates, s = tx.update(grads, s, p)
+        return (optax.apply_updates(p, updates), rest, s), None
+
+    (params, rest, _), _ = jax.lax.scan(step, (params, rest, opt_state), order)
+    return params, rest
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -182,23 +197,32 @@ class SLQCheck(Result):
 
 def slq_check(obj: Objective, *, probes=(1, 10), num_steps: int = 80, key) -> SLQCheck:
     """The exact spectrum of ``obj``'s Hessian (dense, ``eigvalsh``) against SLQ densities
-    with each probe count in ``probes`` (all from ``key``).
+    with each probe count in ``probes``: one SLQ run with ``max(probes)`` probes from
+    ``key``, and its first ``p`` probes for each smaller count.
 
     Cost: the dense Hessian (forward-over-reverse ``jax.hessian``, ``O(n^2)`` memory) and
     an ``O(n^3)`` eigendecomposition, for a few thousand parameters; SLQ spends
-    ``probes * num_steps`` Hessian-vector products per density.
+    ``max(probes) * num_steps`` Hessian-vector products.
     """
     if key is None:
         raise ValueError("slq_check needs a key (jax.random.key(seed)) for the SLQ probes.")
     start = time.perf_counter()
     exact = np.linalg.eigvalsh(dense_hessian(obj))
     dense_seconds = time.perf_counter() - start
-    op = hessian(obj)
-    dens = tuple(density(op, key=k, num_probes=p, num_steps=num_steps)
-                 for p, k in zip(probes, jax.random.split(key, len(probes))))
+    full = density(hessian(obj), key=key, num_probes=max(probes), num_steps=num_steps)
+    dens = tuple(_first_probes(full, p) for p in probes)
     return SLQCheck(exact=exact, densities=dens, dense_seconds=dense_seconds,
-                    num_matvecs=sum(d.num_matvecs for d in dens), seed=key_bits(key),
+                    num_matvecs=full.num_matvecs, seed=key_bits(key),
                     operator="hessian", wall_time=time.perf_counter() - start)
+
+
+def _first_probes(dens: SpectralDensity, p: int) -> SpectralDensity:
+    """The SLQ estimate from the first ``p`` probes of ``dens`` (the same probes as a run
+    with ``num_probes=p`` and the same key would not draw: a prefix, not a new sample)."""
+    return dataclasses.replace(dens, nodes=dens.nodes[:p], weights=dens.weights[:p],
+                               residuals=dens.residuals[:p], num_probes=p,
+                               num_matvecs=p * dens.num_steps,
+                               wall_time=dens.wall_time * p / dens.num_probes)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -244,7 +268,7 @@ def bn_spectrum(model, data_batches, *, label: str, bn_mode: str, k: int = 24,
     ``outliers`` (``k`` fixed), and its SLQ density.
 
     Cost: about ``k + 100`` Hessian-vector products for the top, ``num_probes * num_steps``
-    for the density, one pass for the loss.
+    for the density, one pass for the loss (the mean over ``data_batches``, all of one size).
     """
     if key is None:
         raise ValueError("bn_spectrum needs a key (jax.random.key(seed)).")
@@ -255,7 +279,7 @@ def bn_spectrum(model, data_batches, *, label: str, bn_mode: str, k: int = 24,
     k1, k2 = jax.random.split(key)
     split = outliers(op, key=k1, k=k, max_k=k)
     dens = density(op, key=k2, num_probes=num_probes, num_steps=num_steps)
-    loss = float(value_and_grad(obj)[0])
+    loss = float(np.mean([obj.loss(obj.params, b) for b in data_batches]))   # full batches
     return BNSpectrum(label=label, bn_mode=bn_mode, loss=loss, split=split, density=dens,
                       num_matvecs=split.num_matvecs + dens.num_matvecs, seed=key_bits(key),
                       operator="hessian", wall_time=time.perf_counter() - start)
@@ -271,16 +295,17 @@ def plot_slq_check(check: SLQCheck, axes=None):
     labels = ["exact (dense eigvalsh)"] + [
         f"SLQ, {d.num_probes} probe{'s' if d.num_probes > 1 else ''} x {d.num_steps} steps"
         for d in check.densities]
-    plots.plot_densities([exact, *check.densities], ax=axes[0], labels=labels,
+    colors = ["k", "tab:orange", "tab:green", "tab:purple"][:len(labels)]
+    plots.plot_densities([exact, *check.densities], ax=axes[0], labels=labels, colors=colors,
                          sigma=check.densities[-1].default_sigma, mark_ends=False)
     axes[0].set_title(f"Hessian eigenvalue density, n = {exact.dim}")
     ev = check.exact
     grid = np.linspace(ev[0], ev[-1], 2000)
     axes[1].step(ev, np.arange(1, len(ev) + 1), where="post", color="k", lw=1.2,
                  label="exact")
-    for d, lab in zip(check.densities, labels[1:]):
-        axes[1].plot(grid, d.cdf(grid) * d.dim, label=lab)
-    axes[1].set_xscale("symlog", linthresh=max(1e-4, 1e-3 * abs(ev[-1])))
+    for d, lab, c in zip(check.densities, labels[1:], colors[1:]):
+        axes[1].plot(grid, d.cdf(grid) * d.dim, label=lab, color=c)
+    axes[1].set_xscale("symlog", linthresh=1e-2 * abs(ev[-1]))
     axes[1].set_xlabel("eigenvalue (symlog)")
     axes[1].set_ylabel("number of eigenvalues ≤ x")
     axes[1].set_title("cumulative count")
