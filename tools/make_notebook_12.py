@@ -141,7 +141,7 @@ which ten probes average out. The first moment `tr H / n` (0.0057, small against
 is off by 23% with one probe and 8% with ten: that is Hutchinson's sampling error, not a
 bias of the quadrature.""",
     "AGREE_TEXT": """**SLQ (claim 1): agrees.** On a 3,466-parameter digits MLP, where the dense
-Hessian can be diagonalised (4 min here on a heavily loaded 2-core CPU; SLQ took 2 s per probe), one probe of 80 Lanczos
+Hessian can be diagonalised (17 s here; SLQ took 0.3 s per probe), one probe of 80 Lanczos
 steps gives a density within W1 = 8.7e-4 of the spectral range of the exact one and the top
 eigenvalue to machine precision; ten probes bring W1 to 2.7e-4. This is the paper's Sec. 2.3
 statement on a smaller network. What a single probe does not give is the mass of an isolated

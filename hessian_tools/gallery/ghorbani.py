@@ -473,5 +473,5 @@ ENTRY = Entry(
           "the population statistics are used (Sec. 4, Figs. 5-6).",
     notebook="12_spectrum_batchnorm_ghorbani.ipynb",
     run=run,
-    full_seconds=None,
+    full_seconds=52.0,
 )
