@@ -109,11 +109,14 @@ def test_orthogonal_init_gauss_newton_is_depth_times_identity_on_its_range(depth
     assert top[-1] / top[-12] > 1.5                              # Gaussian: spread
 
 
-def test_nonzero_quantiles():
-    nodes, weights = np.array([0.0, 1.0, 2.0, 4.0]), np.array([0.5, 0.1, 0.2, 0.2])
-    np.testing.assert_allclose(saxe.nonzero_quantiles(nodes, weights, 0.5, qs=(0.1, 0.9)),
-                               [1.0, 4.0])
-    np.testing.assert_allclose(saxe.nonzero_quantiles([0.0, 3.0], [0.5, 0.5], 0.5), 3.0)
+@pytest.mark.parametrize("kind", ["orthogonal", "gaussian"])
+def test_gauss_newton_nonzero_matches_the_dense_gauss_newton(kind):
+    data = _random_data(inputs=4, outputs=3, whiten=True)
+    obj = _objective(data, width=5, depth=3, kind=kind, seed=4)
+    dense = np.sort(eigenvalues(gauss_newton(obj), k=obj.num_params, method="dense").values)
+    got = saxe.gauss_newton_nonzero(obj.params)
+    assert got.shape == (12,)
+    np.testing.assert_allclose(got, dense[-12:], rtol=1e-9, atol=1e-12)
 
 
 def test_init_params_rejects_unknown_kind():

@@ -29,18 +29,19 @@ import numpy as np
 import optax
 
 from hessian_tools import tree
-from hessian_tools.analysis import classify, density, eigenvalues
+from hessian_tools.analysis import classify, eigenvalues
 from hessian_tools.examples.digits import load_digits_data
 from hessian_tools.gallery._entry import Entry, Report, Row
 from hessian_tools.objective import Objective
-from hessian_tools.operators import dense_hessian, gauss_newton, hessian
+from hessian_tools.operators import dense_hessian, hessian
 from hessian_tools.results._base import Result
 from hessian_tools.training.sweep import learning_rate_sweep
 
 __all__ = ["CONFIGS", "ENTRY", "DepthStudy", "OriginStudy", "aligned_direction",
-           "correlation", "depth_study", "nonzero_quantiles", "sufficient_batch", "init_params", "linear_objective", "origin_study",
-           "origin_spectrum_closed_form", "plot_init_spectrum", "plot_origin",
-           "plot_training_time", "ray_coefficients", "run", "whitened_digits"]
+           "correlation", "depth_study", "gauss_newton_nonzero", "init_params",
+           "linear_objective", "origin_spectrum_closed_form", "origin_study",
+           "plot_init_spectrum", "plot_origin", "plot_training_time", "ray_coefficients", "run",
+           "sufficient_batch", "whitened_digits"]
 
 INITS = ("orthogonal", "gaussian")
 
@@ -58,7 +59,6 @@ class Config:
     origin_components: int   # input dimension at the origin (dense Hessians)
     origin_width: int        # hidden width at the origin
     origin_depths: tuple     # depths classified at the origin
-    slq_steps: int           # Lanczos steps of the Gauss-Newton densities
     curvature_depths: tuple  # depths whose curvature at initialisation is measured
     seeds: int               # initialisations per depth
 
@@ -66,10 +66,10 @@ class Config:
 CONFIGS = {
     "small": Config(components=16, width=16, depths=(1, 2, 4), rate_factors=(1.0, 2.0),
                     max_steps=200, criterion=0.1, origin_components=6, origin_width=3,
-                    origin_depths=(2, 3), slq_steps=24, curvature_depths=(4,), seeds=1),
+                    origin_depths=(2, 3), curvature_depths=(4,), seeds=1),
     "full": Config(components=32, width=32, depths=(1, 2, 4, 8, 16, 32),
                    rate_factors=(0.25, 0.5, 1.0, 1.5, 2.0, 3.0), max_steps=4000, criterion=0.1,
-                   origin_components=12, origin_width=6, origin_depths=(2, 3, 4), slq_steps=40,
+                   origin_components=12, origin_width=6, origin_depths=(2, 3, 4),
                    curvature_depths=(1, 2, 4, 8, 16, 32), seeds=2),
 }
 
@@ -279,11 +279,12 @@ class DepthStudy(Result):
     """Steps to the loss criterion against depth for each initialisation, and the curvature
     at initialisation. ``steps[i, s, j, r]``: init ``inits[i]``, seed ``s``, depth
     ``depths[j]``, learning rate ``rate_factors[r] / depths[j]`` (``NaN``: not reached).
-    ``best_steps[i, j]`` is the median over seeds of the fewest steps over the rates.
-    ``gn_spread[i, j]``: the ratio of the 90% to the 10% quantile of the Gauss-Newton
-    matrix's non-zero eigenvalues (1 when they are all equal), by SLQ at the first seed;
-    ``gn_median[i, j]`` their median; ``lambda_max`` / ``lambda_min`` the Hessian's extremes
-    there. ``gn_nodes`` / ``gn_weights``: the SLQ measures at the deepest curvature depth."""
+    ``best_steps[i, j]``: the median over seeds of the fewest steps over the rates;
+    ``best_rate_factor[i, j]`` the median best rate times depth. At the first seed:
+    ``gn_spread[i, j]`` (90% / 10% quantile), ``gn_condition`` (max / min) and ``gn_median``
+    of the Gauss-Newton matrix's non-zero eigenvalues (:func:`gauss_newton_nonzero`),
+    ``lambda_max`` / ``lambda_min`` the Hessian's extremes (``NaN`` where not measured);
+    ``gn_eigs[i]`` those non-zero eigenvalues at the deepest measured depth."""
 
     inits: tuple
     depths: tuple
@@ -294,46 +295,52 @@ class DepthStudy(Result):
     criterion_loss: float
     max_steps: int
     gn_spread: np.ndarray
+    gn_condition: np.ndarray
     gn_median: np.ndarray
     lambda_max: np.ndarray
     lambda_min: np.ndarray
-    gn_nodes: np.ndarray
-    gn_weights: np.ndarray
+    gn_eigs: np.ndarray
 
     _arrays = ("rate_factors", "steps", "best_steps", "best_rate_factor", "gn_spread",
-               "gn_median", "lambda_max", "lambda_min", "gn_nodes", "gn_weights")
+               "gn_condition", "gn_median", "lambda_max", "lambda_min", "gn_eigs")
     _tuples = ("inits", "depths")
 
 
-def nonzero_quantiles(nodes, weights, mass: float, qs=(0.1, 0.5, 0.9)) -> np.ndarray:
-    """Quantiles of the top ``mass`` of a spectral measure (``mass``: the fraction of
-    eigenvalues known to be non-zero), e.g. the Gauss-Newton matrix's ``rank / dim``."""
-    order = np.argsort(nodes)[::-1]
-    nodes, cum = np.asarray(nodes)[order], np.cumsum(np.asarray(weights)[order])
-    return np.array([nodes[min(np.searchsorted(cum, (1 - q) * mass), len(nodes) - 1)]
-                     for q in qs])
+def gauss_newton_nonzero(params) -> np.ndarray:
+    """The non-zero eigenvalues of the Gauss-Newton matrix at ``params`` (whitened inputs,
+    :func:`half_squared_error`), ascending: those of ``K = J J^T``, ``J`` the Jacobian of
+    the end-to-end map ``W_D ... W_1`` (``d_out d_in`` rows). Cost: ``d_out d_in`` reverse
+    passes through the weights (no data), an eigendecomposition of size ``d_out d_in``."""
+    def product(ws):
+        out = ws[0]
+        for w in ws[1:]:
+            out = w @ out
+        return out.reshape(-1)
+    jac = jnp.concatenate([j.reshape(j.shape[0], -1) for j in jax.jacrev(product)(params)], 1)
+    jac = np.asarray(jac, np.float64)
+    return np.linalg.eigvalsh(jac @ jac.T)
 
 
 def depth_study(batch, *, width: int, depths, rate_factors, criterion_loss: float,
-                max_steps: int, key, seeds: int = 1, slq_steps: int = 40,
-                curvature_depths=None, say=None) -> DepthStudy:
+                max_steps: int, key, seeds: int = 1, curvature_depths=None,
+                say=None) -> DepthStudy:
     """Train each depth from each initialisation at the rates ``rate_factors / depth``
     (``ht.training.learning_rate_sweep``, full-batch gradient descent, stopped at
-    ``loss <= criterion_loss``), and measure the curvature at initialisation: the
-    Gauss-Newton density (``ht.density``) and the Hessian's extreme eigenvalues
-    (``ht.eigenvalues``) at ``curvature_depths`` (default: all; ``NaN`` elsewhere).
+    ``loss <= criterion_loss``), and measure the curvature at initialisation at
+    ``curvature_depths`` (default: all): the Gauss-Newton matrix's non-zero eigenvalues
+    (:func:`gauss_newton_nonzero`) and the Hessian's extremes (``ht.eigenvalues``).
 
-    Cost: up to ``max_steps`` steps per (init, seed, depth, rate); per (init, depth) one SLQ
-    run (``8 slq_steps`` GN products) and one Lanczos solve (a few hundred HVPs).
+    Cost: up to ``max_steps`` steps per (init, seed, depth, rate); per (init, depth) one
+    Lanczos solve (a few hundred HVPs) and ``d_out d_in`` reverse passes.
     """
     start = time.perf_counter()
     inputs, outputs = batch[0].shape[1], batch[1].shape[1]
     factors = np.asarray(rate_factors, np.float64)
-    shape = (len(INITS), len(depths))
-    steps = np.full((len(INITS), seeds, len(depths), len(factors)), np.nan)
-    spread, median, lmax, lmin = (np.full(shape, np.nan) for _ in range(4))
     curvature_depths = depths if curvature_depths is None else curvature_depths
-    nodes, weights, matvecs = [], [], 0
+    steps = np.full((len(INITS), seeds, len(depths), len(factors)), np.nan)
+    spread, cond, median, lmax, lmin = (np.full((len(INITS), len(depths)), np.nan)
+                                        for _ in range(5))
+    deepest, matvecs = [], 0
     keys = jax.random.split(key, seeds + 1)
     for i, kind in enumerate(INITS):
         for j, depth in enumerate(depths):
@@ -346,35 +353,27 @@ def depth_study(batch, *, width: int, depths, rate_factors, criterion_loss: floa
                                             max_steps=max_steps)
                 steps[i, s, j] = sweep.steps
                 if s == 0 and depth in curvature_depths:
-                    dens = density(gauss_newton(obj), key=keys[-1], num_probes=8,
-                                   num_steps=min(slq_steps, obj.num_params))
-                    n, w = dens.measure()
-                    q10, q50, q90 = nonzero_quantiles(n, w, inputs * outputs / obj.num_params)
-                    spread[i, j], median[i, j] = q90 / q10, q50
+                    gn = gauss_newton_nonzero(obj.params)
+                    q10, q50, q90 = np.quantile(gn, [0.1, 0.5, 0.9])
+                    spread[i, j], cond[i, j], median[i, j] = q90 / q10, gn[-1] / gn[0], q50
                     eig = eigenvalues(hessian(obj), k=1, which="both", key=keys[-1])
-                    lmin[i, j], lmax[i, j] = float(np.min(eig.values)), float(np.max(eig.values))
-                    matvecs += dens.num_matvecs + eig.num_matvecs
+                    lmin[i, j], lmax[i, j] = np.min(eig.values), np.max(eig.values)
+                    matvecs += eig.num_matvecs
                     if depth == curvature_depths[-1]:
-                        nodes.append(n)
-                        weights.append(w)
+                        deepest.append(gn)
             if say is not None:
                 say(f"  {kind:10s} depth {depth:3d}: steps {np.nanmin(steps[i, :, j], 1)} "
                     f"({time.perf_counter() - start:.0f} s)")
-    with np.errstate(all="ignore"):
-        fewest = np.where(np.isnan(steps).all(-1), np.nan,
-                          np.nanmin(np.where(np.isnan(steps), np.inf, steps), -1))
-        best = np.nanmedian(fewest, axis=1)
-        argbest = np.argmin(np.where(np.isnan(steps), np.inf, steps), -1)
-    size = max(len(n) for n in nodes)
-    pad = [np.pad(a, (0, size - len(a))) for a in nodes + weights]
+    masked = np.where(np.isnan(steps), np.inf, steps)
+    fewest = np.where(np.isinf(masked.min(-1)), np.nan, masked.min(-1))
     return DepthStudy(
         inits=INITS, depths=tuple(depths), rate_factors=factors, steps=steps,
-        best_steps=best, best_rate_factor=np.median(factors[argbest], axis=1),
+        best_steps=np.median(fewest, axis=1),
+        best_rate_factor=np.median(factors[np.argmin(masked, -1)], axis=1),
         criterion_loss=float(criterion_loss), max_steps=int(max_steps), gn_spread=spread,
-        gn_median=median, lambda_max=lmax, lambda_min=lmin,
-        gn_nodes=np.array(pad[:len(nodes)]), gn_weights=np.array(pad[len(nodes):]),
-        num_matvecs=matvecs, wall_time=time.perf_counter() - start, seed=tree.key_bits(key),
-        operator="hessian, ggn")
+        gn_condition=cond, gn_median=median, lambda_max=lmax, lambda_min=lmin,
+        gn_eigs=np.array(deepest), num_matvecs=matvecs, wall_time=time.perf_counter() - start,
+        seed=tree.key_bits(key), operator="hessian, ggn")
 
 
 def plot_training_time(study: DepthStudy, ax=None):
@@ -389,25 +388,24 @@ def plot_training_time(study: DepthStudy, ax=None):
            ylabel="gradient steps to the criterion",
            title=f"training time at the best rate (criterion: loss <= {study.criterion_loss:.3g})")
     ax.set_xticks(study.depths, [str(d) for d in study.depths])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return ax
 
 
 def plot_init_spectrum(study: DepthStudy, axes=None):
-    """Left: the Gauss-Newton eigenvalue measure at initialisation (its non-zero part, by
-    SLQ) at the deepest measured depth. Right: the spread (90%/10% quantile ratio) of the
+    """Left: the Gauss-Newton matrix's non-zero eigenvalues at initialisation at the
+    deepest measured depth (histogram over log10). Right: the spread (90%/10% quantile ratio) of the
     non-zero eigenvalues against depth. Returns the two axes."""
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    top = np.nanmax(study.gn_nodes)
-    bins = np.linspace(np.log10(top) - 8, np.log10(top) + 0.5, 50)
+    logs = np.log10(np.maximum(study.gn_eigs, 1e-30))
+    bins = np.linspace(logs.min() - 0.3, logs.max() + 0.3, 40)
     for i, kind in enumerate(study.inits):
-        keep = study.gn_nodes[i] > top * 1e-8
-        axes[0].hist(np.log10(study.gn_nodes[i][keep]), bins=bins, alpha=0.6,
-                     weights=study.gn_weights[i][keep], color=f"C{i + 3}", label=kind)
+        axes[0].hist(logs[i], bins=bins, alpha=0.6, color=f"C{i + 3}", label=kind)
     depth = [d for d, v in zip(study.depths, study.gn_spread[0]) if np.isfinite(v)][-1]
-    axes[0].set(xlabel="log10 eigenvalue", ylabel="spectral mass (fraction of all eigenvalues)",
+    axes[0].set(xlabel="log10 eigenvalue", ylabel="number of eigenvalues",
                 title=f"Gauss-Newton spectrum at initialisation, depth {depth}")
     axes[0].legend(fontsize=8)
     for i, kind in enumerate(study.inits):
@@ -416,6 +414,7 @@ def plot_init_spectrum(study: DepthStudy, axes=None):
                 ylabel="90% / 10% quantile of non-zero eigenvalues",
                 title="spread of the Gauss-Newton spectrum at initialisation")
     axes[1].set_xticks(study.depths, [str(d) for d in study.depths])
+    axes[1].tick_params(axis="x", which="minor", labelbottom=False)
     axes[1].legend(fontsize=8)
     axes[1].grid(alpha=0.3, which="both")
     return axes
@@ -445,7 +444,7 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     study = depth_study(sufficient_batch((x, y)), width=cfg.width, depths=cfg.depths,
                         rate_factors=cfg.rate_factors, criterion_loss=crit,
                         max_steps=cfg.max_steps, key=key_b, seeds=cfg.seeds,
-                        slq_steps=cfg.slq_steps, curvature_depths=cfg.curvature_depths, say=say)
+                        curvature_depths=cfg.curvature_depths, say=say)
     say(f"training times measured ({time.perf_counter() - start:.0f} s)")
     figures = {"origin": plot_origin(origin)[0].figure,
                "training_time": plot_training_time(study).figure,
@@ -480,8 +479,8 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
             paper="optimal learning rate ~ 1/depth (Sec. 3-4)"),
         Row(quantity=f"Gauss-Newton non-zero eigenvalues at init, depth {cfg.depths[j]}: "
                      "90%/10% spread",
-            ours=f"orthogonal {study.gn_spread[0, j]:.3g} (median {study.gn_median[0, j]:.3g}"
-                 f" = D), Gaussian {study.gn_spread[1, j]:.3g}",
+            ours=f"orthogonal {study.gn_spread[0, j]:.3g} (all = {study.gn_median[0, j]:.3g} = D"
+                 f"), Gaussian {study.gn_spread[1, j]:.3g} (max/min {study.gn_condition[1, j]:.2g})",
             paper="orthogonal: all singular values of the input-output Jacobian 1 "
                   "(dynamical isometry, Sec. 4)"),
     )
