@@ -452,7 +452,7 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     err2 = float(np.max(np.abs(origin.spectrum - origin.closed_form)))
     d2 = origin.depths.index(2)
     rank = int(np.sum(s > 1e-8 * s[0]))
-    mid = min(range(len(cfg.depths)), key=lambda j: abs(cfg.depths[j] - max(2, cfg.depths[-1] // 4)))
+    mid = int(np.argmin(np.abs(np.array(cfg.depths) - max(2, cfg.depths[-1] // 4))))
     orth, orth_ratio = _ratio_text(study, 0, mid, -1)
     gauss, gauss_ratio = _ratio_text(study, 1, mid, -1)
     j = [k for k, d in enumerate(cfg.depths) if d in cfg.curvature_depths][-1]
@@ -480,20 +480,24 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
         Row(quantity=f"Gauss-Newton non-zero eigenvalues at init, depth {cfg.depths[j]}: "
                      "90%/10% spread",
             ours=f"orthogonal {study.gn_spread[0, j]:.3g} (all = {study.gn_median[0, j]:.3g} = D"
-                 f"), Gaussian {study.gn_spread[1, j]:.3g} (max/min {study.gn_condition[1, j]:.2g})",
+                 f"), Gaussian {study.gn_spread[1, j]:.3g} (max/min "
+                 f"{study.gn_condition[1, j]:.2g})",
             paper="orthogonal: all singular values of the input-output Jacobian 1 "
                   "(dynamical isometry, Sec. 4)"),
     )
     flat = orth_ratio < 2 and np.isfinite(orth_ratio)
+    probe = all(v == "saddle" and "higher order" in t for d, v, t in
+                zip(origin.depths, origin.verdicts, origin.details) if d >= 3)
     grows = not np.isfinite(gauss_ratio) or gauss_ratio > 2 * orth_ratio
     verdict = (
         f"At the origin the depth-2 Hessian is indefinite with the closed-form spectrum "
         f"(+-s_a of Sigma_yx, each {cfg.origin_width} times; max error {err2:.1e}) and "
         f"ht.classify calls it a {origin.verdicts[d2]} of index {origin.index[d2]}; from depth "
         f"3 the Hessian there is zero and classify "
-        f"{'finds the decrease only in its higher-order probe' if all(v == 'saddle' for v in origin.verdicts) else 'does not find a saddle at every depth'}"
-        f", while the loss along the aligned ray falls like t^D (fitted slopes "
-        f"{', '.join(f'{v:.2f}' for v in origin.slopes)} for depths "
+        + ("finds the descent only in its higher-order probe (a higher-order saddle)" if probe
+           else "does not call it a higher-order saddle at every depth")
+        + ", while the loss along the aligned ray falls like t^D (fitted slopes "
+        + f"{', '.join(f'{v:.2f}' for v in origin.slopes)} for depths "
         f"{', '.join(map(str, origin.depths))}). Training time: with orthogonal "
         f"initialisation the steps to the criterion at the best rate go {orth} from depth "
         f"{cfg.depths[mid]} to {cfg.depths[-1]}, "
