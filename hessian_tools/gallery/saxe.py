@@ -64,11 +64,12 @@ class Config:
 
 
 CONFIGS = {
-    "small": Config(components=16, width=16, depths=(1, 2, 4), rate_factors=(1.0, 2.0),
+    "small": Config(components=16, width=16, depths=(2, 4), rate_factors=(1.0,),
                     max_steps=200, criterion=0.1, origin_components=6, origin_width=3,
                     origin_depths=(2, 3), curvature_depths=(4,), seeds=1),
     "full": Config(components=32, width=32, depths=(1, 2, 4, 8, 16, 32),
-                   rate_factors=(0.25, 0.5, 1.0, 1.5, 2.0, 3.0), max_steps=4000, criterion=0.1,
+                   rate_factors=(0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), max_steps=4000,
+                   criterion=0.1,
                    origin_components=12, origin_width=6, origin_depths=(2, 3, 4),
                    curvature_depths=(1, 2, 4, 8, 16, 32), seeds=2),
 }
