@@ -68,10 +68,10 @@ CONFIGS = {
                     max_steps=200, criterion=0.1, origin_components=6, origin_width=3,
                     origin_depths=(2, 3), curvature_depths=(4,), seeds=1),
     "full": Config(components=32, width=32, depths=(1, 2, 4, 8, 16, 32),
-                   rate_factors=(0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), max_steps=4000,
-                   criterion=0.1,
+                   rate_factors=(0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0),
+                   max_steps=4000, criterion=0.1,
                    origin_components=12, origin_width=6, origin_depths=(2, 3, 4),
-                   curvature_depths=(1, 2, 4, 8, 16, 32), seeds=2),
+                   curvature_depths=(1, 2, 4, 8, 16, 32), seeds=3),
 }
 
 
@@ -280,7 +280,8 @@ class DepthStudy(Result):
     """Steps to the loss criterion against depth for each initialisation, and the curvature
     at initialisation. ``steps[i, s, j, r]``: init ``inits[i]``, seed ``s``, depth
     ``depths[j]``, learning rate ``rate_factors[r] / depths[j]`` (``NaN``: not reached).
-    ``best_steps[i, j]``: the median over seeds of the fewest steps over the rates;
+    ``best_steps[i, j]``: the median over seeds of the fewest steps over the rates (a seed
+    that met the criterion at no rate counts as infinitely slow; ``NaN`` if the median is);
     ``best_rate_factor[i, j]`` the median best rate times depth. At the first seed:
     ``gn_spread[i, j]`` (90% / 10% quantile), ``gn_condition`` (max / min) and ``gn_median``
     of the Gauss-Newton matrix's non-zero eigenvalues (:func:`gauss_newton_nonzero`),
@@ -365,11 +366,11 @@ def depth_study(batch, *, width: int, depths, rate_factors, criterion_loss: floa
             if say is not None:
                 say(f"  {kind:10s} depth {depth:3d}: steps {np.nanmin(steps[i, :, j], 1)} "
                     f"({time.perf_counter() - start:.0f} s)")
-    masked = np.where(np.isnan(steps), np.inf, steps)
-    fewest = np.where(np.isinf(masked.min(-1)), np.nan, masked.min(-1))
+    masked = np.where(np.isnan(steps), np.inf, steps)     # a seed that never met it: inf
+    best = np.median(masked.min(-1), axis=1)
     return DepthStudy(
         inits=INITS, depths=tuple(depths), rate_factors=factors, steps=steps,
-        best_steps=np.median(fewest, axis=1),
+        best_steps=np.where(np.isinf(best), np.nan, best),
         best_rate_factor=np.median(factors[np.argmin(masked, -1)], axis=1),
         criterion_loss=float(criterion_loss), max_steps=int(max_steps), gn_spread=spread,
         gn_condition=cond, gn_median=median, lambda_max=lmax, lambda_min=lmin,
