@@ -142,37 +142,37 @@ plateaus from small initial weights (their escape time grows with depth)."""
 
 TEXT["TRAINING"] = """**Ours.** With orthogonal initialisation the steps to the criterion rise over the first
 doublings of depth (depth 1 is linear regression, solved in one step at rate 1) and then
-level off: about 16 steps at depth 8 and 18 at depth 32 (×1.2 for a fourfold depth). With
-scaled Gaussian initialisation they keep growing: about 130 at depth 8 and over 2000 at
-depth 32 (×16), and at depth 16 some seeds do not meet the criterion at any rate of the grid
-within 4000 steps. The best orthogonal rate × depth grows slowly (1 to 3-4), so the
-optimal rate falls a little slower than `1/D`. (The numbers are those of the run stored
-here; see the printed table.)"""
+level off: 1, 5, 10, 19, 19, 22 steps at depths 1-32 (median of 3 seeds; ×1.16 from depth
+8 to 32). With scaled Gaussian initialisation they keep growing: 1, 7, 25, 84, 441, 1089
+(×13 from depth 8 to 32; one of the three seeds at depth 32 met the criterion at no rate
+within 4000 steps). The best orthogonal rate × depth stays between 1 and 3 (1, 3, 2, 2, 3,
+3), so the optimal rate falls roughly like `1/D`; the Gaussian nets need smaller rates
+(0.5/D from depth 16)."""
 
 TEXT["SPECTRUM"] = """**Ours.** At every depth the orthogonal initialisation's non-zero Gauss-Newton eigenvalues are
 all equal to `D` (spread 1.000, median exactly `D`), the closed form. The Gaussian
 initialisation's spread by orders of magnitude more as depth grows (90%/10% quantile ratio
-about 6 at depth 2, 200 at depth 8, 10⁵-10⁶ at depth 32; max/min ~10⁹), and its Hessian's
-`λ_max` grows much faster than `D` (about 1900 at depth 32 against 69 for orthogonal), which
+5.6 at depth 2, 223 at depth 8, 2e5 at depth 32; max/min 2.7e9), and its Hessian's
+`λ_max` grows much faster than `D` (1563 at depth 32 against 68.5 ≈ 2.1 D for orthogonal), which
 caps the stable rate while the smallest eigenvalues set how slowly the last modes are fitted."""
 
 TEXT["SUMMARY"] = """| | Saxe et al. 2014 | this notebook (whitened digits, deep linear nets) |
 |---|---|---|
 | origin, depth 2 | a saddle (plateau, Sec. 2) | saddle of index 54 = h·rank(Σyx); spectrum ±s_α to 1e-15 |
 | origin, depth ≥ 3 | higher-order saddle, plateaus grow with depth (Sec. 3) | Hessian exactly 0; classify's higher-order probe finds descent; loss ∝ tᴰ |
-| orthogonal init, training time | depth-independent (Sec. 4) | levels off: ~16 steps at depth 8, ~18 at depth 32 |
-| scaled Gaussian init, training time | grows with depth (Sec. 4) | ~130 at depth 8, >2000 at depth 32 |
-| why | dynamical isometry (Sec. 4) | Gauss-Newton non-zero eigenvalues all = D (orthogonal) vs spread 10⁵-10⁶ (Gaussian) |
+| orthogonal init, training time | depth-independent (Sec. 4) | levels off: 19 steps at depth 8, 22 at depth 32 |
+| scaled Gaussian init, training time | grows with depth (Sec. 4) | 84 at depth 8, 1089 at depth 32 (×13) |
+| why | dynamical isometry (Sec. 4) | Gauss-Newton non-zero eigenvalues all = D (orthogonal) vs 90/10 spread 2e5 at depth 32 (Gaussian) |
 
 **Where we agree and where not.** Both statements hold here. The origin is a saddle whose
 order grows with depth: indefinite at depth 2, flat to second order from depth 3, which is why
 small initialisations sit on plateaus. Orthogonal initialisation gives a training time that
 stops growing with depth while the Gaussian one grows by an order of magnitude from depth 8
 to 32. Two differences: (i) our orthogonal curve is not flat from depth 1: it rises from 1
-step (a linear regression) to ~16 by depth 8 before levelling off; Saxe et al.'s statement is
+step (a linear regression) to 19 by depth 8 before levelling off; Saxe et al.'s statement is
 asymptotic (a finite delay as depth grows), and our criterion asks for all nine modes of
 `Σyx` at once, which a single rate cannot reach in one step once the map is a product;
-(ii) the best rate × depth is not constant (1 → 3-4), because at orthogonal initialisation
+(ii) the best rate × depth is not constant (1 to 3), because at orthogonal initialisation
 the Hessian's `λ_max` is about `2.1 D` (the residual term adds to the Gauss-Newton `D`) and
 the nonlinear product dynamics tolerate rates above `2/λ_max` for a few steps. We use
 digits (whitened, 32 components) rather than MNIST, widths of 32 rather than hundreds, and

@@ -530,4 +530,4 @@ ENTRY = Entry(
     claim="The origin of a deep linear network is a saddle (flat to second order from depth "
           "3); with random orthogonal initialisation the training time does not grow with "
           "depth, with scaled Gaussian initialisation it does (Sec. 4).",
-    notebook="10_deep_linear_saxe.ipynb", run=run, full_seconds=None)
+    notebook="10_deep_linear_saxe.ipynb", run=run, full_seconds=290.0)
