@@ -13,12 +13,18 @@ a verdict paragraph, figures). The notebooks call the same module's functions st
 
 from __future__ import annotations
 
-from hessian_tools.gallery import li, entezari, choromanska, ghorbani
+from hessian_tools.gallery import li, entezari, saxe, choromanska, ghorbani
 from hessian_tools.gallery._entry import Entry, Report, ReportExists, Row
 
 __all__ = ["Entry", "Report", "ReportExists", "Row", "ENTRIES", "entries", "get"]
 
-ENTRIES: tuple[Entry, ...] = (li.ENTRY, entezari.ENTRY, choromanska.ENTRY, ghorbani.ENTRY)
+ENTRIES: tuple[Entry, ...] = (
+    li.ENTRY,
+    entezari.ENTRY,
+    saxe.ENTRY,
+    choromanska.ENTRY,
+    ghorbani.ENTRY,
+)
 """Every entry, in the gallery's order (that of their notebooks)."""
 
 
