@@ -157,7 +157,7 @@ Hessian. **Gradient descent** (lr 0.5) leaves after 200 products and is still at
 end; **Adam** (lr 0.01) leaves after 24 products and ends at 0.7527.
 
 **Where we agree and where not.** Saddle-free Newton escapes the saddle and beats plain
-gradient descent per product, and the damped Newton baseline fails, as in the paper's Fig. 4
+gradient descent per product, and the damped Newton baseline fails, as in the paper's Sec. 7
 (there Newton stalls at the saddle; here, without a line search, its steps along
 negative-curvature directions weaker than its damping are enormous, so it diverges instead).
 Adam, which the paper did not compare, leaves the plateau first: its per-coordinate

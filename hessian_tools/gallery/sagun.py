@@ -32,7 +32,7 @@ from hessian_tools.examples import digits
 from hessian_tools.gallery._entry import Entry, Report, Row
 from hessian_tools.operators import gauss_newton, hessian
 
-__all__ = ["CONFIGS", "Config", "ENTRY", "count_outliers", "overlap", "parts", "plot_overlap",
+__all__ = ["CONFIGS", "Config", "ENTRY", "class_means_gram_eigenvalues", "count_outliers", "overlap", "parts", "plot_overlap",
            "plot_parts", "plot_spectrum", "plot_top", "run", "setup", "spectrum"]
 
 C = 10
@@ -117,14 +117,25 @@ def parts(s, ov, cfg: Config, *, key):
     dec = ov.dec
     part_top = {name: np.sort(eigenvalues(op, k=cfg.k_part, key=key).largest)[::-1]
                 for name, op in dec.parts.items()}
-    mflat = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(class_mean_vectors(dec)), np.float64)
-    a = np.sqrt(dec.class_weights * (C - 1))
-    gram = np.sort(np.linalg.eigvalsh(a[:, None] * (mflat @ mflat.T) * a[None, :]))[::-1]
+    gram = class_means_gram_eigenvalues(dec)
     y = s.y
     wrong = np.sort(np.asarray(1 - jax.nn.softmax(s.logits)[jnp.arange(len(y)), y]))[::-1]
     n1 = len(y) // 100
     return _ns(top=part_top, gram=gram, wrong_top1=float(wrong[:n1].sum() / wrong.sum()),
                wrong_median=float(np.median(wrong)), n_top1=n1)
+
+
+def class_means_gram_eigenvalues(dec) -> np.ndarray:
+    """The ``C`` eigenvalues of ``G_class = sum_c pi_c W_c delta_c delta_c^T``, largest first,
+    from the ``C x C`` matrix ``diag(sqrt(a)) Gram(delta) diag(sqrt(a))``, ``a_c = pi_c W_c``
+    (``W_c = C - 1`` with ``true_class="separate"``, ``C`` otherwise): the same nonzero
+    eigenvalues as the matrix-free operator, from the explicit class-mean vectors (one pass
+    over the data, ``C`` parameter-sized vectors, float64)."""
+    means = class_mean_vectors(dec)
+    mflat = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(means), np.float64)
+    w = dec.num_classes - (dec.true_class_mode == "separate")
+    a = np.sqrt(dec.class_weights * w)
+    return np.sort(np.linalg.eigvalsh(a[:, None] * (mflat @ mflat.T) * a[None, :]))[::-1]
 
 
 def plot_spectrum(spec, axes=None):
