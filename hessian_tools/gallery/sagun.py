@@ -226,10 +226,11 @@ def _verdict(n: dict) -> str:
     attr = (f"Papyan's attribution of the outliers' size to G_class holds (its top eigenvalue "
             f"{cls:.3g} against {within:.3g} for G_within)." if cls > within else
             f"Papyan's attribution of the outliers' size to G_class does not hold here: G_class "
-            f"carries {cls:.3g} against {within:.3g} for the within-class part, whose top "
-            "eigenvalues track G's; on this small network at near-zero loss a few hard examples "
-            f"(the top 1% carry {n['wrong_top1']:.0%} of the wrong-class probability) dominate "
-            "the curvature, and their deviations point along the class-mean directions.")
+            f"carries {cls:.3g} against {within:.3g} for the within-class part (G: "
+            f"{n['top_gauss_newton'][0]:.3g}); our reading: on this small network at near-zero "
+            f"loss a few hard examples (the top 1% carry {n['wrong_top1']:.0%} of the wrong-class "
+            "probability) dominate the curvature, and their deviations point along the "
+            "class-mean directions.")
     return (f"Sagun et al.'s bulk is there: {n['near_zero']:.1%} of the {n['num_params']} "
             f"eigenvalues lie within |λ| < 0.01, the largest is {n['lambda_max']:.3g}. We find "
             f"{count}. {geo} {attr} The model (digits, {n['num_params']} parameters) is far "
