@@ -117,7 +117,7 @@ TEXT["NEWTONMR"] = """**Ours.** The network has 118 parameters (800 examples). `
 the three Adam end points within 60 trust-region steps (status "not converged", |grad| 1.3e-2,
 1.6e-5, 3.2e-5; loss 0.718-0.733, training error 12.7-15.0%), but Newton-MR from them (next
 section) converges to index-0 critical points at the same losses. Newton-MR from the 30 starts
-(32 s) finds 12 critical points, all at loss 2.3025 ≈ ln 10 (the network outputs the class
+finds 12 critical points, all at loss 2.3025 ≈ ln 10 (the network outputs the class
 frequencies) with index 27-36 (α = 0.23-0.31): the saddle(s) of the "all hidden units off"
 family. Ten more stop as *gradient-flat* (near the minima, and at ln 10 with index 23-28) and
 eight do not converge (among them points at loss 1.25-1.82 with index 1-3: the only hints of
