@@ -300,6 +300,12 @@ def _numbers(pr, found, minima, between, searches, points, saddle, runs) -> dict
     return n
 
 
+def _span(x) -> str:
+    """``"0.23-0.31"``, or one value when all are equal."""
+    lo, hi = f"{np.min(x):.2f}", f"{np.max(x):.2f}"
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def _verdict(n: dict) -> str:
     """The paragraph of where ours and the paper's agree, written from the measured numbers."""
     a, e, lo = (np.array(n[k]) for k in ("critical_alpha", "critical_error", "critical_loss"))
@@ -309,7 +315,7 @@ def _verdict(n: dict) -> str:
     def group(mask, what, ok, good):
         if not mask.any():
             return f"none has {what}"
-        return (f"every one with {what} is {good} (α = {a[mask].min():.2f}-{a[mask].max():.2f})"
+        return (f"every one with {what} is {good} (α = {_span(a[mask])})"
                 if ok(a[mask]).all() else f"not every one with {what} is {good}")
     parts = [f"Of the {len(a)} certified critical points, "
              + group(hi, "high training error (>50%)", lambda x: x > 0, "a saddle") + " and "
@@ -320,11 +326,15 @@ def _verdict(n: dict) -> str:
              + (f" (Spearman ρ of α with the error {n['spearman_alpha_error']:.2f})."
                 if n["spearman_alpha_error"] is not None else ".")]
     mid = ((lo > 1.1 * lo.min()) & (lo < 0.95 * lo.max())).sum()
-    parts.append(f"The continuum between does not show: the points form two clusters and none "
-                 f"lies at an intermediate loss, the searches towards intermediate indices did "
-                 f"not converge within their budgets (a {n['num_params']}-parameter network has few "
-                 "such critical points, in nearly degenerate regions)." if mid == 0 else
-                 f"{mid} certified critical points lie at intermediate losses, part of a continuum.")
+    runs = sum(v["runs"] for v in n["searches"].values())
+    reached = sum(v["reached"] for v in n["searches"].values())
+    clusters = "two clusters" if hi.any() and low.any() else "one cluster"
+    parts.append((f"The continuum between does not show: the points form {clusters}, none at an "
+                  f"intermediate loss; the saddle searches reached {reached} of {runs} target "
+                  f"indices (plausibly, a {n['num_params']}-parameter network has few such critical "
+                  "points, in nearly degenerate regions).") if mid == 0 else
+                 f"{mid} certified critical points lie at intermediate losses, part of a continuum "
+                 f"(the saddle searches reached {reached} of {runs} target indices).")
     esc = n["escape"]
     sfn = next(v for k, v in esc.items() if k.startswith("saddle-free"))
     dn = next(v for k, v in esc.items() if k.startswith("damped"))
@@ -375,9 +385,9 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     row = {k.split(" (")[0]: {**v, "escaped_after": v["escaped_after"] or "never"} for k, v in esc.items()}
     rows = (Row(quantity="certified critical points", ours=len(a), paper="-"),
             Row(quantity="high-error (>50%) critical points: index α",
-                ours=f"{a[hi].min():.2f}-{a[hi].max():.2f}" if hi.any() else "none", paper="α > 0: saddles (Fig. 1)"),
+                ours=_span(a[hi]) if hi.any() else "none", paper="α > 0: saddles (Fig. 1)"),
             Row(quantity="low-error critical points: index α",
-                ours=f"{a[~hi].min():.2f}-{a[~hi].max():.2f}" if (~hi).any() else "none", paper="α = 0: minima (Fig. 1)"),
+                ours=_span(a[~hi]) if (~hi).any() else "none", paper="α = 0: minima (Fig. 1)"),
             Row(quantity="Spearman ρ(α, training error)", ours=n["spearman_alpha_error"] if n["spearman_alpha_error"] is not None else "-",
                 paper="positive, a continuum (Fig. 1)"),
             Row(quantity="saddle-free Newton: products to escape / final loss",
