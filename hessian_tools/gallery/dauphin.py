@@ -357,7 +357,7 @@ def _verdict(n: dict) -> str:
 
 
 def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
-    """The whole reproduction in float64 (full: ~2 min on 2 CPU cores; small: ~20 s)."""
+    """The whole reproduction in float64 (full: about 2-3 min on 2 CPU cores; small: about 30 s)."""
     cfg = CONFIGS["small" if small else "full"]
     t0 = time.perf_counter()
     base = 1000 * seed
@@ -414,4 +414,4 @@ ENTRY = Entry(
     claim=("The training error of a network's critical points rises with their index (Fig. 1): "
            "high-error critical points are saddles, not minima; Newton's method is attracted to "
            "saddles, and saddle-free Newton escapes them fast (Sec. 7)."),
-    notebook="09_saddles_dauphin.ipynb", run=run, full_seconds=None)
+    notebook="09_saddles_dauphin.ipynb", run=run, full_seconds=185.0)
