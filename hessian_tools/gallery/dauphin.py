@@ -414,4 +414,4 @@ ENTRY = Entry(
     claim=("The training error of a network's critical points rises with their index (Fig. 1): "
            "high-error critical points are saddles, not minima; Newton's method is attracted to "
            "saddles, and saddle-free Newton escapes them fast (Sec. 7)."),
-    notebook="09_saddles_dauphin.ipynb", run=run, full_seconds=185.0)
+    notebook="09_saddles_dauphin.ipynb", run=run, full_seconds=95.0)
