@@ -14,6 +14,10 @@ PATH = Path("notebooks/07_bulk_and_outliers.ipynb")
 cells = [
     nbf.v4.new_markdown_cell("""# Bulk and outliers: the Hessian of a trained classifier (Sagun et al. 2017, Papyan 2019)
 
+The code of this notebook lives in `hessian_tools/gallery/sagun.py`; each cell below calls one
+of its steps. `hessian-tools gallery sagun --out DIR` runs the same steps and writes the
+figures and a short report (`--small` for the test configuration).
+
 Two classic observations about the loss Hessian of a trained network:
 
 * **Sagun, Evci, Güney, Dauphin & Bottou (2017)**, *Empirical analysis of the Hessian of
@@ -33,48 +37,37 @@ Here: scikit-learn's digits (1,797 8×8 images, `C = 10` classes), the library's
 quoted in the text are those of the full configuration, whose outputs are stored here."""),
     nbf.v4.new_code_cell("""import os, time
 import jax
-import jax.numpy as jnp
 import numpy as np
 import matplotlib.pyplot as plt
-from jax.flatten_util import ravel_pytree
-import hessian_tools as ht
-from hessian_tools.examples import digits
+from hessian_tools.gallery import sagun
 
 SMALL = os.environ.get("HESSIAN_TOOLS_SMALL") == "1"
-C = 10
-K_TOP = 20 if SMALL else 40            # top eigenvalues examined
-PROBES, STEPS = (4, 40) if SMALL else (16, 100)   # SLQ probes x Lanczos steps
+cfg = sagun.CONFIGS["small" if SMALL else "full"]
+C, K_TOP = sagun.C, cfg.k_top
+print(cfg)
 
 start = time.perf_counter()
-obj = digits.digits_objective("mlp-small")
-x, y = digits.load_digits_data()
-logits = obj.predict(obj.params, (x, y))
-H, G = ht.hessian(obj), ht.gauss_newton(obj)
-print(f"P = {H.dim} parameters, training loss {float(digits.cross_entropy(logits, (x, y))):.2e}, "
-      f"accuracy {float(jnp.mean(jnp.argmax(logits, -1) == y)):.3f}")"""),
+s = sagun.setup()
+H, G = s.H, s.G
+print(f"P = {H.dim} parameters, training loss {s.loss:.2e}, accuracy {s.accuracy:.3f}")"""),
     nbf.v4.new_markdown_cell("""## 1. The spectrum: a bulk near zero and a few outliers
 
 **Claim (Sagun et al.).** The eigenvalue density is concentrated at zero; a handful of
 eigenvalues sit far to the right of it.
 
 We estimate the density with stochastic Lanczos quadrature (`ht.density`) and compute the
-top eigenvalues with restarted Lanczos (`ht.eigenvalues`), marked in red. On the left the
-density on a linear eigenvalue axis (log density), on the right the density of
-`log10 |λ|` (`ht.plot_log_density`, Papyan's log-scale view), which resolves the bulk."""),
-    nbf.v4.new_code_cell("""dens = ht.density(H, key=jax.random.key(0), num_probes=PROBES, num_steps=STEPS)
-eig_h = ht.eigenvalues(H, k=K_TOP, key=jax.random.key(1))
-top_h = np.sort(eig_h.largest)[::-1]
+top eigenvalues with restarted Lanczos (`ht.eigenvalues`), marked in red (`sagun.spectrum`
+makes the two calls). On the left the density on a linear eigenvalue axis (log density), on
+the right the density of `log10 |λ|` (`ht.plot_log_density`, Papyan's log-scale view), which
+resolves the bulk."""),
+    nbf.v4.new_code_cell("""spec = sagun.spectrum(s, cfg, keys=(jax.random.key(0), jax.random.key(1)))
+dens, top_h = spec.dens, spec.top_h
 print(dens)
 print(f"top {K_TOP} Hessian eigenvalues:", np.round(top_h, 4))
-near_zero = float(dens.cdf(0.01) - dens.cdf(-0.01))
-print(f"SLQ: λ from {dens.lambda_min:.3g} to {dens.lambda_max:.3g}; {near_zero:.1%} of the "
+print(f"SLQ: λ from {dens.lambda_min:.3g} to {dens.lambda_max:.3g}; {spec.near_zero:.1%} of the "
       f"{H.dim} eigenvalues have |λ| < 0.01 (the largest is {top_h[0]:.3f}); "
-      f"eigenvalues above {top_h[C]:.3f} (the 11th): {dens.num_above(top_h[C]).count:.1f}")
-
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
-ht.plot_density(dens, ax=axes[0], eig=top_h[:C], counts=True, eig_label=f"top {C} eigenvalues")
-axes[0].set_title("Hessian spectrum (SLQ), eigenvalues per unit")
-ht.plot_log_density(dens, ax=axes[1], eig=top_h[:C], counts=True)
+      f"eigenvalues above {top_h[C]:.3f} (the 11th): {spec.slq_above:.1f}")
+sagun.plot_spectrum(spec)
 plt.show()"""),
 ]
 cells += [
@@ -87,34 +80,15 @@ for the class means, plus `C(C−1)` weaker "mini-outliers" from the cross-class
 `ht.outliers` splits the top `k` eigenvalues at the last gap that is `gap_factor = 10` times
 the typical bulk spacing, and repeats the rule on the top `k' = k, 2k/3, 4k/9, …` values
 (`counts_by_k`): a count that changes with `k'` is not to be trusted. We do it for the
-Hessian and for the Gauss-Newton matrix `G` (positive semi-definite; Papyan's object)."""),
-    nbf.v4.new_code_cell("""eig_g = ht.eigenvalues(G, k=K_TOP, key=jax.random.key(2))
-top_g = np.sort(eig_g.largest)[::-1]
-splits = {"Hessian": ht.outliers(eig_h, k=K_TOP), "Gauss-Newton": ht.outliers(eig_g, k=K_TOP)}
-for name, s in splits.items():
-    print(f"{name:>12}: {s.num_outliers} outliers, bulk edge {s.bulk_edge:.4f}, gap {s.gap:.4f} "
-          f"= {s.gap / s.reference_gap:.0f}x the bulk spacing; stable: {s.extra['stable']}; "
-          f"counts by k: {s.extra['counts_by_k']}")
-ratios = top_h[:-1] / top_h[1:]
-print("λ_i / λ_(i+1) for i = 1..14:", np.round(ratios[:14], 2))
-
-fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), layout="constrained")
-i = np.arange(1, K_TOP + 1)
-axes[0].semilogy(i, top_h, "o-", ms=4, label="Hessian")
-axes[0].semilogy(i, top_g, "s--", ms=4, mfc="none", label="Gauss-Newton G")
-n_h = splits["Hessian"].num_outliers
-axes[0].axvspan(0.5, n_h + 0.5, color="C3", alpha=0.1, label=f"outliers found ({n_h})")
-axes[0].axvline(C + 0.5, color="0.3", ls=":", label=f"C = {C}")
-axes[0].set(xlabel="index i", ylabel="eigenvalue λ_i (log scale)",
-            title=f"top {K_TOP} eigenvalues")
-axes[0].legend()
-axes[1].bar(i[:-1], ratios, color=["C3" if j < n_h else "C0" for j in range(K_TOP - 1)])
-axes[1].axvline(C + 0.5, color="0.3", ls=":")
-axes[1].set(xlabel="index i", ylabel="λ_i / λ_(i+1)",
-            title="relative gap after each eigenvalue (red: inside the outliers)")
-for ax in axes:
-    ax.grid(alpha=0.3)
-    ax.set_xticks(np.arange(0, K_TOP + 1, 5 if K_TOP > 20 else 2))
+Hessian and for the Gauss-Newton matrix `G` (positive semi-definite; Papyan's object):
+`sagun.count_outliers` calls `ht.eigenvalues(G, k=K_TOP)` and `ht.outliers` on both."""),
+    nbf.v4.new_code_cell("""out = sagun.count_outliers(s, spec, cfg, key=jax.random.key(2))
+for name, split in out.splits.items():
+    print(f"{name:>12}: {split.num_outliers} outliers, bulk edge {split.bulk_edge:.4f}, gap {split.gap:.4f} "
+          f"= {split.gap / split.reference_gap:.0f}x the bulk spacing; stable: {split.extra['stable']}; "
+          f"counts by k: {split.extra['counts_by_k']}")
+print("λ_i / λ_(i+1) for i = 1..14:", np.round(out.ratios[:14], 2))
+sagun.plot_top(spec, out)
 plt.show()"""),
     nbf.v4.new_markdown_cell("""OUTLIERS"""),
     nbf.v4.new_markdown_cell("""## 3. Do the outliers live in the span of the class means?
@@ -129,31 +103,14 @@ projector onto the span) and the mean over the subspace (the mean squared cosine
 principal angles). We use Papyan 2019's convention `true_class="separate"` (the class mean
 averages the `C − 1` wrong-class directions; the true-class terms form a fourth part). A
 random 10-dimensional subspace of the `P`-dimensional parameter space overlaps a fixed
-10-dimensional span by `10/P` on average: that is the baseline."""),
-    nbf.v4.new_code_cell("""dec = ht.papyan_decomposition(obj, true_class="separate")
-ov_h = ht.class_means_overlap(eig_h, dec)          # all K_TOP vectors, one per eigenvalue
-ov_g = ht.class_means_overlap(eig_g, dec)
-top10 = {name: ht.class_means_overlap(jax.tree.map(lambda a: a[np.argsort(-e.values)[:C]], e.vectors), dec)
-         for name, e in (("Hessian", eig_h), ("Gauss-Newton", eig_g))}
-flat, unravel = ravel_pytree(obj.params)
-rand = jax.vmap(unravel)(jax.random.normal(jax.random.key(3), (C, flat.size), flat.dtype))
-ov_r = ht.class_means_overlap(rand, dec)
-for name, ov in top10.items():
-    print(f"top-{C} eigenspace of the {name}: mean overlap {ov.mean:.3f}; "
-          f"per vector {np.round(ov.per_vector, 2)}")
-print(f"random {C}-dim subspace: {ov_r.mean:.4f} (10/P = {C / H.dim:.4f})")
-
-order_h, order_g = np.argsort(-eig_h.values), np.argsort(-eig_g.values)
-fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
-ax.plot(i, ov_h.per_vector[order_h], "o-", label="Hessian eigenvectors")
-ax.plot(i, ov_g.per_vector[order_g], "s--", mfc="none", label="Gauss-Newton eigenvectors")
-ax.axhline(ov_r.mean, color="C2", label=f"random {C}-dim subspace ({ov_r.mean:.4f})")
-ax.axvline(C + 0.5, color="0.3", ls=":", label=f"C = {C}")
-ax.set(xlabel="eigenvector of the i-th largest eigenvalue", ylim=(-0.02, 1.02),
-       ylabel="‖P v‖² / ‖v‖²  (fraction in span{δ_c})",
-       title="overlap of each top eigenvector with the span of the class means")
-ax.legend()
-ax.grid(alpha=0.3)
+10-dimensional span by `10/P` on average: that is the baseline (`sagun.overlap` does all
+three)."""),
+    nbf.v4.new_code_cell("""ov = sagun.overlap(s, spec, out, key=jax.random.key(3))
+for name, o in ov.top10.items():
+    print(f"top-{C} eigenspace of the {name}: mean overlap {o.mean:.3f}; "
+          f"per vector {np.round(o.per_vector, 2)}")
+print(f"random {C}-dim subspace: {ov.random:.4f} (10/P = {C / H.dim:.4f})")
+sagun.plot_overlap(ov)
 plt.show()"""),
     nbf.v4.new_markdown_cell("""OVERLAP"""),
     nbf.v4.new_markdown_cell("""## 4. Papyan's parts: which one carries the outliers?
@@ -164,36 +121,19 @@ eigenvalues of `G_class` are close to the outliers of `G`, those of `G_within` n
 bulk edge.
 
 Each part is a matrix-free `CurvatureOperator`; their sum is `ht.gauss_newton(obj)`
-exactly. We compute the top eigenvalues of each with `ht.eigenvalues`."""),
-    nbf.v4.new_code_cell("""K_PART = 12
-part_top = {name: np.sort(ht.eigenvalues(op, k=K_PART, key=jax.random.key(4)).largest)[::-1]
-            for name, op in dec.parts.items()}
-for name, v in part_top.items():
+exactly. `sagun.parts` computes the top eigenvalues of each with `ht.eigenvalues`, and
+cross-checks `G_class = Σ_c π_c W_c δ_c δ_cᵀ` against the nonzero eigenvalues of the `C × C`
+matrix `diag(√a) Gram(δ) diag(√a)`, `a_c = π_c W_c` (`W_c = C − 1` here), with the class-mean
+vectors from `ht.class_mean_vectors`."""),
+    nbf.v4.new_code_cell("""pt = sagun.parts(s, ov, cfg, key=jax.random.key(4))
+for name, v in pt.top.items():
     print(f"{name:>13}: {np.round(v, 4)}")
-print(f"{'G':>13}: {np.round(top_g[:K_PART], 4)}")
-# cross-check: G_class = sum_c pi_c W_c δ_c δ_c^T has the nonzero eigenvalues of the C x C
-# matrix diag(sqrt(a)) Gram(δ) diag(sqrt(a)), a_c = pi_c W_c (W_c = C - 1 here)
-means = ht.class_mean_vectors(dec)
-mflat = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(means), np.float64)
-a = np.sqrt(dec.class_weights * (C - 1))
-small = np.sort(np.linalg.eigvalsh(a[:, None] * (mflat @ mflat.T) * a[None, :]))[::-1]
-print(f"G_class from the {C}x{C} Gram matrix of the class means: {np.round(small, 4)}")
+print(f"{'G':>13}: {np.round(out.top_g[:cfg.k_part], 4)}")
+print(f"G_class from the {C}x{C} Gram matrix of the class means: {np.round(pt.gram, 4)}")
 # how concentrated the wrong-class probability is: near zero loss a few examples carry it
-wrong = np.sort(np.asarray(1 - jax.nn.softmax(logits)[jnp.arange(len(y)), y]))[::-1]
-print(f"probability on wrong classes: the top 1% of examples ({len(y) // 100}) carry "
-      f"{wrong[:len(y) // 100].sum() / wrong.sum():.0%} of it, the median example {np.median(wrong):.1e}")
-
-fig, ax = plt.subplots(figsize=(9, 4.4), layout="constrained")
-j = np.arange(1, K_PART + 1)
-ax.semilogy(j, top_g[:K_PART], "k-", lw=2, label="G (sum of the parts)")
-for (name, v), m in zip(part_top.items(), "osD^"):
-    keep = v > 1e-9 * top_g[0]     # rank <= C: the rest is rounding, left out
-    ax.semilogy(j[keep], v[keep], m + "--", ms=5, label=f"G_{name.split('_')[0]}")
-ax.axvline(C + 0.5, color="0.3", ls=":", label=f"C = {C}")
-ax.set(xlabel="index i", ylabel="λ_i (log scale)", xticks=j,
-       title="top eigenvalues of Papyan's parts of G (zeros of the rank-C parts omitted)")
-ax.legend()
-ax.grid(alpha=0.3)
+print(f"probability on wrong classes: the top 1% of examples ({pt.n_top1}) carry "
+      f"{pt.wrong_top1:.0%} of it, the median example {pt.wrong_median:.1e}")
+sagun.plot_parts(pt, out)
 plt.show()
 print(f"total {time.perf_counter() - start:.1f} s")"""),
     nbf.v4.new_markdown_cell("""PARTS"""),

@@ -14,6 +14,10 @@ PATH = Path("notebooks/09_saddles_dauphin.ipynb")
 cells = [
     nbf.v4.new_markdown_cell("""# Saddles, not minima: Dauphin et al. 2014
 
+The code of this notebook lives in `hessian_tools/gallery/dauphin.py`; each cell below calls
+one of its steps. `hessian-tools gallery dauphin --out DIR` runs the same steps and writes the
+figures and a short report (`--small` for the test configuration).
+
 **Dauphin, Pascanu, Gulcehre, Cho, Ganguli & Bengio (2014)**, *Identifying and attacking the
 saddle point problem in high-dimensional non-convex optimization*, make two claims:
 
@@ -34,81 +38,33 @@ here."""),
     nbf.v4.new_code_cell("""import os, time
 import jax
 jax.config.update("jax_enable_x64", True)     # float64: critical points need accurate gradients
-import jax.numpy as jnp
 import numpy as np
-import optax
 import matplotlib.pyplot as plt
-import hessian_tools as ht
-from hessian_tools.examples.digits import load_digits_data
+from hessian_tools.gallery import dauphin
 
 SMALL = os.environ.get("HESSIAN_TOOLS_SMALL") == "1"
-N_EXAMPLES, HIDDEN = (300, 3) if SMALL else (800, 4)
-SEEDS = 1 if SMALL else 3
-TARGETS = [2] if SMALL else [1, 4, 8, 16]      # indices sought by eigenvector following
-FOLLOW = 4 if SMALL else 15                    # eigenvector-following steps per start
-RUN_STEPS = 8 if SMALL else 60                # Newton-type steps in section 3
-
-x, y = load_digits_data(dtype=jnp.float64)
-x = x.reshape(-1, 4, 2, 4, 2).mean((2, 4)).reshape(-1, 16)   # 8x8 -> 4x4 pixels
-x, y = x[:N_EXAMPLES], y[:N_EXAMPLES]
-data = (x, y)
-
-def init(key, scale=1.0):
-    k1, k2 = jax.random.split(key)
-    return {"w1": scale * jax.random.normal(k1, (16, HIDDEN)) / 4, "b1": jnp.zeros(HIDDEN),
-            "w2": scale * jax.random.normal(k2, (HIDDEN, 10)) / np.sqrt(HIDDEN), "b2": jnp.zeros(10)}
-
-def loss(p, batch):
-    xb, yb = batch
-    logits = jnp.tanh(xb @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-    return ce + 1e-3 * (jnp.sum(p["w1"] ** 2) + jnp.sum(p["w2"] ** 2))   # small weight decay
-
-def error(p):
-    logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
-    return float(jnp.mean(jnp.argmax(logits, -1) != y))
-
-obj = ht.Objective(loss, init(jax.random.key(0)), data)
+cfg = dauphin.CONFIGS["small" if SMALL else "full"]
+print(cfg)
+pr = dauphin.make_problem(cfg)       # the 16-H-10 tanh network, loss = cross-entropy + 1e-3 |w|^2
+obj = pr.obj
 print(f"{obj.num_params} parameters, {obj.num_examples} examples")
 start = time.perf_counter()"""),
     nbf.v4.new_markdown_cell("""## 1. Where do we look? Training trajectories and the points near them
 
 Dauphin et al. ran Newton's method on the gradient norm from points along training runs. We
-train with Adam from `SEEDS` initialisations and keep checkpoints; then ``ht.polish``
-(trust region, monotone in the loss) tries to take each end point to a certified minimum, and
-``ht.find_critical_points`` (Newton-MR on `½‖∇L‖²`: attracted to the nearest critical point
-of *any* index) starts from every checkpoint and from small-scale initialisations (near
-the symmetric point where all hidden units are off, whose loss is about `ln 10`)."""),
-    nbf.v4.new_code_cell("""opt = optax.adam(1e-2)
-
-@jax.jit
-def train_step(p, s):
-    u, s = opt.update(jax.grad(loss)(p, data), s)
-    return optax.apply_updates(p, u), s
-
-CHECK = [0, 30] if SMALL else [0, 5, 10, 20, 40, 80, 150, 300]
-checkpoints, ends = [], []
-for seed in range(SEEDS):
-    p = init(jax.random.key(seed))
-    s = opt.init(p)
-    for t in range(CHECK[-1] + 1):
-        if t in CHECK:
-            checkpoints.append(p)
-        p, s = train_step(p, s)
-    ends.append(p)
-
-minima = [ht.polish(obj, p, key=jax.random.key(10 + i), max_steps=15 if SMALL else 60)
-          for i, p in enumerate(ends)]
+train with Adam from `cfg.seeds` initialisations and keep checkpoints (`dauphin.train`); then
+``ht.polish`` (trust region, monotone in the loss) tries to take each end point to a certified
+minimum, and ``ht.find_critical_points`` (Newton-MR on `½‖∇L‖²`: attracted to the nearest
+critical point of *any* index) starts from every checkpoint and from small-scale
+initialisations (near the symmetric point where all hidden units are off, whose loss is about
+`ln 10`); `dauphin.locate` makes these calls."""),
+    nbf.v4.new_code_cell("""checkpoints, ends = dauphin.train(pr, cfg)
+t0 = time.perf_counter()
+minima, found = dauphin.locate(pr, cfg, checkpoints, ends)
 for m in minima:
     print(f"polished: {m.status}, verdict {m.verdict}, loss {m.loss:.4f}, index {m.index}, "
-          f"|grad| {m.grad_norm:.1e}, error {error(m.params):.3f}")
-
-small_inits = [init(jax.random.key(100 + i), scale=s)
-               for i, s in enumerate([0.05, 0.2] if SMALL else [0.02, 0.05, 0.1, 0.2, 0.4, 0.7])]
-t0 = time.perf_counter()
-found = ht.find_critical_points(obj, checkpoints + small_inits, key=jax.random.key(1),
-                                newton_steps=12 if SMALL else 50)
-print(f"Newton-MR from {len(found)} starts: {time.perf_counter() - t0:.1f} s")
+          f"|grad| {m.grad_norm:.1e}, error {pr.error(m.params):.3f}")
+print(f"polish + Newton-MR from {len(found)} starts: {time.perf_counter() - t0:.1f} s")
 print(found)"""),
     nbf.v4.new_markdown_cell("""NEWTONMR"""),
     nbf.v4.new_markdown_cell("""## 2. Filling in the continuum: saddles of a chosen index
@@ -116,58 +72,20 @@ print(found)"""),
 Newton-MR lands where it lands. ``ht.find_saddles(obj, starts, target_index=k)`` instead
 *follows eigenvectors*: uphill along the `k` lowest Hessian eigenvectors, downhill in their
 complement, then Newton-MR to converge; a run has ``reached`` its target when the point is
-critical with exactly `k` negative eigenvalues. We also follow Dauphin et al.'s recipe and run
-Newton-MR from points on the straight lines between the `ln 10` saddle and the minima. The
-eigenvector following starts from the saddle and from a minimum, each nudged by a small
-random step, for several target indices, and plot every critical point we have
-(Dauphin et al.'s Fig. 1: training error and loss against the index)."""),
-    nbf.v4.new_code_cell("""def nudge(p, key, eps=0.05):
-    leaves, treedef = jax.tree.flatten(p)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [l + eps * jax.random.normal(k, l.shape) for l, k in zip(leaves, keys)])
-
-top = max((q for q in found if q.status == "critical"), key=lambda q: q.index)   # the ln 10 saddle
-# Dauphin et al.'s recipe: Newton from points between a high-error saddle and the minima
-line = [jax.tree.map(lambda a, b: (1 - t) * a + t * b, top.params, m.params)
-        for m in minima for t in ([0.5] if SMALL else [0.2, 0.4, 0.6, 0.8])]
-t0 = time.perf_counter()
-between = ht.find_critical_points(obj, line, key=jax.random.key(2), newton_steps=12 if SMALL else 50)
-print(f"Newton-MR from {len(line)} points on the lines saddle -> minima: "
-      f"{len(between.critical)} critical "
-      f"({time.perf_counter() - t0:.0f} s)")
-searches = {}
-for k in TARGETS:   # eigenvector following: from the nudged saddle and from nudged minima
-    starts = [nudge(top.params, jax.random.key(200 + 10 * k))]
-    starts += [nudge(m.params, jax.random.key(200 + 10 * k + i + 1)) for i, m in enumerate(minima[:1])]
-    searches[k] = ht.find_saddles(obj, starts, target_index=k, key=jax.random.key(300 + k),
-                                  follow_steps=FOLLOW, newton_steps=10 if SMALL else 30)
-    print(f"target {k:>2}: {searches[k]}   ({time.perf_counter() - t0:.0f} s so far)")
-
-points = [p for p in list(found) + list(between) if p.status == "critical"]
-points += [m for m in minima if m.status == "critical"]
-points += [p for s in searches.values() for p in s if p.status == "critical"]
-alpha = np.array([p.index_fraction for p in points])
-losses = np.array([p.loss for p in points])
-errors = np.array([error(p.params) for p in points])
-order = np.argsort(alpha)
-print(f"{len(points)} critical points; index fraction, loss, training error:")
-for i in order:
-    print(f"  α = {alpha[i]:.3f} (index {points[i].index:>3}), loss {losses[i]:.4f}, error {errors[i]:.3f}")
-if len(points) > 2:
-    print(f"rank correlation (Spearman) of α with error: "
-          f"{np.corrcoef(np.argsort(np.argsort(alpha)), np.argsort(np.argsort(errors)))[0, 1]:.2f}")
-
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
-ht.plot_index_vs_loss(found, ax=axes[0], label="Newton-MR")
-ht.plot_index_vs_loss(between, ax=axes[0], label="Newton-MR, lines", color="C1")
-for k, s in searches.items():
-    ht.plot_index_vs_loss(s, ax=axes[0], label=f"target {k}", color=f"C{2 + TARGETS.index(k)}")
-axes[0].set_title("loss at the points reached (filled: critical)")
-axes[1].scatter(alpha, 100 * errors, c=np.log10(losses), cmap="viridis")
-axes[1].set(xlabel="index α (fraction of negative eigenvalues)", ylabel="training error (%)",
-            title="Dauphin et al. Fig. 1: error against index, critical points only")
-axes[1].grid(alpha=0.3)
-fig.colorbar(axes[1].collections[0], ax=axes[1], label="log10 loss")
+critical with exactly `k` negative eigenvalues (`dauphin.search_saddles` is that one call).
+We also follow Dauphin et al.'s recipe and run Newton-MR from points on the straight lines
+between the `ln 10` saddle and the minima. The eigenvector following starts from the saddle
+and from a minimum, each nudged by a small random step, for several target indices
+(`dauphin.continuum` does all of it), and we plot every critical point we have (Dauphin et
+al.'s Fig. 1: training error and loss against the index)."""),
+    nbf.v4.new_code_cell("""between, searches, points = dauphin.continuum(pr, cfg, found, minima)
+alpha, losses, errors = points["alpha"], points["loss"], points["error"]
+print(f"{len(alpha)} critical points; index fraction, loss, training error:")
+for i in np.argsort(alpha):
+    print(f"  α = {alpha[i]:.3f} (index {points['points'][i].index:>3}), loss {losses[i]:.4f}, error {errors[i]:.3f}")
+if len(alpha) > 2:
+    print(f"rank correlation (Spearman) of α with error: {dauphin.spearman(alpha, errors):.2f}")
+dauphin.plot_continuum(found, between, searches, points)
 plt.show()"""),
     nbf.v4.new_markdown_cell("""CONTINUUM"""),
     nbf.v4.new_markdown_cell("""## 3. Escaping a saddle: saddle-free Newton against Newton, GD and Adam
@@ -176,44 +94,16 @@ We start next to the highest-index saddle found (a random step of norm `1e-3` of
 four optimizers for the same budget of products (a gradient counts one, each Krylov step of
 the Newton methods `k` Hessian-vector products plus the gradient): ``ht.damped_newton``
 (Newton regularised by `δ`, the paper's baseline), ``ht.saddle_free_newton`` (the same Krylov
-step with `|λ|`), and ``optax.sgd`` / ``optax.adam``."""),
-    nbf.v4.new_code_cell("""crit = [p for p in points if p.index and p.index > 0]
-saddle = max(crit, key=lambda p: p.index) if crit else minima[0]
+step with `|λ|`), and ``optax.sgd`` / ``optax.adam`` (`dauphin.escape`; each end point is
+classified with ``ht.classify``)."""),
+    nbf.v4.new_code_cell("""saddle, runs = dauphin.escape(pr, cfg, points, minima)
 print(f"start next to a saddle of index {saddle.index} (α = {saddle.index_fraction:.3f}), loss {saddle.loss:.4f}")
-x0 = nudge(saddle.params, jax.random.key(7), eps=1e-3 / np.sqrt(obj.num_params))
-K, DAMP = 10, 1e-2
-
-def run(opt, steps, cost):
-    @jax.jit
-    def step(p, s):
-        value, g = jax.value_and_grad(loss)(p, data)
-        u, s = opt.update(g, s, p, batch=data, value=value)
-        return optax.apply_updates(p, u), s, value
-    p, s, curve = x0, opt.init(x0), []
-    for i in range(steps):
-        p, s, value = step(p, s)
-        curve.append(((i + 1) * cost, float(value)))
-    return np.array(curve), p
-
-runs = {f"saddle-free Newton (k={K}, δ={DAMP})": run(ht.saddle_free_newton(loss, num_steps=K, damping=DAMP), RUN_STEPS, K + 1),
-        f"damped Newton (k={K}, δ={DAMP})": run(ht.damped_newton(loss, num_steps=K, damping=DAMP), RUN_STEPS, K + 1),
-        "gradient descent (lr 0.5)": run(optax.sgd(0.5), RUN_STEPS * (K + 1), 1),
-        "Adam (lr 0.01)": run(optax.adam(1e-2), RUN_STEPS * (K + 1), 1)}
-fig, ax = plt.subplots(figsize=(8, 4.3), layout="constrained")
-for name, (c, _) in runs.items():
-    ax.plot(c[:, 0], c[:, 1], label=name)
-ax.axhline(saddle.loss, color="0.5", ls=":", label=f"the saddle (index {saddle.index})")
-ax.axhline(min(m.loss for m in minima), color="k", ls="--", lw=0.8, label="best polished minimum")
-ax.set(xlabel="products (gradients + Hessian-vector products)", ylabel="training loss",
-       title="starting 1e-3 away from a saddle (losses above 2.6 clipped)", ylim=(0.6, 2.6))
-ax.legend(fontsize=8); ax.grid(alpha=0.3)
+dauphin.plot_escape(runs, saddle, minima)
 plt.show()
-for name, (c, p) in runs.items():
-    rep = ht.classify(obj.with_params(p), key=jax.random.key(8))
-    print(f"{name:34s} final loss {c[-1, 1]:.4f}, error {error(p):.3f}, |grad| {rep.grad_norm:.1e}, "
+for name, (c, p, rep) in runs.items():
+    print(f"{name:34s} final loss {c[-1, 1]:.4f}, error {pr.error(p):.3f}, |grad| {rep.grad_norm:.1e}, "
           f"index {rep.index}, max loss {c[:, 1].max():.3g}")
-    left = c[c[:, 1] < 0.95 * saddle.loss, 0]
-    print(f"{'':34s} loss below 95% of the saddle's after {int(left[0]) if len(left) else 'never'} products")
+    print(f"{'':34s} loss below 95% of the saddle's after {dauphin.escaped_after(c, saddle.loss) or 'never'} products")
 print(f"total {time.perf_counter() - start:.1f} s")"""),
     nbf.v4.new_markdown_cell("""ESCAPE"""),
     nbf.v4.new_markdown_cell("""## Summary
@@ -227,7 +117,7 @@ TEXT["NEWTONMR"] = """**Ours.** The network has 118 parameters (800 examples). `
 the three Adam end points within 60 trust-region steps (status "not converged", |grad| 1.3e-2,
 1.6e-5, 3.2e-5; loss 0.718-0.733, training error 12.7-15.0%), but Newton-MR from them (next
 section) converges to index-0 critical points at the same losses. Newton-MR from the 30 starts
-(32 s) finds 12 critical points, all at loss 2.3025 ≈ ln 10 (the network outputs the class
+finds 12 critical points, all at loss 2.3025 ≈ ln 10 (the network outputs the class
 frequencies) with index 27-36 (α = 0.23-0.31): the saddle(s) of the "all hidden units off"
 family. Ten more stop as *gradient-flat* (near the minima, and at ln 10 with index 23-28) and
 eight do not converge (among them points at loss 1.25-1.82 with index 1-3: the only hints of
@@ -267,7 +157,7 @@ Hessian. **Gradient descent** (lr 0.5) leaves after 200 products and is still at
 end; **Adam** (lr 0.01) leaves after 24 products and ends at 0.7527.
 
 **Where we agree and where not.** Saddle-free Newton escapes the saddle and beats plain
-gradient descent per product, and the damped Newton baseline fails, as in the paper's Fig. 4
+gradient descent per product, and the damped Newton baseline fails, as in the paper's Sec. 7
 (there Newton stalls at the saddle; here, without a line search, its steps along
 negative-curvature directions weaker than its damping are enormous, so it diverges instead).
 Adam, which the paper did not compare, leaves the plateau first: its per-coordinate

@@ -13,7 +13,7 @@ a verdict paragraph, figures). The notebooks call the same module's functions st
 
 from __future__ import annotations
 
-from hessian_tools.gallery import li, entezari, saxe, choromanska, ghorbani
+from hessian_tools.gallery import li, entezari, sagun, dauphin, saxe, choromanska, ghorbani
 from hessian_tools.gallery._entry import Entry, Report, ReportExists, Row
 
 __all__ = ["Entry", "Report", "ReportExists", "Row", "ENTRIES", "entries", "get"]
@@ -21,6 +21,8 @@ __all__ = ["Entry", "Report", "ReportExists", "Row", "ENTRIES", "entries", "get"
 ENTRIES: tuple[Entry, ...] = (
     li.ENTRY,
     entezari.ENTRY,
+    sagun.ENTRY,
+    dauphin.ENTRY,
     saxe.ENTRY,
     choromanska.ENTRY,
     ghorbani.ENTRY,
