@@ -14,10 +14,11 @@ a verdict paragraph, figures). The notebooks call the same module's functions st
 from __future__ import annotations
 
 from hessian_tools.gallery._entry import Entry, Report, ReportExists, Row
+from hessian_tools.gallery import cohen, keskar
 
 __all__ = ["Entry", "Report", "ReportExists", "Row", "ENTRIES", "entries", "get"]
 
-ENTRIES: tuple[Entry, ...] = ()
+ENTRIES: tuple[Entry, ...] = (cohen.ENTRY, keskar.ENTRY)
 """Every entry, in the gallery's order (that of their notebooks)."""
 
 
