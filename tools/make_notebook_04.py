@@ -298,11 +298,51 @@ print(f"section 5: {time.perf_counter() - t_cohen:.1f} s")"""),
 COHEN_SUMMARY"""),
 ]
 
-TEXT = {   # the markdown that quotes the executed run's numbers (full configuration)
-    "COHEN_GD": "",
-    "COHEN_FLOW": "",
-    "COHEN_ADAM": "",
-    "COHEN_SUMMARY": "",
-}
+TEXT = {}   # the markdown that quotes the executed run's numbers (full configuration)
+
+TEXT["COHEN_GD"] = """**Ours.** With the squared error every run sharpens from 5.55 and settles at its own
+`2/η`: the median of `λ_max / (2/η)` over the last quarter of the run is 0.95 (η = 0.1,
+which reaches 90% of its threshold only at step 2,440 of 3,000), 1.03 (η = 0.2) and 1.05
+(η = 0.3), each within a few percent of 1 while the loss keeps falling. With the
+cross-entropy the sharpness starts lower (0.56) and rises faster: at η = 0.2 it settles at
+1.07 times `2/η`, hovering a little above the threshold as Cohen et al.'s cross-entropy runs
+also do; at η = 0.4 and 0.8 it reaches `2/η` within 60 and 20 steps (peaking at 1.77 and
+1.97 times it), hovers, and then **falls** once the loss is small (final losses 0.036 and
+0.011; last-quarter medians 0.84 and 0.58): the late decline that Cohen et al. describe for
+the cross-entropy, reached early here because even with noisy labels digits is an easy fit."""
+
+TEXT["COHEN_FLOW"] = """**Ours.** The flow, integrated to t = 300 (8,331 RK4 steps, 33,324 full-batch gradients),
+raises the sharpness from 5.55 to 20.5, through the ceilings 6.7 and 10 where gradient
+descent at η = 0.3 and 0.2 stopped (2.05 times the latter), and to the threshold of the
+η = 0.1 run, which follows the flow all the way (the two curves lie on top of each other
+on the left). So gradient descent is the flow until its sharpness meets `2/η`, then departs
+from it, as Cohen et al. show."""
+
+TEXT["COHEN_ADAM"] = """**Ours.** The preconditioned sharpness of both Adam runs climbs to `38/η` within 60-100
+steps and stays there: medians 0.99 (η = 0.005, `38/η` = 7,600) and 0.98 (η = 0.01, 3,800)
+over the last quarter, 10-90% ranges 0.97-1.01 and 0.96-1.01. The raw sharpness ends at
+23.9 and 18.0, nowhere near the `2/η` of gradient descent at these step sizes (400 and 200):
+for Adam it is the preconditioned sharpness that equilibrates."""
+
+TEXT["COHEN_SUMMARY"] = """| | Cohen et al. | ours (1,000 digits, 30% random labels, tanh MLP 64-32-32-10) |
+|---|---|---|
+| GD, squared error: `λ_max / (2/η)` | ~1, hovering, every η (2021, Sec. 3) | 0.95, 1.03, 1.05 (η = 0.1, 0.2, 0.3) |
+| GD, cross-entropy | ~1 then a late decline (2021, Sec. 3) | 1.07 (η = 0.2); 0.84 and 0.58 after reaching 1.8-2.0 (η = 0.4, 0.8) |
+| gradient flow | follows the rise with no ceiling | 20.5 by t = 300: 2.05 times the ceiling of η = 0.2 |
+| Adam, `λ_max(P⁻¹H) / (38/η)` | ~1, hovering (2022, Sec. 3) | 0.99, 0.98 (η = 0.005, 0.01) |
+
+We agree on every qualitative claim: progressive sharpening up to `2/η` and hovering there
+for the squared error at all three step sizes; gradient flow sharpening through the
+ceilings that stop gradient descent, with gradient descent tracking it until then; Adam's
+preconditioned sharpness at `38/η` to within 2% at both step sizes. Where we differ is
+the cross-entropy at the larger step sizes: there the sharpness reaches and overshoots
+`2/η` but falls away once the loss is nearly zero, after a few hundred steps rather than
+late in a long run. That is the decline Cohen et al. themselves report for the
+cross-entropy, brought forward by an easier problem: on clean digits the loss reaches zero
+so fast that the sharpness never settles at all, which is why we relabelled 30% of the
+images at random (Cohen et al.'s 5,000 CIFAR-10 images take thousands of steps to fit).
+Our networks and data are much smaller than theirs (3,466 parameters, 1,000 images), and
+the sharpness is measured every 20 steps, so the period-two oscillations around `2/η`
+that they show step by step are not resolved here."""
 
 write_notebook(PATH, cells, TEXT)
