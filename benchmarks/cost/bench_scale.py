@@ -61,12 +61,13 @@ def _rss(field: str) -> int:
     raise RuntimeError(field)
 
 
-def _mlp_objective(params: float, examples: int):
+def _mlp_objective(params: float, examples: int, multiple: int = 1):
     from flax import nnx
 
     import hessian_tools as ht
     from hessian_tools.examples import digits
     width = int((-75 + math.sqrt(75 ** 2 + 4 * params)) / 2)   # 64w + w^2 + 10w + ... = params
+    width = max(multiple, multiple * round(width / multiple))  # divisible by the mesh's axes
     model = digits.MLP((width, width), rngs=nnx.Rngs(0))
     x, y = digits.load_digits_data()
     return ht.Objective.from_nnx(model, digits.cross_entropy, (x[:examples], y[:examples]))
@@ -122,7 +123,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import hessian_tools as ht
 sys.path.insert(0, sys.argv[2])
 from bench_scale import _mlp_objective
-obj = _mlp_objective(float(sys.argv[1]), 64)
+obj = _mlp_objective(float(sys.argv[1]), 64, multiple=8)
 mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("a", "b"))
 def spec(a):
     if a.ndim == 2:

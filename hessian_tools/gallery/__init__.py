@@ -13,15 +13,17 @@ a verdict paragraph, figures). The notebooks call the same module's functions st
 
 from __future__ import annotations
 
-from hessian_tools.gallery import li, entezari, sagun, dauphin, saxe, choromanska, ghorbani
+from hessian_tools.gallery import cohen, li, entezari, sagun, keskar, dauphin, saxe, choromanska, ghorbani
 from hessian_tools.gallery._entry import Entry, Report, ReportExists, Row
 
 __all__ = ["Entry", "Report", "ReportExists", "Row", "ENTRIES", "entries", "get"]
 
 ENTRIES: tuple[Entry, ...] = (
+    cohen.ENTRY,
     li.ENTRY,
     entezari.ENTRY,
     sagun.ENTRY,
+    keskar.ENTRY,
     dauphin.ENTRY,
     saxe.ENTRY,
     choromanska.ENTRY,
