@@ -56,8 +56,9 @@ def run_gallery(args) -> int:
             return 0
         say("The reproduction gallery (run one: hessian-tools gallery NAME --out DIR):\n")
         for e in listing:
-            took = (f"~{e['full_seconds'] / 60:.0f} min" if e["full_seconds"] is not None
-                    else "not timed")
+            seconds = e["full_seconds"]
+            took = ("not timed" if seconds is None else f"~{seconds:.0f} s" if seconds < 90
+                    else f"~{seconds / 60:.0f} min")
             say(f"  {e['name']:<12} {e['title']}\n  {'':<12} {e['citation']}\n"
                 f"  {'':<12} {e['notebook']}; full configuration {took} on a 2-core CPU\n")
         return 0
