@@ -3,7 +3,7 @@
 Run again after editing only markdown: the outputs of an already executed notebook are kept
 when every code cell is unchanged (otherwise they are dropped and the notebook must be
 executed again). The numbers quoted in the last cell are those of the full configuration
-(benchmarks/RESULTS_science_ghorbani.md).
+(benchmarks/RESULTS_science.md).
 """
 from pathlib import Path
 

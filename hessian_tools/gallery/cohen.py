@@ -300,5 +300,5 @@ ENTRY = Entry(
           "38/η (2022, Sec. 3).",
     notebook="04_sharpness_and_optimizers.ipynb",
     run=run,
-    full_seconds=79.0,  # benchmarks/RESULTS_science_cohen.md (under the bench lock)
+    full_seconds=79.0,  # benchmarks/RESULTS_science.md (under the bench lock)
 )

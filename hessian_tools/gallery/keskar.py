@@ -346,5 +346,5 @@ ENTRY = Entry(
           "dip on the line through both (Fig. 3).",
     notebook="08_large_vs_small_batch.ipynb",
     run=run,
-    full_seconds=6.4,  # benchmarks/RESULTS_science_keskar.md (under the bench lock)
+    full_seconds=6.4,  # benchmarks/RESULTS_science.md (under the bench lock)
 )
