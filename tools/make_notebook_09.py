@@ -113,24 +113,26 @@ SUMMARY"""),
 
 TEXT = {}   # the markdown that quotes the executed run's numbers (full configuration)
 
-TEXT["NEWTONMR"] = """**Ours.** The network has 118 parameters (800 examples). `ht.polish` did **not** certify
-the three Adam end points within 60 trust-region steps (status "not converged", |grad| 1.3e-2,
-1.6e-5, 3.2e-5; loss 0.718-0.733, training error 12.7-15.0%), but Newton-MR from them (next
-section) converges to index-0 critical points at the same losses. Newton-MR from the 30 starts
-finds 12 critical points, all at loss 2.3025 ≈ ln 10 (the network outputs the class
-frequencies) with index 27-36 (α = 0.23-0.31): the saddle(s) of the "all hidden units off"
-family. Ten more stop as *gradient-flat* (near the minima, and at ln 10 with index 23-28) and
-eight do not converge (among them points at loss 1.25-1.82 with index 1-3: the only hints of
-intermediate saddles)."""
+TEXT["NEWTONMR"] = """**Ours.** The network has 118 parameters (800 examples). `ht.polish` certifies the three
+Adam end points as critical (trust region with Steihaug-CG steps; |grad| 4.5e-11, 2.6e-8,
+3.6e-13; loss 0.718-0.733, training error 12.7-13.2%), all of index 0: minima, called
+*degenerate* because the shift of the softmax biases is an exactly flat direction. (Before
+the trust region took Steihaug-CG steps it left them at |grad| 1.3e-2 to 3.2e-5 after 60
+steps: `benchmarks/RESULTS_saddles.md`.) Newton-MR from the 30 starts finds 12 critical
+points, all at loss 2.3025 ≈ ln 10 (the network outputs the class frequencies) with index
+27-36 (α = 0.23-0.31): the saddle(s) of the "all hidden units off" family. Eleven more stop
+as *gradient-flat* (near the minima, and at ln 10 with index 23-28) and seven do not converge
+(among them points at loss 1.25-1.82 with index 1-3: the only hints of intermediate
+saddles)."""
 
 TEXT["CONTINUUM"] = """**Ours.** Newton-MR from the 12 points on the lines between the ln 10 saddle and the minima
-reaches a critical point from 11 of them, but only the two ends again (minima at loss
+reaches a critical point from all 12, but only the two ends again (minima at loss
 0.718-0.733, α = 0; the ln 10 saddle, α = 0.31). Eigenvector following reached **none** of
 its targets (0 of 8 runs): from a nudged minimum it falls back into the minimum (index 0) for
-every target 1-16; from the nudged ln 10 saddle it stops, gradient-flat or not converged, at
-loss 1.05-1.76 with index 0-4 (the hollow and × marks at α ≤ 0.034 on the left). Over the 26
-certified critical points the Spearman rank correlation of α with the training error is
-0.87, but the certified points form **two clusters** (α = 0 with 13-15% error; α = 0.23-0.31
+every target 1-16; from the nudged ln 10 saddle it stops, not converged, at loss 1.19-1.98
+with index 0-6 (the × marks at α ≤ 0.05 on the left). Over the 30 certified critical points
+the Spearman rank correlation of α with the training error is 0.73, but the certified points
+form **two clusters** (α = 0 with 13-15% error; α = 0.23-0.31
 with 89.7% error), not a continuum.
 
 **Where we agree and where not.** The direction of Dauphin et al.'s Fig. 1 holds: every
@@ -138,7 +140,7 @@ certified critical point with high error is a saddle of large index, every certi
 low-error point is a minimum, and no high-error minimum turned up. The continuum between
 does not show here. A 4-hidden-unit network has few intermediate critical points to find
 (saddles with one, two or three units active), and the searches that approach them (index
-1-4 at loss 1.05-1.82) do not converge within their budgets (15 following steps, 30-50
+1-6 at loss 1.19-1.98) do not converge within their budgets (15 following steps, 30-50
 Newton-MR steps): these regions are nearly degenerate (tanh units at saturation,
 weight-decay-sized curvature), so Newton-MR ends gradient-flat rather than critical. Dauphin
 et al. used larger networks (MNIST/CIFAR, down-sampled, thousands of parameters), whose
@@ -168,8 +170,8 @@ negative directions. In the end saddle-free Newton reaches a lower loss than Ada
 TEXT["SUMMARY"] = """| | Dauphin et al. 2014 | this notebook (digits 4×4, 16-4-10 tanh, 118 parameters) |
 |---|---|---|
 | high-error critical points are saddles | yes | yes: all at ln 10, α = 0.23-0.31, 89.7% error |
-| low-error critical points are minima | yes | yes: α = 0, 13-15% error |
-| a continuum of error against index | yes (Fig. 1) | **no**: two clusters; intermediate points (α ≤ 0.034, loss 1.05-1.82) not converged |
+| low-error critical points are minima | yes | yes: α = 0, 12.7-13.2% error |
+| a continuum of error against index | yes (Fig. 1) | **no**: two clusters (30 certified points, Spearman 0.73); intermediate points (α ≤ 0.05, loss 1.19-1.98) not converged |
 | saddle-free Newton escapes a saddle | yes | yes: below 95% of the saddle's loss after 165 products, final 0.7345 |
 | damped Newton | stuck at the saddle | diverges (max loss 1.06e3, final 90.7) |
 | gradient descent / Adam | slow | GD 200 products, final 0.940; Adam 24 products, final 0.7527 |
