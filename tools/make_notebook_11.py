@@ -107,50 +107,42 @@ SUMMARY"""),
 TEXT = {}   # the markdown that quotes the executed run's numbers (full configuration)
 
 TEXT["CERTIFY"] = """**Ours.** After 3000 Adam steps the end points have gradient norms of
-3e-4 - 8e-3. The trust region certifies **27 of the 40** as strict minima (gradient below
-1.5e-7, every eigenvalue above 1e-6; the smallest are 1e-5 - 5e-4 against largest ones
-of 2.7-8.4): all 8 at width 2, 7 of 8 at widths 4 and 8, but only 4 of 8 at width 16 and **1 of
-8 at width 32**. The 13 not certified ran out of the budget (100 trust-region steps, then 50
-Newton-MR steps from where the trust region stopped, which certified none: it ends
-"gradient-flat", the gradient 1e-6 - 1e-4 lying in near-null directions of the Hessian, at
-the same index): they stop with gradient norms 2e-7 - 3e-3 where the Hessian still has a
-few small negative eigenvalues (index 1-6, lambda_min -1e-5 to -2e-4). They are points still descending through
-nearly flat, slightly non-convex regions: their training objective is close to the
-certified minima's (width 8: 0.392 against 0.377-0.383; widths 16 and 32: within 0.002). The trust region's progress there is slow (it is monotone
-in the loss and its steps are damped where the model is indefinite), and Newton-MR, which
-goes to the *nearest* critical point of any index, lands on nothing better."""
+3e-4 - 8e-3. `ht.polish` (trust region with Steihaug-CG steps) certifies **all 40** as strict
+minima (gradient below 1.5e-7, every eigenvalue positive: the smallest 1e-6 - 5e-4 against
+largest ones of 2.7-8.4), in 2-76 steps; the wider the network, the more steps (median 10
+at width 2, 40 at width 32) and the smaller its smallest eigenvalue (1e-4 - 4e-4 at width 2,
+1e-6 - 1e-5 at width 32): the minima of wide networks are nearly flat in some directions.
+(Before `polish`'s trust region took Steihaug-CG steps, the same budget certified 27 of the
+40: all 8 at width 2 but 1 of 8 at width 32, the rest stuck at index 1-6 with
+lambda_min >= -2e-4: the old step was damped where the model is indefinite and made slow
+progress there; `benchmarks/RESULTS_saddles.md`.)"""
 
-TEXT["SPREAD"] = """**Ours.** The test loss of the end points falls from 1.07 (width 2) to 0.395
+TEXT["SPREAD"] = """**Ours.** The test loss of the minima falls from 1.07 (width 2) to 0.393
 (width 32), and its standard deviation over the 8 seeds falls from 0.026 (width 2) and
-0.042 (width 4) to 0.0015 (width 16) and 0.0031 (width 32): about **10x narrower** from the
-narrow to the wide networks, though not monotonically (width 4 > width 2: the width-2
-minima are just two, each reached from several seeds, the certified width-4 minima
-four; width 32 > width 16, at the level of a few
-1e-3 where 8 seeds give a noisy estimate). The training objective's spread falls from
-0.035 to 0.0005 (70x). Poor minima (training objective more than 5% above the best of
-their width) are 3 of 8 at width 2 and none from width 4 on. The correlation of train and
-test loss over the seeds is high for the small widths (1.0, 0.95, 0.89 at widths 2-8) and
-noisy for the wide ones (-0.71 at 16, 0.92 at 32), where both spreads are ~1e-3.
+0.042 (width 4) to 0.0067 (width 8), 0.0003 (width 16) and 0.0008 (width 32): about **30x
+narrower** from the narrow to the wide networks, though not monotonically (width 4 > width
+2: the width-2 minima are just two, each reached from several seeds; width 32 > width 16 at
+the level of 1e-4 - 1e-3, where 8 seeds give a noisy estimate). The training objective's
+spread falls from 0.035 to 0.0001 (350x). Poor minima (training objective more than 5%
+above the best of their width) are 3 of 8 at width 2 and none from width 4 on. The
+correlation of train and test loss over the seeds falls with the width (1.00, 0.95, 0.81,
+0.37, 0.27 at widths 2-32), as the paper reports.
 
 **Where we agree and where not, and why.** Choromanska et al.'s Fig. 2 holds on digits: the
-minima reached from different seeds concentrate as the hidden layer grows, and the poor
-minima of the smallest network disappear. Their Fig. 2 is over 1000 runs per size and
-25-500 ReLU units on MNIST; ours over 8 runs and 2-32 tanh units on pooled digits, so our
-histograms are coarse and the spread is not monotone at every step; the trend is the
-same. What the paper could not check is that its end points are minima; here the library
-certifies them, and the certification *gets harder* with the width: at width 32 only 1 of
-8 end points is a certified minimum within our budget. The rest are not poor minima but
-points that have not converged, in directions of tiny negative curvature, with losses
-close to the certified minima's, so the concentration of the losses holds either way. The train-test correlation, which the paper reports falling with size, is
-too noisy with 8 seeds to say."""
+minima reached from different seeds concentrate as the hidden layer grows, the poor minima
+of the smallest network disappear, and the train-test correlation falls. Their Fig. 2 is
+over 1000 runs per size and 25-500 ReLU units on MNIST; ours over 8 runs and 2-32 tanh
+units on pooled digits, so our histograms are coarse and the spread is not monotone at
+every step; the trend is the same. What the paper could not check is that its end points
+are minima; here every one of the 40 is certified (gradient 1e-7 or below, all eigenvalues
+positive), so the concentration is one of minima, not of end points."""
 
 TEXT["SUMMARY"] = """| | Choromanska et al. 2015 | this notebook (digits 4x4, 16-width-10 tanh, weight decay 1e-3) |
 |---|---|---|
-| spread of the minima's test loss | shrinks with the width (Fig. 2, 25-500 units) | std 0.026 (width 2) -> 0.003 (width 32), ~10x, not monotone |
-| spread of the training loss | a narrowing band (Sec. 1, 5) | std 0.035 -> 0.0005 |
+| spread of the minima's test loss | shrinks with the width (Fig. 2, 25-500 units) | std 0.026 (width 2) -> 0.0008 (width 32), ~30x, not monotone |
+| spread of the training loss | a narrowing band (Sec. 1, 5) | std 0.035 -> 0.0001 |
 | poor minima | non-zero for small nets, rare for large | 3/8 at width 2, 0 from width 4 |
-| end points are minima | assumed (SGD end points) | certified 27/40: 8/8 at width 2 ... 1/8 at width 32 |
-| the others | - | index 1-6, lambda_min >= -2e-4, not converged in 100 + 50 polish steps |
-| train-test correlation | falls with size (Sec. 6) | 1.0 -> 0.92, noisy (8 seeds) |"""
+| end points are minima | assumed (SGD end points) | certified 40/40 (polish, then every eigenvalue positive) |
+| train-test correlation | falls with size (Sec. 6) | 1.00 -> 0.27 (8 seeds) |"""
 
 write_notebook(PATH, cells, TEXT)

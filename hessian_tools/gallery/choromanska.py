@@ -423,4 +423,4 @@ ENTRY = Entry(
     claim=("For larger networks the losses of the minima reached from different "
            "initialisations concentrate in a narrow band and poor minima become rare (Fig. 2: "
            "the distribution of test losses narrows as the hidden layer grows)."),
-    notebook="11_minima_spread_choromanska.ipynb", run=run, full_seconds=590.0)
+    notebook="11_minima_spread_choromanska.ipynb", run=run, full_seconds=330.0)
