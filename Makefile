@@ -16,7 +16,7 @@ demo: $(STAMP)  ## train the built-in digits MLP (cached) and report its Hessian
 	$(VENV)/bin/hessian-tools demo
 
 test: $(STAMP)  ## the default test suite (CI runs this)
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile -q
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile -q --durations=15
 
 test-slow: $(STAMP)  ## the slow tests only
 	$(PY) -m pytest -m slow -q
