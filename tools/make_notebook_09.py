@@ -120,8 +120,8 @@ Adam end points as critical (trust region with Steihaug-CG steps; |grad| 4.5e-11
 the trust region took Steihaug-CG steps it left them at |grad| 1.3e-2 to 3.2e-5 after 60
 steps: `benchmarks/RESULTS_saddles.md`.) Newton-MR from the 30 starts finds 12 critical
 points, all at loss 2.3025 ≈ ln 10 (the network outputs the class frequencies) with index
-27-36 (α = 0.23-0.31): the saddle(s) of the "all hidden units off" family. Eleven more stop
-as *gradient-flat* (near the minima, and at ln 10 with index 23-28) and seven do not converge
+27-36 (α = 0.23-0.31): the saddle(s) of the "all hidden units off" family. Ten more stop
+as *gradient-flat* (near the minima, and at ln 10 with index 23-28) and eight do not converge
 (among them points at loss 1.25-1.82 with index 1-3: the only hints of intermediate
 saddles)."""
 
