@@ -81,3 +81,15 @@ def test_cli_lists_and_runs(fake, tmp_path, capsys):
 def test_cli_unknown_name(fake, capsys):
     assert main(["gallery", "nope"]) == 2
     assert "fake" in capsys.readouterr().err
+
+
+def test_a_real_entry_runs_from_the_command_line(tmp_path, capsys):
+    """The notebooks run each entry's steps; this runs one entry's ``run`` end to end as
+    ``hessian-tools gallery NAME --small`` does (keskar: the quickest, ~15 s)."""
+    out = tmp_path / "keskar"
+    assert main(["gallery", "keskar", "--small", "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["name"] == "keskar" and report["config"] == "small"
+    assert report["rows"] and report["verdict"] and report["figures"]
+    for name in report["figures"] + ["report.md"]:
+        assert (out / name).stat().st_size > 0, name
