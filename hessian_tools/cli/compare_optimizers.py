@@ -159,9 +159,7 @@ def _compare(args) -> int:
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} exceeds the {n} training examples.")
     length = f"{args.steps} steps" if args.epochs is None else f"{args.epochs} epochs"
-    stops = [f"loss <= {args.stop_at_loss:g}"] if args.stop_at_loss is not None else []
-    stops += [f"accuracy >= {args.stop_at_accuracy:g}"] if args.stop_at_accuracy is not None \
-        else []
+    stops = _criteria(args.stop_at_loss, args.stop_at_accuracy)
     say(f"{name}: {n} examples, {len(optimizers)} optimizers, {length}"
         + (f" or until {' and '.join(stops)}" if stops else "") + f", measuring every "
         f"{args.every}")
@@ -220,13 +218,18 @@ def _markdown(name, args, res) -> str:
             f"{res.table()}\n" + _stops(res))
 
 
+def _criteria(loss, accuracy) -> list[str]:
+    """The stopping criteria given, in words (``["loss <= 0.1"]``)."""
+    return ([f"loss <= {loss:g}"] if loss is not None else []) + \
+        ([f"accuracy >= {accuracy:g}"] if accuracy is not None else [])
+
+
 def _stops(res) -> str:
     """Each run's length and why it ended, when a stopping criterion was given."""
-    rows = res.to_dict()["summary"]
-    if res.config.get("stop_at_loss") is None and res.config.get("stop_at_accuracy") is None:
+    criteria = _criteria(res.config["stop_at_loss"], res.config["stop_at_accuracy"])
+    if not criteria:
         return ""
-    return ("\nStopping criterion: loss <= {} and accuracy >= {}; steps to it (Saxe et al. "
-            "2014's training time):\n\n".format(res.config.get("stop_at_loss"),
-                                                 res.config.get("stop_at_accuracy"))
+    return (f"\nStopping criterion: {' and '.join(criteria)}; steps to it (Saxe et al. 2014's "
+            "training time):\n\n"
             + "".join(f"- {r['optimizer']}: {r['steps']} steps ({r['stop_reason']})\n"
-                      for r in rows))
+                      for r in res.to_dict()["summary"]))
