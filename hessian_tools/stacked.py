@@ -154,15 +154,27 @@ def _stacked_rows(fn, idx, count, vectors, *, axes, vmap):
     return jax.lax.fori_loop(0, count, body, jax.tree.map(jnp.zeros_like, vectors))
 
 
-@functools.partial(jax.jit, static_argnames=("axes", "num_steps"))
-def _lanczos_points(fn, v0s, *, axes, num_steps):
-    """``num_steps`` Lanczos steps (full reorthogonalisation) at every point in one compiled,
-    vmapped call: ``(ritz values (P, m) ascending, coefficients (P, m, m), bases (P, m+1, ...))``."""
-    def one(f, v0):
-        dec = lanczos_tridiag(f, v0, num_steps=num_steps)
-        pairs = ritz_pairs(dec)
-        return pairs.values, pairs.coeffs, dec.basis
-    return jax.vmap(one, in_axes=(axes, 0))(fn, v0s)
+@functools.partial(jax.jit, static_argnames=("algorithm", "axes", "static", "vmap"))
+def _map_points(fn, per_point, shared, *, algorithm, axes, static, vmap):
+    """``algorithm(A(x_i), *per_point[i], *shared, **static)`` at every point ``i`` in one
+    compiled call (``per_point``: a tuple of stacked pytrees ``(P, ...)``): vmapped over the
+    points, or (``vmap=False``) a compiled loop over them."""
+    options = dict(static)
+    if vmap:
+        return jax.vmap(lambda f, args: algorithm(f, *args, *shared, **options),
+                        in_axes=(axes, 0))(fn, per_point)
+    num = jax.tree.leaves(per_point)[0].shape[0]
+    return jax.lax.map(lambda i: algorithm(_take(fn, axes, i),
+                                           *jax.tree.map(lambda a: a[i], per_point), *shared,
+                                           **options), jnp.arange(num))
+
+
+def _lanczos_point(f, v0, *, num_steps):
+    """``num_steps`` Lanczos steps (full reorthogonalisation) at one point: ``(ritz values (m,)
+    ascending, coefficients (m, m), basis (m+1, ...))``."""
+    dec = lanczos_tridiag(f, v0, num_steps=num_steps)
+    pairs = ritz_pairs(dec)
+    return pairs.values, pairs.coeffs, dec.basis
 
 
 _linearize_points = jax.jit(jax.vmap(_linearize, in_axes=(None, 0, None)))
@@ -242,13 +254,32 @@ class StackedOperator:
         return single_operator(self.kind, self.obj.with_params(self.point(i)),
                                chunk_size=self.chunk_size)
 
+    def map(self, algorithm: Callable, per_point: tuple = (), shared: tuple = (), *,
+            vmap: bool | None = None, **static):
+        """Run a pure, jittable single-point algorithm at every point in *one* compiled call.
+
+        ``algorithm(matvec, *args, **static)`` takes the point's matvec (``v -> A(x_i) v``)
+        first, then ``per_point[j][i]`` for every stacked pytree of ``per_point`` (leading
+        axis ``P``), then ``shared`` (the same at every point); ``static`` are hashable
+        keyword options. The result is the algorithm's, stacked over the points. It is
+        compiled once per algorithm, shapes and options (``algorithm`` should be a
+        module-level function: it is part of the cache key), and counted as one call.
+        ``vmap``: vmapped over the points (matrix-vector products become matrix-matrix
+        work) or a compiled loop over them (``False``; for algorithms that already make
+        their products in blocks, on a CPU); default :attr:`vmap`.
+        Products: whatever the algorithm makes, at every point.
+        """
+        self.num_calls += 1
+        return _map_points(self._fn, tuple(per_point), tuple(shared), algorithm=algorithm,
+                           axes=self._axes, static=tuple(sorted(static.items())),
+                           vmap=self.vmap if vmap is None else bool(vmap))
+
     def lanczos(self, v0s, num_steps: int):
         """``num_steps`` Lanczos steps at every point from the start vectors ``v0s`` (a
         stacked pytree ``(P, ...)``), all in one compiled call (``P x num_steps``
         products, counted as one call): ``(theta, coeffs, bases)``, see
         :func:`hessian_tools.linalg.lanczos.lanczos_tridiag` and ``ritz_pairs``."""
-        self.num_calls += 1
-        return _lanczos_points(self._fn, v0s, axes=self._axes, num_steps=num_steps)
+        return self.map(_lanczos_point, (v0s,), vmap=True, num_steps=num_steps)
 
     def products(self, idx, vectors):
         """``A(x_{idx[b]}) vectors[b, r]`` for the points ``idx`` (``B <= P`` of them).

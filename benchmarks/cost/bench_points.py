@@ -8,7 +8,9 @@ all 1797 images, float32; ten training seeds, 300 Adam steps each, cached) are a
   two solvers: ``compiled`` (one vmapped Lanczos run for all points in one compiled call,
   then one batched product for the explicit residuals) and ``lockstep`` (``ht.eigenvalues``
   itself at every point, one compiled product call per round);
-- ``trace``: Hutch++ with 90 products per point, the same two ways.
+- ``trace``: Hutch++ with 90 products per point, sequential, ``trace_at``'s compiled
+  solver (one vmapped Hutch++ for all points) and its lockstep; ``--only-traces`` adds the
+  floor: the same products alone, per point and stacked.
 
 Every timing is warm (each path run once before, to compile) and the best of ``--repeats``.
 "Same accuracy": every path reports explicit residuals ``||H v - lambda v||`` and calls a
@@ -38,7 +40,7 @@ from flax import nnx
 
 import hessian_tools as ht
 from hessian_tools import stacked as stacked_mod
-from hessian_tools.analysis.points import eigenvalues_at, trace_at
+from hessian_tools.analysis.points import classify_at, eigenvalues_at, trace_at
 from hessian_tools.examples.digits import digits_objective, trained_model
 
 
@@ -74,7 +76,7 @@ def batched(obj, pts, analysis, key, vmap, solver, **kw):
     try:
         if analysis == "eigenvalues":
             return eigenvalues_at(obj, pts, key=key, mode="batched", solver=solver, **kw)
-        return trace_at(obj, pts, key=key, mode="batched", **kw)
+        return trace_at(obj, pts, key=key, mode="batched", solver=solver, **kw)
     finally:
         stacked_mod.StackedOperator.__init__ = original
 
@@ -97,12 +99,52 @@ def product_times(obj, pts, repeats):
     return out
 
 
+def trace_floor(obj, pts, repeats):
+    """The products alone of the sequential traces (Hutch++ with 90 products: blocks of 30
+    and 60 random vectors per point through ``op.rows``, as ``ht.trace`` makes them), warm,
+    best of ``repeats``: the part of the sequential time that batching the points can only
+    save by making the products themselves cheaper."""
+    ops = [ht.hessian(obj.with_params(p)) for p in pts]
+    keys = jax.random.split(jax.random.key(1), 2)
+    blocks = [jax.tree.map(lambda a, k=k: jax.random.normal(k, (n,) + a.shape, a.dtype),
+                           obj.params) for k, n in zip(keys, (30, 60))]
+    call = lambda: jax.block_until_ready([op.rows(b) for op in ops for b in blocks])
+    call()
+    return {f"{len(pts)} x op.rows(30 + 60)": best(call, repeats)[0]}
+
+
+def classify_case(obj, pts, key):
+    """``ht.classify`` at every point (the dense path: 3466 <= dense_max_params), one call per
+    point against ``classify_at``'s lockstep, each once after a warm-up at two points."""
+    keys = jax.random.split(key, len(pts))
+    seq = lambda ps: [ht.classify(obj.with_params(p), key=k) for p, k in zip(ps, keys)]
+    seq(pts[:1])
+    classify_at(obj, pts[:2], key=key)
+    t = time.perf_counter()
+    a = seq(pts)
+    t_seq = time.perf_counter() - t
+    t = time.perf_counter()
+    b = classify_at(obj, pts, key=key)
+    t_b = time.perf_counter() - t
+    same = all(x.verdict == y.verdict and x.index == y.index for x, y in zip(a, b))
+    diff = max(abs(x.lambda_min - y.lambda_min) for x, y in zip(a, b))
+    print(f"   classify lockstep: sequential {t_seq:6.2f} s, batched {t_b:6.2f} s, speed-up "
+          f"{t_seq / t_b:4.2f}x ({b.num_matvecs} products, {b.num_rounds} rounds, "
+          f"{b.num_calls} calls; verdicts and indices equal: {same}, max |d lambda_min| "
+          f"{diff:.1e}; verdicts {sorted(set(r.verdict for r in b))})", flush=True)
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--points", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only-eigenvalues", action="store_true", help="skip the traces, the "
                         "lockstep variants and the product timings")
+    parser.add_argument("--classify", action="store_true", help="only classify: 10 x "
+                        "ht.classify against classify_at (lockstep), one repeat each")
+    parser.add_argument("--only-traces", action="store_true", help="the traces (compiled and "
+                        "lockstep) and the products-alone floor only")
     args = parser.parse_args()
     obj = digits_objective("mlp-small")
     pts = points(args.points)
@@ -111,13 +153,20 @@ def main():
           f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; jax {jax.__version__}")
     print(f"{args.points} points of mlp-small ({obj.num_params} parameters), float32, "
           f"{obj.groups.num_examples if hasattr(obj.groups, 'num_examples') else 1797} examples")
-    if not args.only_eigenvalues:
+    if args.classify:
+        return classify_case(obj, pts, key)
+    if args.only_traces:
+        for name, t in trace_floor(obj, pts, 5).items():
+            print(f"products alone, 90 per point, {name:>24}: {t:6.3f} s")
+    if not (args.only_eigenvalues or args.only_traces):
         for name, t in product_times(obj, pts, 20).items():
             print(f"one product at each of {len(pts)} points, {name:>18}: {1e3 * t:7.2f} ms")
     cases = {"eigenvalues": dict(k=5, which="both"),
              "trace": dict(method="hutch++", num_matvecs=90)}
     if args.only_eigenvalues:
         del cases["trace"]
+    if args.only_traces:
+        del cases["eigenvalues"]
     for analysis, kw in cases.items():
         seq_fn = lambda: sequential(obj, pts, analysis, key, **kw)
         seq_fn()
@@ -127,6 +176,8 @@ def main():
                   f"{sum(r.num_matvecs for r in seq)} products")
         variants = [] if args.only_eigenvalues else [(True, "lockstep", {}),
                                                      (False, "lockstep", {})]
+        if analysis == "trace":
+            variants = [(True, "compiled", {}), (False, "compiled", {})] + variants
         if analysis == "eigenvalues":     # the others: residuals nearer the sequential ones
             variants = [(True, "compiled", {}), (True, "compiled", {"num_steps": 100}),
                         (True, "compiled", {"num_steps": 120}),

@@ -28,6 +28,7 @@ compiled product to batch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -39,7 +40,8 @@ from hessian_tools import tree
 from hessian_tools._checks import check_choice, check_count, check_key, check_tol
 from hessian_tools.analysis.critical import classify
 from hessian_tools.analysis.eigen import _select, default_tol, eigenvalues
-from hessian_tools.analysis.traces import trace
+from hessian_tools.analysis.traces import DEFAULT_TRACE_MATVECS, estimate, stochastic_trace, trace
+from hessian_tools.linalg.trace import PROBES
 from hessian_tools.objective import Objective
 from hessian_tools._chunking import conv_on_cpu
 from hessian_tools.results import Eigenpairs, Status
@@ -272,17 +274,46 @@ def eigenvalues_at(obj: Objective, points, *, key, k: int = 1, which: str = "lar
                 single=single, compiled=compiled)
 
 
+def _compiled_trace(op: StackedOperator, keys, *, method, num_matvecs, probe):
+    """Hutch++ or Hutchinson at every point in one compiled, vmapped call: the probes of
+    ``ht.trace`` with the same keys, the algebra on the device."""
+    start = time.perf_counter()
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), op.params_like)
+    low, samples = op.map(stochastic_trace, (keys,), (zeros,), method=method,
+                          num_matvecs=num_matvecs, probe=probe)
+    low, samples = np.asarray(low, np.float64), np.asarray(samples, np.float64)
+    wall = (time.perf_counter() - start) / op.num_points
+    return [dataclasses.replace(
+        estimate(low[i], samples[i], method=method, num_matvecs=num_matvecs, dim=op.dim,
+                 probe=probe, key=keys[i], operator=op.kind, wall_time=wall),
+        extra={"solver": "compiled"}) for i in range(op.num_points)]
+
+
 def trace_at(obj: Objective, points, *, key, method: str = "hutch++",
              num_matvecs: int | None = None, operator: str = "hessian", mode: str = "auto",
-             **options) -> PointResults:
+             solver: str = "auto", **options) -> PointResults:
     """The trace of the curvature at every point of a stack, with standard errors.
 
     ``res[i]`` is ``ht.trace(op_i, method=method, num_matvecs=num_matvecs, key=keys[i],
-    **options)`` (``keys = jax.random.split(key, P)``): Hutch++, XTrace, Hutchinson or SLQ,
-    whose blocks of products are batched across the points (each round one compiled call
-    of ``P x`` block-size products).
+    **options)`` (``keys = jax.random.split(key, P)``): the same probes, so the same
+    estimate up to rounding (the algebra runs in the parameters' dtype on the device here,
+    in float64 on the host in ``ht.trace`` on a CPU).
 
-    Cost: ``num_matvecs`` products per point (default 90), in a few rounds.
+    Solvers (batched mode):
+
+    * ``"compiled"``: Hutch++ or Hutchinson at all points in *one* compiled, vmapped call
+      (``P x num_matvecs`` products, no host work between them). Memory about
+      ``2 P num_matvecs`` parameter-sized vectors.
+    * ``"lockstep"``: ``ht.trace`` itself at every point, in lockstep threads, each round
+      of products one batched call: every method (XTrace, SLQ, dense) and option.
+    * ``"auto"`` (default): compiled for Hutch++ and Hutchinson without ``batch_size``
+      while the vectors fit in ``COMPILED_MAX_BYTES`` (1 GiB); lockstep otherwise.
+
+    On a CPU the products are most of a trace's time and batching them over the points
+    saves little (``benchmarks/RESULTS_points.md`` has the floor); on an accelerator the
+    batched products are where it pays.
+
+    Cost: ``num_matvecs`` products per point (default 90).
 
     Args:
       obj: the objective (see :func:`eigenvalues_at`).
@@ -292,17 +323,43 @@ def trace_at(obj: Objective, points, *, key, method: str = "hutch++",
       num_matvecs: products per point.
       operator: ``"hessian"``, ``"ggn"`` or ``"fisher"``.
       mode: ``"auto"``, ``"batched"`` or ``"sequential"`` (see :func:`eigenvalues_at`).
-      **options: passed to :func:`~hessian_tools.trace` (``probe``, ``num_steps``).
+      solver: ``"auto"``, ``"compiled"`` or ``"lockstep"`` (see above).
+      **options: passed to :func:`~hessian_tools.trace` (``probe``, ``num_steps``,
+        ``batch_size``).
 
     Returns:
       A :class:`~hessian_tools.results.points.PointResults` of :class:`TraceEstimate`
       (``res.values`` is ``(P,)``).
+
+    Raises:
+      ValueError: as :func:`eigenvalues_at`; ``solver="compiled"`` with a method other
+        than Hutch++ or Hutchinson, or with ``batch_size``/``num_steps``.
     """
+    check_choice("solver", solver, SOLVERS)
+    probe = options.get("probe", "rademacher")
+    fits = method in ("hutch++", "hutchinson") and set(options) <= {"probe"}
+    if solver == "compiled" and not fits:
+        raise ValueError(f"solver='compiled' runs Hutch++ and Hutchinson with the option "
+                         f"probe only; got method={method!r}, options {sorted(options)}. Use "
+                         f"solver='lockstep' for every method and option of ht.trace.")
+
     def single(op, point_obj, sub):
         return trace(_operator(operator, point_obj, op), method=method, num_matvecs=num_matvecs,
                      key=sub, **options)
 
-    return _run(obj, points, key=key, kind=operator, mode=mode, analysis="trace", single=single)
+    def compiled(op, keys):
+        if solver == "lockstep" or not fits:
+            return None
+        num = DEFAULT_TRACE_MATVECS if num_matvecs is None else num_matvecs
+        check_count("num_matvecs", num, minimum=4 if method == "hutch++" else 2)
+        check_choice("probe", probe, PROBES)
+        itemsize = jnp.dtype(op.dtype).itemsize
+        if solver == "auto" and 2 * op.num_points * num * op.dim * itemsize > COMPILED_MAX_BYTES:
+            return None
+        return _compiled_trace(op, keys, method=method, num_matvecs=num, probe=probe)
+
+    return _run(obj, points, key=key, kind=operator, mode=mode, analysis="trace", single=single,
+                compiled=compiled)
 
 
 def classify_at(obj: Objective, points, *, key, mode: str = "auto", **options) -> PointResults:

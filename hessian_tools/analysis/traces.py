@@ -10,6 +10,7 @@ import time
 
 import jax
 import jax.flatten_util
+import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _host, tree
@@ -22,7 +23,7 @@ from hessian_tools.linalg.trace import (PROBES, DeviceRows, HostRows, hutchinson
 from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import TraceEstimate
 
-__all__ = ["DEFAULT_TRACE_MATVECS", "trace"]
+__all__ = ["DEFAULT_TRACE_MATVECS", "trace", "stochastic_trace", "estimate"]
 
 
 DEFAULT_TRACE_MATVECS = 90
@@ -40,6 +41,34 @@ def _hutchpp_compiled(matvec_fn, key, zeros, *, k, num, kind, batch_size, pin=No
     sketch = random_probes(k1, zeros, k, kind=kind, pin=pin)
     probes = random_probes(k2, zeros, num, kind=kind, pin=pin)
     return hutchpp(matvec_fn, sketch, probes, batch_size=batch_size)
+
+
+def stochastic_trace(matvec_fn, key, zeros, *, method: str, num_matvecs: int, probe: str,
+                     batch_size: int | None = None, pin=None):
+    """``(low_rank_trace, samples)`` of Hutchinson or Hutch++ in compiled code: a pure
+    function of the matvec (``ht.trace``'s compiled path at one point; ``ht.trace_at``'s at
+    every point of a stack, vmapped). The probes are those of every other path of
+    ``ht.trace`` with the same key."""
+    if method == "hutchinson":
+        return (jnp.zeros((), jnp.result_type(*jax.tree.leaves(zeros))),
+                _hutchinson_compiled(matvec_fn, key, zeros, num=num_matvecs, kind=probe,
+                                     batch_size=batch_size, pin=pin))
+    k, num = _hutchpp_split(num_matvecs)
+    return _hutchpp_compiled(matvec_fn, key, zeros, k=k, num=num, kind=probe,
+                             batch_size=batch_size, pin=pin)
+
+
+def estimate(low, samples, *, method: str, num_matvecs: int, dim: int, probe: str, key,
+             operator: str, wall_time: float, stderr: float | None = None) -> TraceEstimate:
+    """The :class:`TraceEstimate` of a low-rank part and remainder samples: the value
+    ``low + mean(samples)``, the standard error ``std(samples) / sqrt(len)`` unless given."""
+    samples = np.asarray(samples, np.float64)
+    if stderr is None:
+        stderr = float(np.std(samples, ddof=1) / math.sqrt(len(samples)))
+    return TraceEstimate(value=float(low) + float(np.mean(samples)), stderr=stderr,
+                         num_matvecs=num_matvecs, method=method, num_samples=len(samples),
+                         samples=samples, low_rank=float(low), dim=dim, probe=probe,
+                         seed=tree.key_bits(key), operator=operator, wall_time=wall_time)
 
 
 def _hutchpp_split(num_matvecs: int) -> tuple[int, int]:
@@ -236,21 +265,11 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
         low, samples = _trace_numpy(op, key, method, num_matvecs, probe)
     elif op.slow_in_loops:
         low, samples = _trace_rows(op, key, method, num_matvecs, probe, batch_size)
-    elif method == "hutchinson":
-        low = 0.0
-        samples = _hutchinson_compiled(op.matvec_fn, key, zeros, num=num_matvecs, kind=probe,
-                                       batch_size=batch_size, pin=op.placement)
-        op.num_matvecs += num_matvecs
     else:
-        k, num = _hutchpp_split(num_matvecs)
-        low, samples = _hutchpp_compiled(op.matvec_fn, key, zeros, k=k, num=num, kind=probe,
-                                         batch_size=batch_size, pin=op.placement)
+        low, samples = stochastic_trace(op.matvec_fn, key, zeros, method=method,
+                                        num_matvecs=num_matvecs, probe=probe,
+                                        batch_size=batch_size, pin=op.placement)
         op.num_matvecs += num_matvecs
-    samples = np.asarray(samples, np.float64)
-    value = float(low) + float(np.mean(samples))
-    if stderr is None:
-        stderr = float(np.std(samples, ddof=1) / math.sqrt(len(samples)))
-    return TraceEstimate(value=value, stderr=stderr, num_matvecs=op.num_matvecs - before,
-                         method=method, num_samples=len(samples), samples=samples,
-                         low_rank=float(low), dim=op.dim, probe=probe, seed=tree.key_bits(key),
-                         operator=op.kind, wall_time=time.perf_counter() - start)
+    return estimate(low, samples, method=method, num_matvecs=op.num_matvecs - before,
+                    dim=op.dim, probe=probe, key=key, operator=op.kind,
+                    wall_time=time.perf_counter() - start, stderr=stderr)

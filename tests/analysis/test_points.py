@@ -85,6 +85,26 @@ def test_trace_at_dense_is_exact():
     np.testing.assert_allclose(res.values, [np.sum(_dense_eigs(p)) for p in POINTS], rtol=1e-10)
 
 
+@pytest.mark.parametrize("method", ["hutch++", "hutchinson"])
+def test_trace_at_compiled_is_ht_trace_with_the_same_probes(method):
+    """The compiled solver's estimates are ht.trace's at every point (same keys, same probes),
+    and the estimator is exact where the sketch spans the space (Hutch++, 3 k >= dim)."""
+    key = jax.random.key(4)
+    res = trace_at(OBJ, POINTS, key=key, method=method, num_matvecs=12, probe="gaussian")
+    assert res.num_calls == 1 and res.num_rounds == 0
+    lock = trace_at(OBJ, POINTS, key=key, method=method, num_matvecs=12, probe="gaussian",
+                    solver="lockstep")
+    for r, lk, p, sub in zip(res, lock, POINTS, jax.random.split(key, 3)):
+        single = ht.trace(ht.hessian(OBJ.with_params(p)), method=method, num_matvecs=12,
+                          key=sub, probe="gaussian")
+        assert r.extra == {"solver": "compiled"} and r.num_matvecs == 12
+        assert r.value == pytest.approx(single.value, rel=1e-10)
+        assert r.stderr == pytest.approx(single.stderr, rel=1e-8)
+        np.testing.assert_allclose(r.samples, lk.samples, rtol=1e-8, atol=1e-12)
+    full = trace_at(OBJ, POINTS, key=key, num_matvecs=3 * 24 + 1)       # dim 24: exact sketch
+    np.testing.assert_allclose(full.values, [np.sum(_dense_eigs(p)) for p in POINTS], rtol=1e-8)
+
+
 @pytest.mark.parametrize("vmap,linearize", [(True, "auto"), (False, "auto"), (True, False)])
 def test_stacked_products_are_the_single_point_products(vmap, linearize):
     op = StackedOperator(OBJ, POINTS, vmap=vmap, linearize=linearize)
@@ -158,5 +178,11 @@ def test_errors():
         eigenvalues_at(OBJ, POINTS, key=key, solver="compiled", krylov_dim=10)
     with pytest.raises(ValueError, match="solver='fast'"):
         eigenvalues_at(OBJ, POINTS, key=key, solver="fast")
+    with pytest.raises(ValueError, match="solver='compiled' runs Hutch.*xtrace.*lockstep"):
+        trace_at(OBJ, POINTS, key=key, method="xtrace", solver="compiled")
+    with pytest.raises(ValueError, match="probe='normal'"):
+        trace_at(OBJ, POINTS, key=key, probe="normal")
+    with pytest.raises(ValueError, match="num_matvecs"):
+        trace_at(OBJ, POINTS, key=key, num_matvecs=2)
     with pytest.raises(ValueError, match="k=13"):
         eigenvalues_at(OBJ, POINTS, key=key, k=13, which="both")
