@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -134,3 +135,12 @@ class Entry:
     notebook: str
     run: Callable[..., Report]
     full_seconds: float | None = None
+
+    def report(self, *, small: bool, seed: int, start: float, rows, verdict: str,
+               figures: Mapping[str, object], numbers: Mapping[str, object]) -> Report:
+        """The :class:`Report` of one run of this entry: its name and title, the
+        configuration (``small`` or full), and the wall time since ``start`` (a
+        ``time.perf_counter()`` reading taken when the run began)."""
+        return Report(name=self.name, title=self.title, config="small" if small else "full",
+                      seed=seed, rows=tuple(rows), verdict=verdict, figures=figures,
+                      numbers=numbers, wall_time=time.perf_counter() - start)

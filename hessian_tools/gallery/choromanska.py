@@ -410,9 +410,8 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
         fig, ax = plt.subplots(figsize=size, layout="constrained")
         draw(results, ax=ax)
         figures[stem] = fig
-    return Report(name="choromanska", title=ENTRY.title, config="small" if small else "full",
-                  seed=seed, rows=rows, verdict=_verdict(n), figures=figures, numbers=n,
-                  wall_time=time.perf_counter() - t0)
+    return ENTRY.report(small=small, seed=seed, start=t0, rows=rows, verdict=_verdict(n),
+                        figures=figures, numbers=n)
 
 
 ENTRY = Entry(

@@ -282,9 +282,8 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     figures["gd"] = fig
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     figures["adam"] = plot_adam(adam, ax=ax).figure
-    return Report(name="cohen", title=ENTRY.title, config="small" if small else "full",
-                  seed=seed, rows=tuple(rows), verdict=_verdict(n, cfg), figures=figures,
-                  numbers=n, wall_time=time.perf_counter() - start)
+    return ENTRY.report(small=small, seed=seed, start=start, rows=tuple(rows),
+                        verdict=_verdict(n, cfg), figures=figures, numbers=n)
 
 
 ENTRY = Entry(

@@ -228,11 +228,9 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
     plot_paths(results, ax=axes[0])
     plot_barriers(results, ax=axes[1])
-    return Report(name="entezari", title=ENTRY.title, config="small" if small else "full",
-                  seed=seed, rows=rows(results), verdict=verdict(results),
-                  figures={"barrier_vs_width": fig},
-                  numbers={str(r.width): r.numbers() for r in results},
-                  wall_time=time.perf_counter() - start)
+    return ENTRY.report(small=small, seed=seed, start=start, rows=rows(results),
+                        verdict=verdict(results), figures={"barrier_vs_width": fig},
+                        numbers={str(r.width): r.numbers() for r in results})
 
 
 ENTRY = Entry(

@@ -455,10 +455,8 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     plot_bn_spectra(spectra, axes_b)
     for fig in (fig_a, fig_b):
         fig.tight_layout()
-    return Report(name="ghorbani", title=ENTRY.title, config="small" if small else "full",
-                  seed=seed, rows=rows(num), verdict=verdict(num),
-                  figures={"slq_vs_exact": fig_a, "batchnorm_outliers": fig_b}, numbers=num,
-                  wall_time=time.perf_counter() - start)
+    return ENTRY.report(small=small, seed=seed, start=start, rows=rows(num), verdict=verdict(num),
+                        figures={"slq_vs_exact": fig_a, "batchnorm_outliers": fig_b}, numbers=num)
 
 
 ENTRY = Entry(

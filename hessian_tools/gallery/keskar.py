@@ -331,9 +331,8 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), layout="constrained")
     plot_line(found, axes=axes)
     figures["line"] = fig
-    return Report(name="keskar", title=ENTRY.title, config="small" if small else "full",
-                  seed=seed, rows=tuple(table), verdict=_verdict(n), figures=figures,
-                  numbers=n, wall_time=time.perf_counter() - start)
+    return ENTRY.report(small=small, seed=seed, start=start, rows=tuple(table), verdict=_verdict(n),
+                        figures=figures, numbers=n)
 
 
 ENTRY = Entry(

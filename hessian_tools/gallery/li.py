@@ -263,10 +263,9 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
     numbers = summary(surfs, maps)
     fig_s = plot_surfaces(surfs, cfg)[0].figure
     fig_c = plot_ratio_maps(maps, cfg)[0].figure
-    return Report(name="li", title=ENTRY.title, config="small" if small else "full", seed=seed,
-                  rows=rows(numbers), verdict=verdict(numbers, cfg),
-                  figures={"surfaces": fig_s, "curvature": fig_c}, numbers=numbers,
-                  wall_time=time.perf_counter() - start)
+    return ENTRY.report(small=small, seed=seed, start=start, rows=rows(numbers),
+                        verdict=verdict(numbers, cfg),
+                        figures={"surfaces": fig_s, "curvature": fig_c}, numbers=numbers)
 
 
 ENTRY = Entry(

@@ -290,9 +290,8 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
         fig, ax = plt.subplots(shape[0], shape[1], figsize=shape[2:], layout="constrained")
         draw(ax)
         figures[stem] = fig
-    return Report(name="sagun", title=ENTRY.title, config="small" if small else "full", seed=seed,
-                  rows=rows, verdict=_verdict(n), figures=figures, numbers=n,
-                  wall_time=time.perf_counter() - t0)
+    return ENTRY.report(small=small, seed=seed, start=t0, rows=rows, verdict=_verdict(n),
+                        figures=figures, numbers=n)
 
 
 ENTRY = Entry(

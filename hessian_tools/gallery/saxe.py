@@ -514,11 +514,10 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
         f"{study.gn_spread[0, j]:.3g} at depth {cfg.depths[j]}), so one learning rate ~1/D "
         f"suits every direction; Gaussian weights spread them by a factor "
         f"{study.gn_spread[1, j]:.3g}, and the slowest directions set the training time.")
-    return Report(name="saxe", title=ENTRY.title, config="small" if small else "full",
-                  seed=seed, rows=rows, verdict=verdict, figures=figures,
-                  numbers={"origin": origin.to_dict(), "depth": study.to_dict(),
-                           "criterion_loss": crit, "correlation_singular_values": s},
-                  wall_time=time.perf_counter() - start)
+    return ENTRY.report(small=small, seed=seed, start=start, rows=rows, verdict=verdict,
+                        figures=figures,
+                        numbers={"origin": origin.to_dict(), "depth": study.to_dict(),
+                                 "criterion_loss": crit, "correlation_singular_values": s})
 
 
 ENTRY = Entry(
