@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import tree
+from hessian_tools._progress import progress_bar
 from hessian_tools._checks import check_choice, check_count, check_key, check_tol
 from hessian_tools.analysis.critical import classify
 from hessian_tools.analysis.eigen import _select, default_tol, eigenvalues
@@ -68,9 +69,12 @@ def _mode(obj: Objective, mode: str) -> tuple[str, str]:
 
 
 def _run(obj: Objective, points, *, key, kind: str, mode: str, analysis: str,
-         single: Callable, compiled: Callable | None = None) -> PointResults:
+         single: Callable, compiled: Callable | None = None,
+         progress: bool = False) -> PointResults:
     """``single(i, op_i, obj_i, key_i)`` at every point, batched or one after another;
-    ``compiled(op, keys)`` (if given and not None for this stack) replaces the lockstep."""
+    ``compiled(op, keys)`` (if given and not None for this stack) replaces the lockstep.
+    ``progress``: a bar over the points on stderr (a point counts when its analysis ends;
+    the compiled solvers finish all points at once)."""
     if not isinstance(obj, Objective):
         raise TypeError(f"{analysis}_at expects an ht.Objective (the architecture, loss and "
                         f"data; the points replace its parameters), got {type(obj).__name__}.")
@@ -81,15 +85,29 @@ def _run(obj: Objective, points, *, key, kind: str, mode: str, analysis: str,
     stacked_points, num = stack_points(obj, points)
     keys = jax.random.split(key, num)
     point = lambda i: obj.with_params(jax.tree.map(lambda a: a[i], stacked_points))
+    bar = progress_bar(num, f"{analysis} at {num} points", unit="point") if progress else None
+
+    def one(op_i, i):
+        out = single(op_i, point(i), keys[i])
+        if bar is not None:
+            bar.update(1)
+        return out
+
     rounds = calls = 0
-    if mode == "batched":
-        op = StackedOperator(obj, stacked_points, kind=kind)
-        results = None if compiled is None else compiled(op, keys)
-        if results is None:
-            results, rounds = lockstep(op, lambda i, op_i: single(op_i, point(i), keys[i]))
-        calls = op.num_calls
-    else:
-        results = [single(None, point(i), keys[i]) for i in range(num)]
+    try:
+        if mode == "batched":
+            op = StackedOperator(obj, stacked_points, kind=kind)
+            results = None if compiled is None else compiled(op, keys)
+            if results is None:
+                results, rounds = lockstep(op, lambda i, op_i: one(op_i, i))
+            elif bar is not None:
+                bar.update(num)
+            calls = op.num_calls
+        else:
+            results = [one(None, i) for i in range(num)]
+    finally:
+        if bar is not None:
+            bar.close()
     return PointResults(results=tuple(results), analysis=analysis, mode=mode, reason=reason,
                         num_points=num, num_rounds=rounds, num_calls=calls,
                         num_matvecs=sum(r.num_matvecs for r in results),
@@ -164,7 +182,7 @@ def _compiled_eigenvalues(op: StackedOperator, keys, *, k, which, tol, num_steps
 
 def eigenvalues_at(obj: Objective, points, *, key, k: int = 1, which: str = "largest",
                    operator: str = "hessian", mode: str = "auto", solver: str = "auto",
-                   **options) -> PointResults:
+                   progress: bool = False, **options) -> PointResults:
     """Extreme eigenvalues of the curvature at every point of a stack.
 
     ``res[i]`` is ``ht.eigenvalues(op_i, k=k, which=which, key=keys[i], **options)`` with
@@ -214,6 +232,8 @@ def eigenvalues_at(obj: Objective, points, *, key, k: int = 1, which: str = "lar
         ``"batched"`` or ``"sequential"`` (each point on its own, as a loop of
         ``ht.eigenvalues`` calls would).
       solver: ``"auto"``, ``"compiled"`` or ``"lockstep"`` (batched mode; see above).
+      progress: a progress bar over the points on stderr (the compiled solver finishes
+        all points at once).
       **options: ``tol`` (relative residual, default 1e-4 in float32, 1e-8 in float64)
         and, compiled, ``num_steps`` (the first run's Lanczos steps: a longer first run
         gives smaller residuals; 120 for 10 eigenvalues of a 3.5k-parameter MLP matched the
@@ -271,7 +291,7 @@ def eigenvalues_at(obj: Objective, points, *, key, k: int = 1, which: str = "lar
                                      num_steps=num_steps, max_steps=max(max_steps, wanted))
 
     return _run(obj, points, key=key, kind=operator, mode=mode, analysis="eigenvalues",
-                single=single, compiled=compiled)
+                single=single, compiled=compiled, progress=progress)
 
 
 def _compiled_trace(op: StackedOperator, keys, *, method, num_matvecs, probe):
@@ -291,7 +311,7 @@ def _compiled_trace(op: StackedOperator, keys, *, method, num_matvecs, probe):
 
 def trace_at(obj: Objective, points, *, key, method: str = "hutch++",
              num_matvecs: int | None = None, operator: str = "hessian", mode: str = "auto",
-             solver: str = "auto", **options) -> PointResults:
+             solver: str = "auto", progress: bool = False, **options) -> PointResults:
     """The trace of the curvature at every point of a stack, with standard errors.
 
     ``res[i]`` is ``ht.trace(op_i, method=method, num_matvecs=num_matvecs, key=keys[i],
@@ -324,6 +344,7 @@ def trace_at(obj: Objective, points, *, key, method: str = "hutch++",
       operator: ``"hessian"``, ``"ggn"`` or ``"fisher"``.
       mode: ``"auto"``, ``"batched"`` or ``"sequential"`` (see :func:`eigenvalues_at`).
       solver: ``"auto"``, ``"compiled"`` or ``"lockstep"`` (see above).
+      progress: a progress bar over the points on stderr.
       **options: passed to :func:`~hessian_tools.trace` (``probe``, ``num_steps``,
         ``batch_size``).
 
@@ -359,10 +380,11 @@ def trace_at(obj: Objective, points, *, key, method: str = "hutch++",
         return _compiled_trace(op, keys, method=method, num_matvecs=num, probe=probe)
 
     return _run(obj, points, key=key, kind=operator, mode=mode, analysis="trace", single=single,
-                compiled=compiled)
+                compiled=compiled, progress=progress)
 
 
-def classify_at(obj: Objective, points, *, key, mode: str = "auto", **options) -> PointResults:
+def classify_at(obj: Objective, points, *, key, mode: str = "auto", progress: bool = False,
+                **options) -> PointResults:
     """Minimum, saddle, maximum or not critical: :func:`~hessian_tools.classify` at every point.
 
     ``res[i]`` is ``ht.classify(obj.with_params(points[i]), key=keys[i], **options)``
@@ -378,6 +400,8 @@ def classify_at(obj: Objective, points, *, key, mode: str = "auto", **options) -
       points: a list of parameter pytrees or one stacked pytree.
       key: a ``jax.random`` key.
       mode: ``"auto"``, ``"batched"`` or ``"sequential"`` (see :func:`eigenvalues_at`).
+      progress: a progress bar over the points on stderr (a point counts when its
+        classification ends).
       **options: passed to :func:`~hessian_tools.classify` (``grad_tol``, ``tau``,
         ``eig_tol``, ``dense_max_params``, ``probe``, ...).
 
@@ -389,4 +413,4 @@ def classify_at(obj: Objective, points, *, key, mode: str = "auto", **options) -
         return classify(point_obj, key=sub, operator=op, **options)
 
     return _run(obj, points, key=key, kind="hessian", mode=mode, analysis="classify",
-                single=single)
+                single=single, progress=progress)

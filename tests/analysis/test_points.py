@@ -142,6 +142,20 @@ def test_classify_at_finds_the_planted_indices():
         res.values
 
 
+@pytest.mark.parametrize("run", ["trace-compiled", "trace-lockstep", "sequential"])
+def test_progress_bar_counts_the_points(run, capsys):
+    key = jax.random.key(0)
+    if run == "sequential":
+        eigenvalues_at(OBJ, POINTS, key=key, mode="sequential", progress=True)
+    else:
+        trace_at(OBJ, POINTS, key=key, num_matvecs=6, progress=True,
+                 solver=run.split("-")[1])
+    err = capsys.readouterr().err
+    assert "at 3 points" in err and "3/3" in err
+    trace_at(OBJ, POINTS, key=key, num_matvecs=6)
+    assert capsys.readouterr().err == ""
+
+
 def test_round_trip_to_dict():
     res = eigenvalues_at(OBJ, POINTS, k=1, key=jax.random.key(0))
     back = PointResults.from_dict(res.to_dict())
