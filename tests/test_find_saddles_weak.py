@@ -36,9 +36,9 @@ def _starts(n=2):
 def test_weak_saddle_is_reached_with_its_index():
     search = find_saddles(WEAK_OBJ, _starts(), key=jax.random.key(0), target_index=2,
                           radius=0.2)
+    assert len(search.reached) == 2
     assert search.options["classify_options"]["relative_tau"] == pytest.approx(
         np.sqrt(np.finfo(np.float64).eps))
-    assert len(search.reached) == 2
     for p in search:
         y = Q @ np.asarray(p.params)
         np.testing.assert_allclose(y[:5], 0.0, atol=1e-6)            # the planted saddle
