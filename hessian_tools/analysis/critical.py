@@ -257,7 +257,8 @@ def _check_operator(obj, operator):
 
 def classify(obj: Objective, *, key, grad_tol: float | None = None,
              tau: float | None = None, relative_tau: float | None = None,
-             eig_tol: float | None = None, dense_max_params: int = 4000, max_lanczos_index: int = 32,
+             eig_tol: float | None = None, dense_max_params: int = 4000,
+             max_lanczos_index: int = 32,
              probe_scales: Sequence[float] = (1e-3, 1e-2, 1e-1), max_probe_eigvecs: int = 16,
              num_random_probes: int = 8, decrease_tol: float | None = None,
              probe: bool = True, operator: CurvatureOperator | None = None

@@ -30,9 +30,9 @@ The final iterations are Newton-MR, and every point is classified, so a run has
 eigenvalues. The index is counted at the zero threshold the following itself uses to tell
 null modes apart, ``sqrt(eps) max|lambda|`` (``classify_options={"relative_tau": ...}``),
 not at ``classify``'s default of 1%: the saddles next to the minima of a small network have
-negative eigenvalues of 1e-5 .. 1e-3 against a top of ~3, and would be counted as index 0. Without a target
-the search is Newton-MR from every start (for starts perturbed off known saddles, Dauphin
-et al. 2014).
+negative eigenvalues of 1e-5 .. 1e-3 against a top of ~3, and would be counted as index 0.
+Without a target the search is Newton-MR from every start (for starts perturbed off known
+saddles, Dauphin et al. 2014).
 """
 
 from __future__ import annotations

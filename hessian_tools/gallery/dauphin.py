@@ -34,8 +34,8 @@ from hessian_tools.objective import Objective
 from hessian_tools.training import damped_newton, saddle_free_newton
 
 __all__ = ["CONFIGS", "Config", "ENTRY", "INDEX_TAU", "Problem", "continuum", "escape",
-           "keep_units", "locate", "make_problem", "nudge", "plot_continuum", "plot_escape", "run",
-           "search_saddles", "train"]
+           "keep_units", "locate", "make_problem", "nudge", "plot_continuum", "plot_escape",
+           "run", "search_saddles", "train"]
 
 
 @dataclasses.dataclass(frozen=True)
