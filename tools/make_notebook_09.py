@@ -72,12 +72,16 @@ print(found)"""),
 Newton-MR lands where it lands. ``ht.find_saddles(obj, starts, target_index=k)`` instead
 *follows eigenvectors*: uphill along the `k` lowest Hessian eigenvectors, downhill in their
 complement, then Newton-MR to converge; a run has ``reached`` its target when the point is
-critical with exactly `k` negative eigenvalues (`dauphin.search_saddles` is that one call).
-We also follow Dauphin et al.'s recipe and run Newton-MR from points on the straight lines
-between the `ln 10` saddle and the minima. The eigenvector following starts from the saddle
-and from a minimum, each nudged by a small random step, for several target indices
-(`dauphin.continuum` does all of it), and we plot every critical point we have (Dauphin et
-al.'s Fig. 1: training error and loss against the index)."""),
+critical with exactly `k` negative eigenvalues, counted below `-sqrt(eps) max|λ|` (this
+net's weakest saddles have negative eigenvalues of 1e-5 .. 1e-3 against a top of ~3;
+`dauphin.search_saddles` is that one call). We also follow Dauphin et al.'s recipe and run
+Newton-MR from points on the straight lines between the `ln 10` saddle and the minima, and
+from the minima with hidden units removed (`dauphin.keep_units`: a critical point of the
+narrower network is a saddle of this one, Fukumizu & Amari 2000). The eigenvector following
+for target `k` starts from the certified saddle of the next higher index (it climbs along
+`k` of its negative modes and descends along the others) and from a minimum, each nudged by
+a small random step (`dauphin.continuum` does all of it), and we plot every critical point
+we have (Dauphin et al.'s Fig. 1: training error and loss against the index)."""),
     nbf.v4.new_code_cell("""between, searches, points = dauphin.continuum(pr, cfg, found, minima)
 alpha, losses, errors = points["alpha"], points["loss"], points["error"]
 print(f"{len(alpha)} critical points; index fraction, loss, training error:")

@@ -24,8 +24,16 @@ Usage (from the repository root; the numbers go into ``benchmarks/RESULTS_saddle
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python \\
         benchmarks/studies/bench_saddles_dauphin.py [--quick] [--parts polish,targets,stuck]
 
+4. ``--parts continuum``: critical points of every index. The Adam end points with hidden
+   units removed (incoming and outgoing weights zero), polished: the critical points of the
+   narrower nets, which embed as saddles (Fukumizu & Amari 2000); Newton-MR from each of
+   them nudged (Dauphin et al.'s perturbed saddles); eigenvector following to k = 1 .. 4
+   from nudged minima (the weak saddles next to them). All classified at find_saddles'
+   threshold, ``sqrt(eps) max|lambda|``.
+
 Writes ``<out>/saddles_dauphin.json`` and ``<out>/saddles_dauphin.png`` (loss against index
-of every certified point).
+of every certified point); without the parts polish and stuck
+``<out>/saddles_dauphin_<parts>.{json,png}`` (e.g. ``saddles_dauphin_continuum``).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import optax  # noqa: E402
 import hessian_tools as ht  # noqa: E402
 from hessian_tools.examples.digits import load_digits_data  # noqa: E402
 from hessian_tools.files import save_figure, write_json  # noqa: E402
+from hessian_tools.gallery.dauphin import keep_units  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1]
 N_EXAMPLES, HIDDEN, SEEDS = 800, 4, 3
@@ -149,14 +158,108 @@ def run_search(obj, starts, key, label, **kw):
     return ht.SaddleSearch(points=tuple(points), options=kw), walls
 
 
+REL_TAU = float(np.sqrt(np.finfo(np.float64).eps))   # find_saddles' default zero threshold
+
+
+def continuum_study(obj, ends, minima, follow, targets_up):
+    """Critical points of every index: (a) the Adam end points with hidden units removed,
+    driven to a critical point of the narrower net by ``ht.polish`` (which keeps dead units
+    dead: the gradient and Hessian-vector products vanish on them); (b) Newton-MR
+    (``find_saddles`` without a target) from each of those nudged, Dauphin et al.'s
+    perturbed saddles; (c) eigenvector following to ``k = 1 .. targets_up`` from nudged
+    polished minima (the weak saddles next to the minima). Every point classified at
+    ``sqrt(eps) max|lambda|``."""
+    rows, points = [], []
+    hidden = ends[0]["b1"].shape[0]
+    subsets = sorted({tuple(range(h)) for h in range(hidden)}
+                     | {tuple(range(hidden - h, hidden)) for h in range(1, hidden)})
+    embedded = []
+    for seed, p in enumerate(ends):
+        for units in subsets:
+            t0 = time.perf_counter()
+            r = ht.polish(obj, keep_units(p, units), key=jax.random.key(50 + seed),
+                          max_steps=60, classify_options={"relative_tau": REL_TAU})
+            rows.append(dict(label="embedded, polished", end=seed, units=list(units),
+                             target=None, reached=None, **point_row(r, time.perf_counter() - t0)))
+            print(f"end {seed} units {units!s:12s}: {r.status:13s} {r.verdict:18s} index "
+                  f"{r.index:3d} loss {r.loss:.4f} |g| {r.grad_norm:.1e}", flush=True)
+            points.append(("embedded, polished", r))
+            if r.status == "critical" and r.index:
+                embedded.append(r)
+    for eps in (0.02, 0.2):
+        label = f"Newton-MR from embedded nudged by {eps}"
+        starts = [nudge(r.params, jax.random.key(600 + i), eps=eps)
+                  for i, r in enumerate(embedded)]
+        s, w = run_search(obj, starts, jax.random.key(700), label, newton_steps=50)
+        rows += search_rows(s, label, w)
+        points += [(label, p) for p in s]
+    label = f"following up from nudged minima, {follow} steps"
+    for k in range(1, targets_up + 1):
+        starts = [nudge(m.params, jax.random.key(800 + 10 * k + i)) for i, m in
+                  enumerate(minima[:2])]
+        s, w = run_search(obj, starts, jax.random.key(900 + k), label, target_index=k,
+                          follow_steps=follow, newton_steps=30)
+        rows += search_rows(s, label, w)
+        points += [(label, p) for p in s]
+    label = f"following down from nudged embedded, {follow} steps"
+    distinct = {}
+    for r in embedded:                   # two per index, the lowest losses
+        distinct.setdefault(r.index, {}).setdefault(round(r.loss, 4), r)
+    for index, by_loss in sorted(distinct.items()):
+        for j, (_, r) in enumerate(sorted(by_loss.items())[:2]):
+            for k in DOWN.get(index, ()):
+                s, w = run_search(obj, [nudge(r.params, jax.random.key(1000 + 7 * k + j), 0.02)],
+                                  jax.random.key(1100 + k), label, target_index=k,
+                                  follow_steps=follow, newton_steps=30)
+                rows += search_rows(s, label, w)
+                points += [(label, p) for p in s]
+    points += [("polished Adam end points", m) for m in minima]
+    rows += [dict(label="polished Adam end points", end=i, target=None, reached=None,
+                  **point_row(m, m.wall_time)) for i, m in enumerate(minima)]
+    return rows, points
+
+
+DOWN = {9: (2, 4, 6, 8), 18: (10, 13, 16), 27: (20, 24)}   # targets below embedded saddles
+
+
+def plot_continuum(points, error, axes):
+    """Loss (left) and training error (right) against index of every certified critical
+    point found, one colour per method; ``error(params)`` is the training error."""
+    for j, label in enumerate(dict.fromkeys(lab for lab, _ in points)):
+        crit = [p for lab, p in points if lab == label and p.status == "critical"]
+        for ax, y in zip(axes, ([p.loss for p in crit], [100 * error(p.params) for p in crit])):
+            ax.scatter([p.index for p in crit], y, s=30, color=f"C{j}", alpha=0.7,
+                       edgecolor="k", linewidth=0.4, label=f"{label} ({len(crit)})")
+    for ax, what in zip(axes, ("training loss", "training error (%)")):
+        ax.set_xlabel(f"index (eigenvalues below -{REL_TAU:.1e} max|λ|; of 118)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return axes
+
+
+def training_error(obj):
+    """``params -> `` the fraction of misclassified training examples."""
+    x, y = obj.data
+
+    @jax.jit
+    def error(p):
+        logits = jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        return jnp.mean(jnp.argmax(logits, axis=-1) != y)
+    return lambda p: float(error(p))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="targets 1 and 4 only, fewer steps")
     ap.add_argument("--out", default=str(BENCH / "results"))
     ap.add_argument("--follow", type=int, default=100, help="following steps with tracking")
-    ap.add_argument("--parts", default="polish,targets,stuck",
+    ap.add_argument("--targets-up", type=int, default=4,
+                    help="continuum: following targets 1 .. this from the minima")
+    ap.add_argument("--parts", default="polish,targets,stuck,continuum",
                     help="comma-separated: polish (section 1), targets (3, the notebook's "
-                         "starts), stuck (3, from Newton-MR's unconverged points)")
+                         "starts), stuck (3, from Newton-MR's unconverged points), "
+                         "continuum (4: embedded, perturbed and followed saddles)")
     args = ap.parse_args()
     begin = time.perf_counter()
     obj, checkpoints, ends, small = build()
@@ -165,18 +268,19 @@ def main():
     parts = args.parts.split(",")
     out = dict(machine=platform.machine(), cpus=os.cpu_count(), load_start=os.getloadavg(),
                parts=parts, polish=polish_study(obj, ends) if "polish" in parts else [])
-    minima = [ht.polish(obj, p, key=jax.random.key(10 + i), max_steps=60)
-              for i, p in enumerate(ends)]
-    t0 = time.perf_counter()
-    found = ht.find_critical_points(obj, checkpoints + small, key=jax.random.key(1),
-                                    newton_steps=50)
-    out["newton_mr"] = [point_row(p, None) for p in found]
-    print(f"Newton-MR from {len(found)} starts ({time.perf_counter() - t0:.0f} s):\n{found}",
-          flush=True)
-    top = max((q for q in found if q.status == "critical"), key=lambda q: q.index)
+    minima = [ht.polish(obj, p, key=jax.random.key(10 + i), max_steps=60,
+                        classify_options={"relative_tau": REL_TAU}) for i, p in enumerate(ends)]
+    searches, rows, found = [], [], None
+    if "targets" in parts or "stuck" in parts:
+        t0 = time.perf_counter()
+        found = ht.find_critical_points(obj, checkpoints + small, key=jax.random.key(1),
+                                        newton_steps=50)
+        out["newton_mr"] = [point_row(p, None) for p in found]
+        print(f"Newton-MR from {len(found)} starts ({time.perf_counter() - t0:.0f} s):\n"
+              f"{found}", flush=True)
+        top = max((q for q in found if q.status == "critical"), key=lambda q: q.index)
     targets = [1, 4] if args.quick else [1, 4, 8, 16]
     follow = 30 if args.quick else args.follow
-    searches, rows = [], []
     for k in targets if "targets" in parts else ():   # nudged saddle and nudged minimum
         starts = [nudge(top.params, jax.random.key(200 + 10 * k)),
                   nudge(minima[0].params, jax.random.key(200 + 10 * k + 1))]
@@ -194,16 +298,27 @@ def main():
                           target_index=q.index, follow_steps=follow, newton_steps=50)
         searches.append((label, s))
         rows += search_rows(s, label, w)
+    if "continuum" in parts:
+        crow, cpoints = continuum_study(obj, ends, minima, args.follow, args.targets_up)
+        rows += crow
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+        plot_continuum(cpoints, training_error(obj), axes)
+        fig.suptitle("notebook 09's net (16-4-10 tanh, 118 parameters): every certified "
+                     "critical point found, against its index")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        save_figure(fig, Path(args.out) / "saddles_dauphin_continuum.png")
     out["searches"] = rows
     out["wall_time"] = time.perf_counter() - begin
     out["load_end"] = os.getloadavg()
     summary = {}
     for r in rows:
         key = (r["label"], r["target"] if r["label"] != "tracking from Newton-MR's" else "own")
+        if r["label"] == "embedded, polished":
+            key = (r["label"], f"{len(r['units'])} units")
         d = summary.setdefault(str(key), dict(runs=0, reached=0, certified=[], products=0,
                                               wall_time=0.0))
         d["runs"] += 1
-        d["reached"] += int(r["reached"])
+        d["reached"] += int(bool(r["reached"]))
         d["products"] += r["products"]
         d["wall_time"] += r["wall_time"]
         if r["status"] == "critical":
@@ -213,7 +328,13 @@ def main():
         print(f"{k}: {v['reached']}/{v['runs']} reached; certified (loss, index) "
               f"{v['certified']}; {v['products']} products, {v['wall_time']:.0f} s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(args.out) / "saddles_dauphin.json", out)
+    stem = ("saddles_dauphin" if {"polish", "stuck"} & set(parts)
+            else "saddles_dauphin_" + "_".join(parts))
+    write_json(Path(args.out) / f"{stem}.json", out)
+    if found is None:
+        print(f"total {out['wall_time']:.0f} s; load {out['load_start'][0]:.1f} -> "
+              f"{out['load_end'][0]:.1f}")
+        return
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     ht.plot_index_vs_loss(found, ax=ax, label="Newton-MR", fraction=False)
     for j, (label, s) in enumerate(searches):
@@ -222,7 +343,7 @@ def main():
                                   label=f"{label} (target {s.options['target_index']})")
     ax.set_title("notebook 09's net: loss against index (filled: certified critical)")
     ax.legend(fontsize=6, ncol=2)
-    save_figure(fig, Path(args.out) / "saddles_dauphin.png")
+    save_figure(fig, Path(args.out) / f"{stem}.png")
     print(f"total {out['wall_time']:.0f} s; load {out['load_start'][0]:.1f} -> "
           f"{out['load_end'][0]:.1f}")
 

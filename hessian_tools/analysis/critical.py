@@ -98,8 +98,11 @@ def _count(values, errors, threshold):
 
 
 def _tau(scale, tau, dtype) -> float:
-    """The zero threshold: ``tau`` if given, else :func:`default_threshold` of the scale."""
-    return default_threshold(scale, dtype) if tau is None else float(tau)
+    """The zero threshold: ``tau`` if given (a float), ``r * scale`` for ``tau = ("relative",
+    r)``, else :func:`default_threshold` of the scale."""
+    if tau is None:
+        return default_threshold(scale, dtype)
+    return float(tau[1]) * float(scale) if isinstance(tau, tuple) else float(tau)
 
 
 def _dense_spectrum(H, tau, max_probe):
@@ -226,11 +229,12 @@ def _probe(obj, H, loss0, grad, directions, radii, decrease_tol, sign):
             "best_change": float(best[1]), "best_radius": float(best[2])}
 
 
-def _check_options(key, grad_tol, tau, probe_scales, dense_max_params, max_lanczos_index):
+def _check_options(key, grad_tol, tau, relative_tau, probe_scales, dense_max_params,
+                   max_lanczos_index):
     if key is None:
         raise ValueError("classify needs an explicit PRNG key (Lanczos start vectors, random "
                          "probe directions): pass key=jax.random.key(0).")
-    for name, value in (("grad_tol", grad_tol), ("tau", tau)):
+    for name, value in (("grad_tol", grad_tol), ("tau", tau), ("relative_tau", relative_tau)):
         if value is not None and not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name}={value!r} must be a finite number >= 0.")
     if not probe_scales or any(not (np.isfinite(r) and r > 0) for r in probe_scales):
@@ -252,8 +256,9 @@ def _check_operator(obj, operator):
 
 
 def classify(obj: Objective, *, key, grad_tol: float | None = None,
-             tau: float | None = None, eig_tol: float | None = None,
-             dense_max_params: int = 4000, max_lanczos_index: int = 32,
+             tau: float | None = None, relative_tau: float | None = None,
+             eig_tol: float | None = None, dense_max_params: int = 4000,
+             max_lanczos_index: int = 32,
              probe_scales: Sequence[float] = (1e-3, 1e-2, 1e-1), max_probe_eigvecs: int = 16,
              num_random_probes: int = 8, decrease_tol: float | None = None,
              probe: bool = True, operator: CurvatureOperator | None = None
@@ -298,6 +303,10 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
         :func:`~hessian_tools.negative_count` and the CLI use too, so every count of a point
         agrees, in float32 and float64 alike. Pass a smaller ``tau`` to count eigenvalues
         closer to zero (the dense and Lanczos counts stay exact down to rounding).
+      relative_tau: the zero threshold as a fraction of the spectral scale,
+        ``tau = relative_tau * max|lambda|`` (ignored when ``tau`` is given). For counting
+        weak negative curvature without knowing the scale beforehand:
+        :func:`~hessian_tools.find_saddles` passes ``sqrt(eps)``.
       eig_tol: eigensolver relative residual tolerance (default ``1e-3``, a tenth of the
         default ``tau``, at least ``ht.default_tol``; with an explicit ``tau``,
         ``ht.default_tol``: tight enough to certify signs beyond the threshold).
@@ -328,14 +337,18 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
       >>> rep.verdict, rep.index
       ('saddle', 1)
     """
-    _check_options(key, grad_tol, tau, probe_scales, dense_max_params, max_lanczos_index)
+    _check_options(key, grad_tol, tau, relative_tau, probe_scales, dense_max_params,
+                   max_lanczos_index)
     _check_operator(obj, operator)
     start, dtype = time.perf_counter(), _param_dtype(obj)
     loss, grad = value_and_grad(obj)
     loss, grad_norm = check_finite_loss(loss), float(tree.norm(grad))
     grad_tol = default_grad_tol(dtype, loss) if grad_tol is None else float(grad_tol)
+    default_rule = tau is None and relative_tau is None
     if eig_tol is None:
-        eig_tol = max(default_tol(dtype), 1e-3) if tau is None else default_tol(dtype)
+        eig_tol = max(default_tol(dtype), 1e-3) if default_rule else default_tol(dtype)
+    if tau is None and relative_tau is not None:
+        tau = ("relative", float(relative_tau))
     decrease_tol = _default_decrease_tol(dtype, loss) if decrease_tol is None else decrease_tol
     k_spec, k_slq, k_probe = jax.random.split(key, 3)
     H = hessian(obj) if operator is None else operator
@@ -349,8 +362,9 @@ def classify(obj: Objective, *, key, grad_tol: float | None = None,
             _count_index(H, k_slq, spec, max_lanczos_index)
     radii = [float(s) * max(1.0, float(tree.norm(obj.params))) for s in probe_scales]
     thresholds = dict(grad_tol=grad_tol, tau=spec.tau, scale=spec.scale,
-                      tau_rule=("given" if tau is not None else
-                                "default: ht.default_threshold, 1% of max|lambda|"),
+                      tau_rule=("default: ht.default_threshold, 1% of max|lambda|"
+                                if default_rule else f"relative: {tau[1]:.3g} max|lambda|"
+                                if isinstance(tau, tuple) else "given"),
                       eig_tol=eig_tol,
                       decrease_tol=decrease_tol, probe_radii=radii,
                       dense_max_params=int(dense_max_params),

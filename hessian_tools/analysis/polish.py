@@ -27,10 +27,12 @@ followed modes are tracked from step to step by the overlap of their span with t
 one (``track_modes``), never a null mode, with a step length that halves on overshooting.
 The final iterations are Newton-MR, and every point is classified, so a run has
 ``reached`` its target only when the point is critical with exactly ``k`` negative
-eigenvalues (below ``classify``'s zero threshold, 1% of max|lambda| by default: pass
-``classify_options={"tau": ...}`` to count weaker negative curvature). Without a target
-the search is Newton-MR from every start (for starts perturbed off known saddles, Dauphin
-et al. 2014).
+eigenvalues. The index is counted at the zero threshold the following itself uses to tell
+null modes apart, ``sqrt(eps) max|lambda|`` (``classify_options={"relative_tau": ...}``),
+not at ``classify``'s default of 1%: the saddles next to the minima of a small network have
+negative eigenvalues of 1e-5 .. 1e-3 against a top of ~3, and would be counted as index 0.
+Without a target the search is Newton-MR from every start (for starts perturbed off known
+saddles, Dauphin et al. 2014).
 """
 
 from __future__ import annotations
@@ -452,7 +454,14 @@ def find_saddles(obj: Objective, starts: Sequence, *, key, target_index: int | N
       minres_matvecs: MINRES products per solve.
       radius: the largest following step (in parameter norm).
       gradient_flat_tol: see :func:`~hessian_tools.find_critical_points`.
-      classify_options: keyword arguments for :func:`~hessian_tools.classify`.
+      classify_options: keyword arguments for :func:`~hessian_tools.classify`. Unless
+        they set ``tau`` or ``relative_tau``, ``relative_tau=sqrt(eps)`` (1.5e-8 in
+        float64, 3.5e-4 in float32): an eigenvalue counts as negative when it lies below
+        ``-max(sqrt(eps) max|lambda|, its error bar)``. This is the threshold below which
+        the following treats a mode as null (a symmetry, eigenvalue ~ ``eps max|lambda|``),
+        so the index reported is the one the following aimed at; weakly curved saddles
+        (``|lambda| << 1% max|lambda|``) count with their true index. The threshold used is
+        in each point's ``report.thresholds["tau"]`` and in ``options``.
       progress: print one line per start.
       track_modes: mode tracking (keyword-only). ``0``: follow the ``k`` lowest
         eigenvectors at every step (ordering by index: where a followed mode's eigenvalue
@@ -493,6 +502,8 @@ def find_saddles(obj: Objective, starts: Sequence, *, key, target_index: int | N
     options = dict(classify_options or {})
     if grad_tol is not None:
         options["grad_tol"] = grad_tol
+    if options.get("tau") is None and options.get("relative_tau") is None:
+        options["relative_tau"] = math.sqrt(float(jnp.finfo(obj.dtype).eps))
     for i, (x0, sub) in enumerate(zip(starts, jax.random.split(key, len(starts)))):
         k_follow, k_class = jax.random.split(sub)
         x = _cast(obj, x0, f"starts[{i}]")
