@@ -426,9 +426,8 @@ def run(*, small: bool = False, seed: int = 0, say=print) -> Report:
                 paper="slow (Sec. 7)"),
             Row(quantity="Adam: products to escape / final loss",
                 ours=f"{row['Adam']['escaped_after']} / {row['Adam']['final_loss']:.4f}", paper="not compared"))
-    return Report(name="dauphin", title=ENTRY.title, config="small" if small else "full", seed=seed,
-                  rows=rows, verdict=_verdict(n), figures=figures, numbers=n,
-                  wall_time=time.perf_counter() - t0)
+    return ENTRY.report(small=small, seed=seed, start=t0, rows=rows, verdict=_verdict(n),
+                        figures=figures, numbers=n)
 
 
 ENTRY = Entry(
