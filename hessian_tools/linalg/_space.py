@@ -11,15 +11,23 @@ Two vector stores, the same algebra:
   basis are swept): :class:`HostSpace`, :func:`host_orthogonalize`, :func:`host_project`.
   These take a leading batch axis too (the bases of several SLQ probes at once).
 
-A Lanczos step is one rule everywhere: ``w = A q_j`` is orthogonalised twice against the
-basis (classical Gram-Schmidt twice, "CGS2", which also gives the column ``h = V A q_j`` of
-the projected matrix, and so ``alpha_j = h_j``) and against any locked vectors; the
-remainder's norm is ``beta``; the step *breaks down* (an invariant subspace was found) when
+A Lanczos step is one rule everywhere: ``w = A q_j`` is orthogonalised against the basis
+and any locked vectors by classical Gram-Schmidt, which also gives the column
+``h = V A q_j`` of the projected matrix (and so ``alpha_j = h_j``); the remainder's norm is
+``beta``; the step *breaks down* (an invariant subspace was found) when
 ``beta <= 100 eps scale`` with ``scale`` an estimate of ``||A||`` (the largest of this
 step's ``max |h| + beta`` and the caller's running estimate). The remainder's rounding is
 of the size of ``||A||`` times machine epsilon whatever this step's own numbers are (a GPU's
 float64 products left ``beta = 6e-16`` next to ``||A|| = 2`` where this step's
 ``alpha + beta`` was 0.24).
+
+How many sweeps: the device store always sweeps twice ("CGS2"; its compiled step has fixed
+shapes, and under ``vmap`` a branch would run both ways). The host store sweeps the basis
+and the locked rows together, and a second time only when the first removed more than
+half of ``||w||^2`` (the Daniel-Gragg-Kaufman-Stewart criterion, :data:`REFINE`): the
+basis stays orthonormal to rounding (``|V V^T - I| < 1e-14`` in float64 on repeated and
+crowded spectra, ``tests/linalg/test_space.py``), and a Lanczos step on a network's Hessian
+needs the second sweep in 75-85% of steps (``benchmarks/RESULTS_scale.md``, part 4).
 """
 
 from __future__ import annotations
@@ -164,7 +172,9 @@ def _host_combine(h, basis):
 
 
 def host_project(basis, j, w, scale, locked=None):
-    """:func:`project_step` on NumPy bases (``(..., m + 1, n)``), sweeping rows ``0..j`` only.
+    """:func:`project_step` on NumPy bases (``(..., m + 1, n)``), sweeping rows ``0..j`` only,
+    with a second sweep only when needed (:func:`_refined`). Cost per step: ``2 (j + 1 +
+    locked rows)`` vector reads per sweep and two norms; no float64 copy of a vector.
 
     Writes the normalised remainder into row ``j + 1`` of ``basis`` (in place) and returns
     ``(q_next, h, beta)`` with ``h`` of shape ``(..., j + 1)``; ``scale`` may be per batch.
