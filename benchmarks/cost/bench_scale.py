@@ -28,6 +28,14 @@ share the same two cores, so this measures the overhead of sharding, not a speed
 parameter count at ``--examples`` examples (the second of two solves: compiling excluded),
 with the product's share of each.
 
+``reorth``: on one CPU device, a default top-5 (``ht.eigenvalues(op, k=5, key=...)``) split
+into the products, the projection steps (Gram-Schmidt against the basis and the locked
+rows) and the rest, with the host algebra as it was before issue 22 part 4 (two sweeps in
+every step, the locked rows twice per sweep, float64 block norms, one transfer per leaf, a
+fresh BLAS search per solve) and as it is now, alternating in one process (the median of
+``--repeats`` warm solves each); with the arithmetic floor of the projection (one sweep at
+the measured single-thread bandwidth of a ``(32, dim)`` ``V w``).
+
 Usage (from the repository root, under the benchmark lock)::
 
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
@@ -40,6 +48,8 @@ Usage (from the repository root, under the benchmark lock)::
         sharded --params 1e5,1e6
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
         basis --params 1e4,1e5,1e6 --examples 64
+    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
+        reorth --params 1e4,1e5,1e6 --examples 64 --repeats 7
 """
 
 from __future__ import annotations
