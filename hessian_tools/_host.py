@@ -141,15 +141,21 @@ class FlatLayout:
         parts = [np.asarray(a, self.dtype).reshape(shape) for a in jax.tree.leaves(x)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
-    def tree(self, flat: np.ndarray):
+    def tree(self, flat: np.ndarray, *, once: bool = False):
         """The inverse of :meth:`flat`, with ``jax.Array`` leaves: ``(dim,)`` gives a vector,
-        ``(rows, dim)`` a stacked basis. Several leaves are cut from one transfer in one
-        compiled call (a transfer per leaf took 0.3-0.7 ms a vector: more than the Lanczos
-        step's own algebra at 10k parameters)."""
-        if len(self.shapes) == 1:
-            lead = flat.shape[:-1]
-            return self.treedef.unflatten([jnp.asarray(flat.reshape(lead + self.shapes[0]),
-                                                       self.dtypes[0])])
+        ``(rows, dim)`` a stacked basis.
+
+        Several leaves are cut from one transfer in one compiled call, compiled once per
+        layout and shape (0.04-0.1 s): a transfer per leaf took 0.3-0.8 ms a vector, more
+        than a Lanczos step's own algebra at 10k parameters. ``once=True`` (a conversion
+        made once, e.g. of a solve's results) skips the compilation: one batched transfer.
+        """
+        lead = flat.shape[:-1]
+        if len(self.shapes) == 1 or once:
+            parts = np.split(flat, np.cumsum(self.sizes)[:-1], axis=-1)
+            return self.treedef.unflatten(jax.device_put(
+                [p.reshape(lead + s).astype(d, copy=False) for p, s, d in
+                 zip(parts, self.shapes, self.dtypes)]))
         return self.treedef.unflatten(_unflatten(flat, tuple(self.shapes),
                                                  tuple(self.dtypes)))
 

@@ -458,7 +458,7 @@ class HostSpace:
         return buffer
 
     def take_rows(self, buffer, idx):
-        return self.layout.tree(buffer[np.array(idx, dtype=int)])
+        return self.layout.tree(buffer[np.array(idx, dtype=int)], once=True)
 
 
 def _store(basis, j, v):
