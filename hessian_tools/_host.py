@@ -148,14 +148,13 @@ class FlatLayout:
         Several leaves are cut from one transfer in one compiled call, compiled once per
         layout and shape (0.04-0.1 s): a transfer per leaf took 0.3-0.8 ms a vector, more
         than a Lanczos step's own algebra at 10k parameters. ``once=True`` (a conversion
-        made once, e.g. of a solve's results) skips the compilation: one batched transfer.
+        made once, e.g. of a solve's results) skips the compilation: a transfer per leaf.
         """
         lead = flat.shape[:-1]
         if len(self.shapes) == 1 or once:
             parts = np.split(flat, np.cumsum(self.sizes)[:-1], axis=-1)
-            return self.treedef.unflatten(jax.device_put(
-                [p.reshape(lead + s).astype(d, copy=False) for p, s, d in
-                 zip(parts, self.shapes, self.dtypes)]))
+            return self.treedef.unflatten([jnp.asarray(p.reshape(lead + s), d) for p, s, d in
+                                           zip(parts, self.shapes, self.dtypes)])
         return self.treedef.unflatten(_unflatten(flat, tuple(self.shapes),
                                                  tuple(self.dtypes)))
 

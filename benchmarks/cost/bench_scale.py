@@ -183,7 +183,7 @@ def _cgs2_norm(w):
     return np.sqrt(total)
 
 
-def _per_leaf_tree(self, flat):
+def _per_leaf_tree(self, flat, *, once=False):
     """``FlatLayout.tree`` before part 4: one transfer per leaf."""
     import jax.numpy as jnp
     lead = flat.shape[:-1]
