@@ -6,12 +6,13 @@ BLAS).
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from hessian_tools.tree import key_bits
 
@@ -98,14 +99,20 @@ def available_memory() -> tuple[int, str]:
 
 
 def single_threaded_blas():
-    """A context manager in which NumPy's BLAS runs on one thread (``threadpoolctl``).
+    """A context manager in which NumPy's BLAS runs on one thread (``threadpoolctl``; the
+    loaded libraries are found once per process: a fresh search took 0.9 ms per solve).
 
     Host-side vector algebra runs between XLA calls that already use every core. OpenBLAS's
     worker threads busy-wait after each call and then compete with XLA's. On 2 cores that
     took a warm top-5 solve of the wide digits MLP from 0.85 s to 1.43 s. The host products
     are memory-bound, so one thread loses nothing.
     """
-    return threadpool_limits(limits=1, user_api="blas")
+    return _threadpools().limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 class FlatLayout:
@@ -122,7 +129,6 @@ class FlatLayout:
         leaves, self.treedef = jax.tree.flatten(like)
         self.shapes = [tuple(np.shape(a)) for a in leaves]
         self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
-        self.splits = np.cumsum(self.sizes)[:-1]
         self.dtypes = [np.dtype(jnp.result_type(a)) for a in leaves]
         # host algebra never runs in 16 bits (NumPy has no bfloat16 BLAS): at least float32
         self.dtype = np.promote_types(jnp.result_type(*leaves), np.float32)
@@ -135,10 +141,31 @@ class FlatLayout:
         parts = [np.asarray(a, self.dtype).reshape(shape) for a in jax.tree.leaves(x)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
-    def tree(self, flat: np.ndarray):
+    def tree(self, flat: np.ndarray, *, once: bool = False):
         """The inverse of :meth:`flat`, with ``jax.Array`` leaves: ``(dim,)`` gives a vector,
-        ``(rows, dim)`` a stacked basis."""
+        ``(rows, dim)`` a stacked basis.
+
+        Several leaves are cut from one transfer in one compiled call, compiled once per
+        layout and shape (0.04-0.1 s): a transfer per leaf took 0.3-0.8 ms a vector, more
+        than a Lanczos step's own algebra at 10k parameters. ``once=True`` (a conversion
+        made once, e.g. of a solve's results) skips the compilation: a transfer per leaf.
+        """
         lead = flat.shape[:-1]
-        parts = np.split(flat, self.splits, axis=-1)
-        return self.treedef.unflatten([jnp.asarray(p.reshape(lead + s), d) for p, s, d in
-                                       zip(parts, self.shapes, self.dtypes)])
+        if len(self.shapes) == 1 or once:
+            parts = np.split(flat, np.cumsum(self.sizes)[:-1], axis=-1)
+            return self.treedef.unflatten([jnp.asarray(p.reshape(lead + s), d) for p, s, d in
+                                           zip(parts, self.shapes, self.dtypes)])
+        return self.treedef.unflatten(_unflatten(flat, tuple(self.shapes),
+                                                 tuple(self.dtypes)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unflatten(flat, shapes, dtypes):
+    """The leaves of shapes ``shapes`` (and dtypes ``dtypes``) cut from the last axis of
+    ``flat``, in order."""
+    lead, out, lo = flat.shape[:-1], [], 0
+    for shape, dtype in zip(shapes, dtypes):
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(flat[..., lo:lo + size].reshape(lead + shape).astype(dtype))
+        lo += size
+    return out

@@ -28,6 +28,14 @@ share the same two cores, so this measures the overhead of sharding, not a speed
 parameter count at ``--examples`` examples (the second of two solves: compiling excluded),
 with the product's share of each.
 
+``reorth``: on one CPU device, a default top-5 (``ht.eigenvalues(op, k=5, key=...)``) split
+into the products, the projection steps (Gram-Schmidt against the basis and the locked
+rows) and the rest, with the host algebra as it was before issue 22 part 4 (two sweeps in
+every step, the locked rows twice per sweep, float64 block norms, one transfer per leaf, a
+fresh BLAS search per solve) and as it is now, alternating in one process (the median of
+``--repeats`` warm solves each); with the arithmetic floor of the projection (one sweep at
+the measured single-thread bandwidth of a ``(32, dim)`` ``V w``).
+
 Usage (from the repository root, under the benchmark lock)::
 
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
@@ -40,6 +48,8 @@ Usage (from the repository root, under the benchmark lock)::
         sharded --params 1e5,1e6
     flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
         basis --params 1e4,1e5,1e6 --examples 64
+    flock /tmp/bench.lock env PYTHONPATH=$PWD .venv/bin/python benchmarks/cost/bench_scale.py \
+        reorth --params 1e4,1e5,1e6 --examples 64 --repeats 7
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ import os
 import subprocess
 import sys
 import time
+
+import numpy as np
 
 
 def _rss(field: str) -> int:
@@ -114,6 +126,165 @@ def _basis(params: float, examples: int) -> dict:
         out[where] = {"wall_s": wall, "products": len(calls), "product_s": sum(calls),
                       "algebra_share": 1 - sum(calls) / wall}
     out["device_over_host"] = out["device"]["wall_s"] / out["host"]["wall_s"]
+    return out
+
+
+def _cgs2_project(basis, j, w, scale, locked=None):
+    """The host projection step before issue 22 part 4 (the reference for ``reorth``): two
+    full Gram-Schmidt sweeps against the basis in every step, each followed by CGS2 against
+    the locked rows (so 4 passes over the basis and 8 over the locked rows)."""
+    from hessian_tools.linalg import _space
+
+    def cgs2(w, rows):
+        if rows is None or rows.shape[-2] == 0:
+            return w
+        for _ in range(2):
+            w = w - _space._host_combine(_space._host_dot_rows(rows, w), rows)
+        return w
+    filled = basis[..., :j + 1, :]
+    h = _space._host_dot_rows(filled, w)
+    w = cgs2(w - _space._host_combine(h, filled), locked)
+    h2 = _space._host_dot_rows(filled, w)
+    w = cgs2(w - _space._host_combine(h2, filled), locked)
+    h = (h + h2).astype(np.float64)
+    beta = _space._norm(w)
+    scale = np.maximum(np.max(np.abs(h), axis=-1) + beta, scale)
+    tiny = beta <= _space.BREAKDOWN * np.finfo(basis.dtype).eps * scale
+    inv = np.where(tiny, 0.0, 1.0 / np.where(tiny, 1.0, beta))
+    q_next = np.multiply(w, np.asarray(inv)[..., None], out=np.empty(w.shape, basis.dtype),
+                         casting="unsafe")
+    if j + 1 < basis.shape[-2]:
+        basis[..., j + 1, :] = q_next
+    return q_next, h, np.where(tiny, 0.0, beta)
+
+
+def _bandwidth(dim: int, dtype) -> float:
+    """Bytes per second of one BLAS thread streaming a ``(32, dim)`` basis (``V w``)."""
+    from hessian_tools import _host
+    basis = np.random.default_rng(0).standard_normal((32, dim)).astype(dtype)
+    w = basis[0].copy()
+    with _host.single_threaded_blas():
+        best = min(_timed(lambda: basis @ w) for _ in range(7))
+    return basis.nbytes / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _cgs2_norm(w):
+    """The float64 norm before part 4: blocks converted to float64, then summed."""
+    total = 0.0
+    for lo in range(0, w.shape[-1], 1 << 15):
+        block = w[..., lo:lo + (1 << 15)].astype(np.float64)
+        total = total + np.einsum("...n,...n->...", block, block)
+    return np.sqrt(total)
+
+
+def _per_leaf_tree(self, flat, *, once=False):
+    """``FlatLayout.tree`` before part 4: one transfer per leaf."""
+    import jax.numpy as jnp
+    lead = flat.shape[:-1]
+    parts = np.split(flat, np.cumsum(self.sizes)[:-1], axis=-1)
+    return self.treedef.unflatten([jnp.asarray(p.reshape(lead + s), d) for p, s, d in
+                                   zip(parts, self.shapes, self.dtypes)])
+
+
+def _fresh_blas_limit():
+    """``single_threaded_blas`` before part 4: the BLAS libraries searched on every solve."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _reorth(params: float, examples: int, repeats: int) -> dict:
+    """A default top-5 (``ht.eigenvalues(op, k=5, key=...)``) split into products, projection
+    steps and the rest, with the host algebra before part 4 (:func:`_cgs2_project`, the
+    float64-block norm, a transfer per leaf, a fresh BLAS search) and now, alternating in
+    one process; the median of ``repeats`` warm solves of each."""
+    import jax
+
+    import hessian_tools as ht
+    from hessian_tools import _host
+    from hessian_tools.analysis import eigen
+    from hessian_tools.linalg import _space
+    op = ht.hessian(_mlp_objective(params, examples))
+    dtype = np.dtype(op.dtype)
+    bandwidth = _bandwidth(op.dim, dtype)
+    solver, project, sweep = eigen.lanczos_eigs, _space.HostSpace.project, _space._sweep
+    now = {(_space, "host_project"): _space.host_project, (_space, "_norm"): _space._norm,
+           (_host.FlatLayout, "tree"): _host.FlatLayout.tree,
+           (_host, "single_threaded_blas"): _host.single_threaded_blas}
+    before = dict(zip(now, (_cgs2_project, _cgs2_norm, _per_leaf_tree, _fresh_blas_limit)))
+    variants = {"before": before, "after": now}
+    runs = {name: [] for name in variants}
+    for rep in range(repeats + 1):               # the first round compiles: not recorded
+        for name, patches in variants.items():
+            log = {"product_s": 0.0, "project_s": 0.0, "rows": [], "sweeps": 0}
+
+            def timed_solver(matvec, *args, **kwargs):
+                def product(v):
+                    t0 = time.perf_counter()
+                    out = jax.block_until_ready(matvec(v))
+                    log["product_s"] += time.perf_counter() - t0
+                    return out
+                return solver(product, *args, **kwargs)
+
+            def timed_project(self, basis, locked, num_locked, j, w, scale):
+                t0 = time.perf_counter()
+                out = project(self, basis, locked, num_locked, j, w, scale)
+                log["project_s"] += time.perf_counter() - t0
+                log["rows"].append(j + 1 + num_locked)
+                return out
+
+            def counted_sweep(*args):
+                log["sweeps"] += 1
+                return sweep(*args)
+            for (owner, attr), value in patches.items():
+                setattr(owner, attr, value)
+            eigen.lanczos_eigs, _space._sweep = timed_solver, counted_sweep
+            _space.HostSpace.project = timed_project
+            try:
+                t0 = time.perf_counter()
+                eig = ht.eigenvalues(op, k=5, key=jax.random.key(rep))
+                wall = time.perf_counter() - t0
+            finally:
+                for (owner, attr), value in now.items():
+                    setattr(owner, attr, value)
+                eigen.lanczos_eigs, _space._sweep = solver, sweep
+                _space.HostSpace.project = project
+            rows = np.array(log["rows"], float)
+            # the floor: one sweep (V w, then w - V^T h) reads the filled rows twice
+            floor_s = 2 * rows.sum() * op.dim * dtype.itemsize / bandwidth
+            if rep:
+                runs[name].append({
+                    "wall_s": wall, "product_s": log["product_s"],
+                    "project_s": log["project_s"],
+                    "rest_s": wall - log["product_s"] - log["project_s"],
+                    "steps": len(rows), "mean_rows": float(rows.mean()),
+                    "second_sweeps": (log["sweeps"] - len(rows)) / len(rows)
+                    if name == "after" else 1.0,
+                    "floor_2pass_s": floor_s, "values": [float(x) for x in eig.values],
+                    "max_residual_rel": float(np.max(eig.residuals) / eig.scale),
+                    "status": str(eig.status)})
+    out = {"params": op.dim, "examples": examples, "dtype": str(dtype),
+           "bandwidth_gb_s": bandwidth / 1e9}
+    for name, rs in runs.items():
+        med = {key: float(np.median([r[key] for r in rs])) for key in
+               ("wall_s", "product_s", "project_s", "rest_s", "floor_2pass_s", "steps",
+                "mean_rows", "second_sweeps", "max_residual_rel")}
+        med["project_share"] = med["project_s"] / med["wall_s"]
+        med["not_product_share"] = 1 - med["product_s"] / med["wall_s"]
+        # the projection at its arithmetic minimum (one sweep at the measured bandwidth)
+        # against the products alone: the least share reorthogonalisation could have
+        med["floor_share"] = med["floor_2pass_s"] / (med["floor_2pass_s"] + med["product_s"])
+        med["values"], med["status"] = rs[-1]["values"], rs[-1]["status"]
+        out[name] = med
+    out["wall_after_over_before"] = out["after"]["wall_s"] / out["before"]["wall_s"]
+    out["project_after_over_before"] = out["after"]["project_s"] / out["before"]["project_s"]
+    out["max_dvalue"] = float(np.max(np.abs(np.subtract(out["after"]["values"],
+                                                        out["before"]["values"]))))
     return out
 
 
@@ -215,12 +386,13 @@ print(__import__("json").dumps({"width": width, "params": sum(int(np.prod(s)) fo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("memory", "collectives", "products", "sharded",
-                                         "basis", "_worker"))
+                                         "basis", "reorth", "_worker"))
     parser.add_argument("--examples", default="64,256,1024")
     parser.add_argument("--params", default="1e6,5e6,2e7")
     parser.add_argument("--num-matvecs", type=int, default=None)
     parser.add_argument("--tol", type=float, default=None)
     parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.mode == "_worker":
         print(json.dumps(_memory_worker(float(args.params), args.num_matvecs, args.tol)))
@@ -237,6 +409,11 @@ def main() -> None:
         for p in args.params.split(","):
             for e in args.examples.split(","):
                 print(json.dumps(_basis(float(p), int(e))), flush=True)
+        return
+    if args.mode == "reorth":
+        for p in args.params.split(","):
+            print(json.dumps(_reorth(float(p), int(args.examples.split(",")[0]),
+                                     args.repeats)), flush=True)
         return
     if args.mode == "sharded":
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",

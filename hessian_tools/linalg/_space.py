@@ -11,15 +11,23 @@ Two vector stores, the same algebra:
   basis are swept): :class:`HostSpace`, :func:`host_orthogonalize`, :func:`host_project`.
   These take a leading batch axis too (the bases of several SLQ probes at once).
 
-A Lanczos step is one rule everywhere: ``w = A q_j`` is orthogonalised twice against the
-basis (classical Gram-Schmidt twice, "CGS2", which also gives the column ``h = V A q_j`` of
-the projected matrix, and so ``alpha_j = h_j``) and against any locked vectors; the
-remainder's norm is ``beta``; the step *breaks down* (an invariant subspace was found) when
+A Lanczos step is one rule everywhere: ``w = A q_j`` is orthogonalised against the basis
+and any locked vectors by classical Gram-Schmidt, which also gives the column
+``h = V A q_j`` of the projected matrix (and so ``alpha_j = h_j``); the remainder's norm is
+``beta``; the step *breaks down* (an invariant subspace was found) when
 ``beta <= 100 eps scale`` with ``scale`` an estimate of ``||A||`` (the largest of this
 step's ``max |h| + beta`` and the caller's running estimate). The remainder's rounding is
 of the size of ``||A||`` times machine epsilon whatever this step's own numbers are (a GPU's
 float64 products left ``beta = 6e-16`` next to ``||A|| = 2`` where this step's
 ``alpha + beta`` was 0.24).
+
+How many sweeps: the device store always sweeps twice ("CGS2"; its compiled step has fixed
+shapes, and under ``vmap`` a branch would run both ways). The host store sweeps the basis
+and the locked rows together, and a second time only when the first removed more than
+half of ``||w||^2`` (the Daniel-Gragg-Kaufman-Stewart criterion, :data:`REFINE`): the
+basis stays orthonormal to rounding (``|V V^T - I| < 1e-14`` in float64 on repeated and
+crowded spectra, ``tests/linalg/test_space.py``), and a Lanczos step on a network's Hessian
+needs the second sweep in 75-85% of steps (``benchmarks/RESULTS_scale.md``, part 4).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.linalg import blas
 
 from hessian_tools import _host, tree
 
@@ -38,9 +47,18 @@ __all__ = ["BREAKDOWN", "orthogonalize", "project_step", "host_orthogonalize", "
 BREAKDOWN = 100.0
 """A remainder of norm below ``BREAKDOWN * eps * scale`` is rounding: the step breaks down."""
 
+REFINE = 1 / np.sqrt(2)
+"""The host's second Gram-Schmidt sweep runs only when the first left less than this
+fraction of the vector's norm (Daniel, Gragg, Kaufman & Stewart 1976; Kahan's "twice is
+enough"): a sweep leaves ``w`` orthogonal to the basis to about ``eps ||w_before|| /
+||w_after||`` relative, so when little cancelled the second sweep changes nothing."""
+
+NORM_BLOCK = 1024
+"""Squares summed in the vectors' own dtype before the float64 sum (:func:`_norm`)."""
+
 COLUMN_BLOCK = 1 << 15
 """Columns per block of host arithmetic that would otherwise need a temporary as large as a
-vector or a basis (a float64 norm, an in-place combination): ``rows x 32768`` values."""
+basis (an in-place combination of its rows): ``rows x 32768`` values."""
 
 
 # ---- device: pytrees, pure and traceable --------------------------------------------------
@@ -83,22 +101,65 @@ def project_step(basis, locked, j, w, scale):
 # ---- host: NumPy, with optional leading batch axes ------------------------------------------
 
 def _norm(w) -> np.ndarray:
-    """Euclidean norms along the last axis, summed in float64 a block of columns at a time
-    (no float64 copy of the vectors)."""
-    total = 0.0
-    for lo in range(0, w.shape[-1], COLUMN_BLOCK):
-        block = w[..., lo:lo + COLUMN_BLOCK].astype(np.float64)
-        total = total + np.einsum("...n,...n->...", block, block)
-    return np.sqrt(total)
+    """Euclidean norms along the last axis: sums of :data:`NORM_BLOCK` squares in the
+    vectors' dtype (one vectorised product, no copy), added in float64 (relative error about
+    ``1e-9`` in float32, against ``6e-8`` for the vectors' own rounding; 4.6x faster at 1M
+    float32 parameters than converting blocks to float64 first)."""
+    n = w.shape[-1]
+    whole = n - n % NORM_BLOCK
+    body = w[..., :whole].reshape(w.shape[:-1] + (-1, NORM_BLOCK))
+    tail = w[..., whole:].astype(np.float64)
+    total = np.einsum("...kb,...kb->...k", body, body).astype(np.float64).sum(axis=-1)
+    return np.sqrt(total + np.einsum("...n,...n->...", tail, tail))
 
 
-def host_orthogonalize(w, basis):
-    """CGS2 of ``w`` (``(..., n)``) against the rows of ``basis`` (``(..., r, n)``)."""
-    if basis is None or basis.shape[-2] == 0:
-        return w
-    for _ in range(2):
-        w = w - _host_combine(_host_dot_rows(basis, w), basis)
-    return w
+def host_orthogonalize(w, *bases):
+    """Classical Gram-Schmidt of ``w`` (``(..., n)``) against the rows of every basis
+    (``(..., r, n)``; ``None`` or empty ones are skipped), with a second sweep only when the
+    first one cancelled most of ``w`` (:func:`_refined`)."""
+    return _refined(w, bases)[0]
+
+
+def _sweep(w, bases):
+    """One classical Gram-Schmidt sweep against all ``bases`` together: every coefficient is
+    read first (``V w``, one BLAS product per basis), then subtracted (``w - V^T h``): two
+    passes over each basis. Returns ``(w, coefficients per basis)``; ``w`` is not modified
+    (it may be a JAX array's read-only buffer), the result is a new array."""
+    coeffs = [_host_dot_rows(b, w) for b in bases]
+    w = np.array(w)
+    for c, b in zip(coeffs, bases):
+        w = _subtract_combination(w, c, b)
+    return w, coeffs
+
+
+def _subtract_combination(w, c, basis):
+    """``w - c @ basis`` in place: one BLAS ``gemv`` that reads the basis and updates ``w``
+    for a single vector (15-20% faster than a product, a temporary and a subtraction at
+    100k-1M float32 parameters), NumPy's product and subtraction for batches."""
+    if w.ndim == 1 and basis.flags.c_contiguous:
+        gemv = blas.get_blas_funcs("gemv", (basis,))
+        return gemv(-1.0, basis.T, c.astype(basis.dtype, copy=False), beta=1.0, y=w,
+                    overwrite_y=1)
+    return np.subtract(w, _host_combine(c, basis), out=w)
+
+
+def _refined(w, bases):
+    """CGS against ``bases`` with the Daniel-Gragg-Kaufman-Stewart criterion: a second sweep
+    only when the first removed more than ``1 - REFINE^2`` of ``||w||^2`` (for a batch, from
+    any row), judged from the coefficients (``||w_1||^2 = ||w||^2 - ||h||^2``: no norm of
+    the remainder is needed). Returns ``(w, coefficients per basis)``."""
+    bases = [b for b in bases if b is not None and b.shape[-2]]
+    if not bases:
+        return w, []
+    # ||w||^2 in the vectors' dtype: the threshold needs no more (a fifth of _norm's time at
+    # 10k parameters)
+    before = np.einsum("...n,...n->...", w, w).astype(np.float64)
+    w, coeffs = _sweep(w, bases)
+    removed = sum(np.einsum("...r,...r->...", c, c, dtype=np.float64) for c in coeffs)
+    if np.any(removed > (1 - REFINE ** 2) * before):
+        w, more = _sweep(w, bases)
+        coeffs = [c + d for c, d in zip(coeffs, more)]
+    return w, coeffs
 
 
 def _host_dot_rows(basis, w):
@@ -113,23 +174,21 @@ def _host_combine(h, basis):
 
 
 def host_project(basis, j, w, scale, locked=None):
-    """:func:`project_step` on NumPy bases (``(..., m + 1, n)``), sweeping rows ``0..j`` only.
+    """:func:`project_step` on NumPy bases (``(..., m + 1, n)``), sweeping rows ``0..j`` only,
+    with a second sweep only when needed (:func:`_refined`). Cost per step: ``2 (j + 1 +
+    locked rows)`` vector reads per sweep and two norms; no float64 copy of a vector.
 
     Writes the normalised remainder into row ``j + 1`` of ``basis`` (in place) and returns
     ``(q_next, h, beta)`` with ``h`` of shape ``(..., j + 1)``; ``scale`` may be per batch.
     """
-    filled = basis[..., :j + 1, :]
-    h = _host_dot_rows(filled, w)
-    w = host_orthogonalize(w - _host_combine(h, filled), locked)
-    h2 = _host_dot_rows(filled, w)
-    w = host_orthogonalize(w - _host_combine(h2, filled), locked)
-    h = (h + h2).astype(np.float64)
+    w, (h, *_) = _refined(w, (basis[..., :j + 1, :], locked))
+    h = h.astype(np.float64)
     beta = _norm(w)
     scale = np.maximum(np.max(np.abs(h), axis=-1) + beta, scale)
     tiny = beta <= BREAKDOWN * np.finfo(basis.dtype).eps * scale
     inv = np.where(tiny, 0.0, 1.0 / np.where(tiny, 1.0, beta))
-    q_next = np.multiply(w, np.asarray(inv)[..., None], out=np.empty(w.shape, basis.dtype),
-                         casting="unsafe")
+    q_next = np.multiply(w, np.asarray(inv, basis.dtype)[..., None],
+                         out=np.empty(w.shape, basis.dtype), casting="unsafe")
     if j + 1 < basis.shape[-2]:
         basis[..., j + 1, :] = q_next
     return q_next, h, np.where(tiny, 0.0, beta)
@@ -365,7 +424,7 @@ class HostSpace:
         return basis, q_next, h, float(beta)
 
     def fill_row(self, basis, locked, num_locked, j, z):
-        z = host_orthogonalize(host_orthogonalize(z, basis[:j]), _filled(locked, num_locked))
+        z = host_orthogonalize(z, basis[:j], _filled(locked, num_locked))
         return basis, _store(basis, j, z)
 
     def grow(self, basis, rows):
@@ -399,7 +458,7 @@ class HostSpace:
         return buffer
 
     def take_rows(self, buffer, idx):
-        return self.layout.tree(buffer[np.array(idx, dtype=int)])
+        return self.layout.tree(buffer[np.array(idx, dtype=int)], once=True)
 
 
 def _store(basis, j, v):

@@ -258,7 +258,8 @@ def lanczos_eigs(matvec: Callable, key, v_like, *, k: int, which: str = "largest
       callback: called with the number of matvecs so far after every step (progress bars).
       basis: where the basis lives (:func:`hessian_tools.linalg._space.space_for`):
         ``"device"`` (pytrees in compiled functions; sharded parameters stay sharded),
-        ``"host"`` (one flat NumPy array, nothing compiled, only the filled rows swept) or
+        ``"host"`` (one flat NumPy array, nothing compiled, only the filled rows swept, a
+        second Gram-Schmidt sweep only when the first cancelled most of the vector) or
         ``"auto"`` (host on a single CPU device). The same key gives the same start vectors
         either way.
       keep_products: keep the operator's product ``A q`` of every basis vector next to the
