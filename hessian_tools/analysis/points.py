@@ -237,7 +237,7 @@ def eigenvalues_at(obj: Objective, points, *, key, k: int = 1, which: str = "lar
       **options: ``tol`` (relative residual, default 1e-4 in float32, 1e-8 in float64)
         and, compiled, ``num_steps`` (the first run's Lanczos steps: a longer first run
         gives smaller residuals; 120 for 10 eigenvalues of a 3.5k-parameter MLP matched the
-        residuals of sequential ``ht.eigenvalues`` calls, 3.15x faster than them:
+        residuals of sequential ``ht.eigenvalues`` calls, 2.4x faster than them on a CPU:
         ``benchmarks/RESULTS_points.md``); lockstep, anything
         :func:`~hessian_tools.eigenvalues` takes (``krylov_dim``, ``num_matvecs``,
         ``verify``, ``residuals``, ``method``).
