@@ -41,7 +41,7 @@ from hessian_tools._progress import progress_bar
 from hessian_tools._checks import check_choice, check_count, check_key, check_tol
 from hessian_tools.analysis.critical import classify
 from hessian_tools.analysis.eigen import _select, default_tol, eigenvalues
-from hessian_tools.analysis.traces import DEFAULT_TRACE_MATVECS, estimate, stochastic_trace, trace
+from hessian_tools.analysis.traces import budget, estimate, stochastic_trace, trace
 from hessian_tools.linalg.trace import PROBES
 from hessian_tools.objective import Objective
 from hessian_tools._chunking import conv_on_cpu
@@ -295,7 +295,8 @@ def eigenvalues_at(obj: Objective, points, *, key, k: int = 1, which: str = "lar
 
 
 def _compiled_trace(op: StackedOperator, keys, *, method, num_matvecs, probe):
-    """Hutch++ or Hutchinson at every point in one compiled, vmapped call: the probes of
+    """Hutch++ or Hutchinson at every point in one compiled call (:meth:`StackedOperator.map`:
+    vmapped on accelerators, a compiled loop over the points on a CPU): the probes of
     ``ht.trace`` with the same keys, the algebra on the device."""
     start = time.perf_counter()
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), op.params_like)
@@ -321,7 +322,8 @@ def trace_at(obj: Objective, points, *, key, method: str = "hutch++",
 
     Solvers (batched mode):
 
-    * ``"compiled"``: Hutch++ or Hutchinson at all points in *one* compiled, vmapped call
+    * ``"compiled"``: Hutch++ or Hutchinson at all points in *one* compiled call, vmapped
+      over the points on accelerators and a compiled loop over them on a CPU
       (``P x num_matvecs`` products, no host work between them). Memory about
       ``2 P num_matvecs`` parameter-sized vectors.
     * ``"lockstep"``: ``ht.trace`` itself at every point, in lockstep threads, each round
@@ -371,8 +373,7 @@ def trace_at(obj: Objective, points, *, key, method: str = "hutch++",
     def compiled(op, keys):
         if solver == "lockstep" or not fits:
             return None
-        num = DEFAULT_TRACE_MATVECS if num_matvecs is None else num_matvecs
-        check_count("num_matvecs", num, minimum=4 if method == "hutch++" else 2)
+        num = budget(method, num_matvecs)
         check_choice("probe", probe, PROBES)
         itemsize = jnp.dtype(op.dtype).itemsize
         if solver == "auto" and 2 * op.num_points * num * op.dim * itemsize > COMPILED_MAX_BYTES:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hessian_tools import _host, tree
-from hessian_tools._checks import check_count, check_key
+from hessian_tools._checks import check_choice, check_count, check_key
 from hessian_tools.analysis.spectral import (_check_operator, _numpy_basis, _probes_jit, _zeros,
                                             density)
 from hessian_tools.linalg.trace import (PROBES, DeviceRows, HostRows, hutchinson_samples,
@@ -23,7 +23,7 @@ from hessian_tools.linalg.trace import (PROBES, DeviceRows, HostRows, hutchinson
 from hessian_tools.operators import CurvatureOperator, to_dense
 from hessian_tools.results import TraceEstimate
 
-__all__ = ["DEFAULT_TRACE_MATVECS", "trace", "stochastic_trace", "estimate"]
+__all__ = ["DEFAULT_TRACE_MATVECS", "trace", "budget", "stochastic_trace", "estimate"]
 
 
 DEFAULT_TRACE_MATVECS = 90
@@ -69,6 +69,17 @@ def estimate(low, samples, *, method: str, num_matvecs: int, dim: int, probe: st
                          num_matvecs=num_matvecs, method=method, num_samples=len(samples),
                          samples=samples, low_rank=float(low), dim=dim, probe=probe,
                          seed=tree.key_bits(key), operator=operator, wall_time=wall_time)
+
+
+def budget(method: str, num_matvecs: int | None, num_steps: int = 1) -> int:
+    """The products a stochastic ``method`` spends (default :data:`DEFAULT_TRACE_MATVECS`),
+    checked against its minimum (Hutch++ 4, XTrace 6, Hutchinson 2, SLQ ``2 num_steps``)."""
+    num_matvecs = DEFAULT_TRACE_MATVECS if num_matvecs is None else num_matvecs
+    minimum = {"hutch++": 4, "xtrace": 6, "hutchinson": 2, "slq": 2 * num_steps}[method]
+    check_count("num_matvecs", num_matvecs, minimum=minimum, why=(
+        " XTrace needs at least 3 test vectors (2 products each) for a standard error."
+        if method == "xtrace" else ""))
+    return num_matvecs
 
 
 def _hutchpp_split(num_matvecs: int) -> tuple[int, int]:
@@ -235,8 +246,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
     methods = ("hutch++", "xtrace", "hutchinson", "slq", "dense")
     if method not in methods:
         raise ValueError(f"method={method!r} is not one of {methods}.")
-    if probe not in PROBES:
-        raise ValueError(f"probe={probe!r} is not one of {PROBES}.")
+    check_choice("probe", probe, PROBES)
     start, before = time.perf_counter(), op.num_matvecs
     exact = (method == "xtrace" and num_matvecs is not None and
              isinstance(num_matvecs, int) and num_matvecs // 2 >= op.dim)
@@ -247,11 +257,7 @@ def trace(op: CurvatureOperator, *, method: str = "hutch++", num_matvecs: int | 
                              probe="", operator=op.kind, wall_time=time.perf_counter() - start,
                              extra={"requested": method} if exact else {})
     check_key(key, "trace")
-    num_matvecs = DEFAULT_TRACE_MATVECS if num_matvecs is None else num_matvecs
-    minimum = {"hutch++": 4, "xtrace": 6, "hutchinson": 2, "slq": 2 * num_steps}[method]
-    check_count("num_matvecs", num_matvecs, minimum=minimum, why=(
-        " XTrace needs at least 3 test vectors (2 products each) for a standard error."
-        if method == "xtrace" else ""))
+    num_matvecs = budget(method, num_matvecs, num_steps)
     if method == "slq":
         dens = density(op, key=key, num_probes=num_matvecs // num_steps, num_steps=num_steps,
                        probe=probe, batch_size=batch_size)
